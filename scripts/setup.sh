@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install what vmirom needs on a Debian machine: the 32-bit toolchain pieces, QEMU for
+# the external check, gdb, tmux for the console tests, and the Python package itself.
+# Idempotent and quick when everything is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v qemu-system-i386 >/dev/null || need_apt+=(qemu-system-x86)
+[ -e /usr/lib/gcc/x86_64-linux-gnu/12/32/libgcc.a ] || need_apt+=(lib32gcc-12-dev)
+command -v gdb >/dev/null || need_apt+=(gdb)
+command -v tmux >/dev/null || need_apt+=(tmux)
+command -v gcc >/dev/null || need_apt+=(gcc)
+command -v make >/dev/null || need_apt+=(make)
+command -v as >/dev/null || need_apt+=(binutils)
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "setup: installing Debian packages: ${need_apt[*]}"
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if ! python3 -c 'import vmirom, unicorn, capstone, elftools, pytest, hypothesis' 2>/dev/null \
+   || [ pyproject.toml -nt .setup-stamp ]; then
+    echo "setup: installing the vmirom Python package (editable) and its dev tools"
+    python3 -m pip install -q --disable-pip-version-check -e '.[dev]'
+    touch .setup-stamp
+fi
