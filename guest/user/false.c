@@ -1,0 +1,2 @@
+/* false - exit 1. */
+int main(void) { return 1; }
