@@ -1,0 +1,331 @@
+"""The Unicorn (software x86) engine.
+
+ALL the Unicorn 2.1.4 workarounds live in this file, each with a comment saying why
+(facts measured in ../shared/unicorn-notes.md):
+
+W1  #1883 double fault: Unicorn never clears QEMU's `env->old_exception`, so the *second* fault of a
+    run is reported as #DF and the third halts as a triple fault.  We find the field's offset inside a
+    saved `uc_context` by probing (self-calibrating; 5536 in 2.1.4) and write -1 there after every
+    exception hook (`fault_done`).
+W2  No ring change through reg_write: QEMU takes the CPL from hflags (set from SS.DPL on SS loads) and
+    `reg_write(SS)` refuses RPL/DPL != CPL.  `switch_ring` saves a context, sets the CPL bits of
+    `hflags` (offset also found by probing), restores it, then loads SS and CS normally.  This
+    replaces both the call-gate trampoline (needs a user-visible code page) and the slow
+    context-template method of the notes.
+W3  TR must be loaded with type 9 (available TSS, flags 0x8900), never 0x8B00 (busy): QEMU's task
+    code calls cpu_abort("invalid tss type") -> SIGABRT of the whole process on the first stack switch.
+W4  Code written by Python is not invalidated in the translation cache: `invalidate_code` calls
+    ctl_remove_cache.  Page-table edits by Python need a TLB flush: `flush_tlb`.
+W5  `in`/`out` never check IOPL in Unicorn: the machine checks CPL <= IOPL itself (hook side).
+W6  `ud2` / invalid opcodes arrive at UC_HOOK_INSN_INVALID, not INTR 6; `sysenter` at an INSN hook.
+W7  `emu_start(count=N)` installs an internal per-instruction hook (very slow), so slices are bounded
+    by wall-clock `timeout` only.
+W8  A Python exception inside a hook must not unwind through C: every hook catches everything, stores
+    it, and stops the engine; `run_slice` re-raises it afterwards.
+Unicorn can still abort the host process on some CPU states it does not support, which is why the
+runner executes each VM in a child process (see vmirom.runner).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import mmap
+import struct
+
+from unicorn import (
+    UC_ARCH_X86,
+    UC_CTL_IO_WRITE,
+    UC_CTL_TLB_FLUSH,
+    UC_HOOK_INSN,
+    UC_HOOK_INSN_INVALID,
+    UC_HOOK_INTR,
+    UC_HOOK_MEM_FETCH_UNMAPPED,
+    UC_HOOK_MEM_READ_UNMAPPED,
+    UC_HOOK_MEM_WRITE_PROT,
+    UC_HOOK_MEM_WRITE_UNMAPPED,
+    UC_MEM_WRITE,
+    UC_MEM_WRITE_PROT,
+    UC_MEM_WRITE_UNMAPPED,
+    UC_MODE_32,
+    UC_PROT_ALL,
+    UC_PROT_EXEC,
+    UC_PROT_READ,
+    Uc,
+    UcError,
+)
+from unicorn import x86_const as X
+
+from vmirom.engines.base import Engine, EngineError, EngineHooks, SliceResult
+
+_REGS = {
+    "eax": X.UC_X86_REG_EAX, "ecx": X.UC_X86_REG_ECX, "edx": X.UC_X86_REG_EDX, "ebx": X.UC_X86_REG_EBX,
+    "esp": X.UC_X86_REG_ESP, "ebp": X.UC_X86_REG_EBP, "esi": X.UC_X86_REG_ESI, "edi": X.UC_X86_REG_EDI,
+    "eip": X.UC_X86_REG_EIP, "eflags": X.UC_X86_REG_EFLAGS,
+    "cr0": X.UC_X86_REG_CR0, "cr2": X.UC_X86_REG_CR2, "cr3": X.UC_X86_REG_CR3, "cr4": X.UC_X86_REG_CR4,
+    "cs": X.UC_X86_REG_CS, "ss": X.UC_X86_REG_SS, "ds": X.UC_X86_REG_DS, "es": X.UC_X86_REG_ES,
+    "fs": X.UC_X86_REG_FS, "gs": X.UC_X86_REG_GS,
+    "dr0": X.UC_X86_REG_DR0, "dr1": X.UC_X86_REG_DR1, "dr2": X.UC_X86_REG_DR2, "dr3": X.UC_X86_REG_DR3,
+    "dr6": X.UC_X86_REG_DR6, "dr7": X.UC_X86_REG_DR7,
+    "gdtr": X.UC_X86_REG_GDTR, "idtr": X.UC_X86_REG_IDTR, "tr": X.UC_X86_REG_TR, "ldtr": X.UC_X86_REG_LDTR,
+}
+_TABLE_REGS = ("gdtr", "idtr")      # (base, limit) in our interface
+_SEL_REGS = ("tr", "ldtr")          # (selector, base, limit, flags)
+_UNTIL = 0xFFFFFFFF                 # an address the guest is not expected to reach; slices end by time
+
+
+# ------------------------------------------------------------------------------------------------
+# W1/W2: self-calibration of the uc_context offsets of `old_exception` and the CPL bits of `hflags`
+# ------------------------------------------------------------------------------------------------
+def _desc(base: int, limit: int, access: int, flags: int = 0xC) -> bytes:
+    return struct.pack("<HHBBBB", limit & 0xFFFF, base & 0xFFFF, (base >> 16) & 0xFF, access,
+                       ((limit >> 16) & 0xF) | (flags << 4), (base >> 24) & 0xFF)
+
+
+class _Probe:
+    """A throw-away Uc with a flat GDT (rings 0, 1, 3), used to find context offsets."""
+
+    GDT, TSS, CODE = 0x1000, 0x2000, 0x3000
+
+    def __init__(self, code: bytes) -> None:
+        self.uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        self.uc.mem_map(0, 0x100000, UC_PROT_ALL)
+        gdt = b"".join([
+            bytes(8),
+            _desc(0, 0xFFFFF, 0x9A), _desc(0, 0xFFFFF, 0x92),          # 0x08 / 0x10 ring 0
+            _desc(0, 0xFFFFF, 0xFA), _desc(0, 0xFFFFF, 0xF2),          # 0x18 / 0x20 ring 3
+            _desc(0, 0xFFFFF, 0xBA), _desc(0, 0xFFFFF, 0xB2),          # 0x28 / 0x30 ring 1
+            _desc(self.TSS, 103, 0x89, 0),                              # 0x38 TSS
+        ])
+        self.uc.mem_write(self.GDT, gdt)
+        tss = bytearray(104)
+        struct.pack_into("<II", tss, 4, 0x8000, 0x10)                  # esp0/ss0
+        self.uc.mem_write(self.TSS, bytes(tss))
+        self.uc.reg_write(X.UC_X86_REG_GDTR, (0, self.GDT, len(gdt) - 1, 0))
+        self.uc.reg_write(X.UC_X86_REG_CS, 0x08)
+        for r in (X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_ES):
+            self.uc.reg_write(r, 0x10)
+        self.uc.reg_write(X.UC_X86_REG_TR, (0x38, self.TSS, 103, 0x8900))   # W3
+        self.uc.reg_write(X.UC_X86_REG_ESP, 0x9000)
+        self.uc.mem_write(self.CODE, code)
+        self.snaps: list[bytes] = []
+        self.vectors: list[int] = []
+        self.uc.hook_add(UC_HOOK_INTR, self._intr)
+
+    def _intr(self, uc, intno, _ud):
+        self.vectors.append(intno)
+        self.snaps.append(bytes(uc.context_save()))
+        uc.emu_stop()
+
+    def run(self) -> None:
+        self.uc.emu_start(self.CODE, _UNTIL, timeout=200_000)
+
+
+def _words(blob: bytes) -> list[int]:
+    n = len(blob) // 4
+    return list(struct.unpack_from(f"<{n}I", blob))
+
+
+@functools.lru_cache(maxsize=1)
+def calibrate() -> tuple[int, int]:
+    """Return (offset of old_exception, offset of hflags) in a uc_context; raise EngineError if the
+    probes do not give one clear answer (an unknown Unicorn build)."""
+    # old_exception: -1 before any fault, == vector after one (probe #DE, then separately #GP).
+    cands = None
+    for code, vec in ((b"\x31\xc9\xf7\xf1", 0),                        # xor ecx,ecx; div ecx -> #DE
+                      (b"\x31\xc0\x8e\xd0", 13)):                       # xor eax,eax; mov ss,ax -> #GP
+        p = _Probe(code)
+        before = _words(bytes(p.uc.context_save()))
+        p.run()
+        if p.vectors != [vec]:
+            raise EngineError(f"unicorn calibration: expected vector {vec}, got {p.vectors}")
+        after = _words(p.snaps[0])
+        found = {i for i, (a, b) in enumerate(zip(before, after, strict=False)) if a == 0xFFFFFFFF and b == vec}
+        cands = found if cands is None else cands & found
+    if not cands or len(cands) != 1:
+        raise EngineError(f"unicorn calibration: old_exception not found ({cands})")
+    off_exc = 4 * cands.pop()
+    # hflags: CPL bits 0..1 are 0 at ring 0 and 3 at ring 3, everything else equal.
+    # push 0x23; push 0x7000; pushf; push 0x1b; push ring3; iretd; ring3: int3
+    ring3 = _Probe.CODE + 0x40
+    code = (b"\x6a\x23" + b"\x68" + struct.pack("<I", 0x7000) + b"\x9c\x6a\x1b" + b"\x68"
+            + struct.pack("<I", ring3) + b"\xcf").ljust(0x40, b"\x90") + b"\xcc"
+    p = _Probe(code)
+    ring0 = _words(bytes(p.uc.context_save()))
+    p.run()
+    if p.vectors != [3]:
+        raise EngineError(f"unicorn calibration: ring-3 probe gave {p.vectors}")
+    r3 = _words(p.snaps[0])
+    cands2 = [i for i, (a, b) in enumerate(zip(ring0, r3, strict=False)) if a & 3 == 0 and a ^ b == 3]
+    if len(cands2) != 1:
+        raise EngineError(f"unicorn calibration: hflags not found ({cands2})")
+    return off_exc, 4 * cands2[0]
+
+
+def _guarded(method):
+    """W8: never let a Python exception unwind through Unicorn's C frames."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args):
+        try:
+            return method(self, *args)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by run_slice
+            if self._hook_error is None:
+                self._hook_error = exc
+            self.uc.emu_stop()
+            return True if method.__name__ in ("_h_invalid", "_h_mem") else 0
+    return wrapper
+
+
+class UnicornEngine(Engine):
+    """One vCPU on Unicorn 2.1.4 in 32-bit protected mode."""
+
+    name = "unicorn"
+
+    def __init__(self) -> None:
+        self.off_exc, self.off_hflags = calibrate()
+        self.uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        self._ctx = self.uc.context_save()
+        self._hooks: EngineHooks | None = None
+        self._hook_error: BaseException | None = None
+        self._stopped = False
+        self._ram_ptr = 0
+        self._ram: mmap.mmap | None = None
+        self._ram_buf = None
+
+    # -- setup ------------------------------------------------------------------------------------
+    def attach_memory(self, ram: mmap.mmap, size: int, readonly: list[tuple[int, int]]) -> None:
+        self._ram = ram
+        self._ram_buf = ctypes.c_char.from_buffer(ram)
+        self._ram_ptr = ctypes.addressof(self._ram_buf)
+        # One mmap, mapped in pieces so the ROM pages can be read/exec only (writes reach
+        # UC_HOOK_MEM_WRITE_PROT).
+        cuts = sorted({0, size, *[a for r in readonly for a in r if 0 <= a <= size]})
+        ro = [(s, e) for s, e in readonly]
+        for start, end in zip(cuts, cuts[1:], strict=False):
+            if end <= start:
+                continue
+            prot = UC_PROT_READ | UC_PROT_EXEC if any(s <= start and end <= e for s, e in ro) else UC_PROT_ALL
+            self.uc.mem_map_ptr(start, end - start, prot, self._ram_ptr + start)
+
+    def set_hooks(self, hooks: EngineHooks) -> None:
+        self._hooks = hooks
+        uc = self.uc
+        uc.hook_add(UC_HOOK_INTR, self._h_intr)
+        uc.hook_add(UC_HOOK_INSN, self._h_in, None, 1, 0, X.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self._h_out, None, 1, 0, X.UC_X86_INS_OUT)
+        uc.hook_add(UC_HOOK_INSN, self._h_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        uc.hook_add(UC_HOOK_INSN, self._h_sysenter, None, 1, 0, X.UC_X86_INS_SYSENTER)
+        uc.hook_add(UC_HOOK_INSN_INVALID, self._h_invalid)                       # W6
+        uc.hook_add(UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED
+                    | UC_HOOK_MEM_WRITE_PROT, self._h_mem)
+
+    # -- hooks (W8 guarded) -----------------------------------------------------------------------
+    @_guarded
+    def _h_intr(self, uc, intno, _ud):
+        self._hooks.on_interrupt(intno)
+        if intno < 32:
+            self.fault_done()
+
+    @_guarded
+    def _h_in(self, uc, port, size, _ud):
+        return self._hooks.on_port_in(port, size) & ((1 << (8 * size)) - 1)
+
+    @_guarded
+    def _h_out(self, uc, port, size, value, _ud):
+        self._hooks.on_port_out(port, size, value)
+
+    @_guarded
+    def _h_cpuid(self, uc, _ud):
+        return 1 if self._hooks.on_cpuid() else 0
+
+    @_guarded
+    def _h_sysenter(self, uc, _ud):
+        self._hooks.on_sysenter()
+
+    @_guarded
+    def _h_invalid(self, uc, _ud):
+        return bool(self._hooks.on_invalid_opcode())
+
+    @_guarded
+    def _h_mem(self, uc, access, address, size, value, _ud):
+        write = access in (UC_MEM_WRITE, UC_MEM_WRITE_UNMAPPED, UC_MEM_WRITE_PROT)
+        return bool(self._hooks.on_bad_memory(write, address, size, value, access == UC_MEM_WRITE_PROT))
+
+    # -- running ------------------------------------------------------------------------------------
+    def run_slice(self, timeout_us: int) -> SliceResult:
+        self._stopped = False
+        self._hook_error = None
+        eip = self.uc.reg_read(X.UC_X86_REG_EIP)
+        res = SliceResult()
+        try:
+            self.uc.emu_start(eip, _UNTIL, timeout=max(1, int(timeout_us)))           # W7
+        except UcError as e:
+            res.error = str(e)
+        if self._hook_error is not None:
+            err, self._hook_error = self._hook_error, None
+            raise err
+        res.stopped = self._stopped
+        return res
+
+    def stop(self) -> None:
+        self._stopped = True
+        self.uc.emu_stop()
+
+    # -- registers ----------------------------------------------------------------------------------
+    def reg(self, name: str):
+        v = self.uc.reg_read(_REGS[name])
+        if name in _TABLE_REGS:
+            return (v[1], v[2])
+        return v
+
+    def set_reg(self, name: str, value) -> None:
+        if name in _TABLE_REGS:
+            base, limit = value
+            value = (0, base, limit, 0)
+        elif name == "tr":
+            sel, base, limit, flags = value
+            value = (sel, base, limit, (flags & ~0x0200) if (flags & 0x0F00) == 0x0B00 else flags)  # W3
+        try:
+            self.uc.reg_write(_REGS[name], value)
+        except UcError as e:
+            raise EngineError(f"cannot load {name}={value!r}: {e}") from None
+
+    def cpl(self) -> int:
+        # In protected mode CPL == CS.RPL (QEMU keeps them equal on every transition, and so do we).
+        return self.uc.reg_read(X.UC_X86_REG_CS) & 3
+
+    def _poke_context(self, *, cpl: int | None = None, clear_exception: bool = False) -> None:
+        ctx = self._ctx
+        self.uc.context_update(ctx)
+        base = ctx.context.value if hasattr(ctx.context, "value") else ctypes.cast(ctx.context, ctypes.c_void_p).value
+        if clear_exception:                                                          # W1
+            ctypes.memmove(base + self.off_exc, b"\xff\xff\xff\xff", 4)
+        if cpl is not None:                                                          # W2
+            p = ctypes.c_uint32.from_address(base + self.off_hflags)
+            p.value = (p.value & ~3) | cpl
+        self.uc.context_restore(ctx)
+
+    def switch_ring(self, cpl: int, cs: int, ss: int) -> None:
+        self._poke_context(cpl=cpl, clear_exception=True)
+        self.set_reg("ss", ss)
+        self.set_reg("cs", cs)
+
+    def fault_done(self) -> None:
+        self._poke_context(clear_exception=True)
+
+    # -- caches, MSRs -----------------------------------------------------------------------------
+    def invalidate_code(self, start: int, end: int) -> None:
+        self.uc.ctl_remove_cache(start, end)                                         # W4
+
+    def flush_tlb(self) -> None:
+        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)                               # W4
+
+    def read_msr(self, index: int) -> int:
+        return self.uc.reg_read(X.UC_X86_REG_MSR, index)
+
+    def write_msr(self, index: int, value: int) -> None:
+        self.uc.reg_write(X.UC_X86_REG_MSR, (index, value))
+
+    def close(self) -> None:
+        self._hooks = None

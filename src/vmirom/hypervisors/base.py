@@ -1,0 +1,99 @@
+"""The base class of hypervisor personalities.
+
+A personality is a small class: the ring the guest kernel runs in, the ROM it publishes (or none),
+its hypercall handlers, and which events it takes (exceptions it emulates, ports, cpuid).  The
+machine (`vmirom.machine.Machine`) calls these methods from its exit handlers; everything not
+overridden behaves like the bare platform.  Subclass it, give it a unique `name`, and register it
+(`vmirom.hypervisors.register`, or an entry point in the `vmirom.hypervisors` group).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from vmirom.machine.machine import Machine
+    from vmirom.machine.vcpu import VCpu
+    from vmirom.rom import RomImage, RomSpec
+
+
+class Personality:
+    """Default: the physical machine (kernel at ring 0, no ROM, nothing intercepted)."""
+
+    name: ClassVar[str] = "?"
+    description: ClassVar[str] = ""
+    kernel_ring: ClassVar[int] = 0
+    #: IOPL the kernel is entered with (ring-1 kernels with IOPL 0 trap cli/sti/hlt)
+    iopl: ClassVar[int] = 0
+    #: software-interrupt vector used by ROM stubs to enter the VMM (None: no hypercalls)
+    hypercall_vector: ClassVar[int | None] = None
+
+    def __init__(self) -> None:
+        self.machine: Machine | None = None
+        self._rom: RomImage | None = None
+        self._rom_built = False
+
+    # -- ROM -----------------------------------------------------------------------------------------
+    def rom_spec(self) -> RomSpec | None:
+        """The VMI ROM this hypervisor publishes (None: no ROM).  Used by `vmirom rom build` too."""
+        return None
+
+    def rom_image(self) -> RomImage | None:
+        """The built ROM (cached)."""
+        if not self._rom_built:
+            spec = self.rom_spec()
+            if spec is not None:
+                from vmirom.rom import build_rom
+                self._rom = build_rom(spec)
+            self._rom_built = True
+        return self._rom
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def attach(self, machine: Machine) -> None:
+        """Called once the machine (RAM, devices, ROM placement) exists."""
+        self.machine = machine
+
+    def before_slice(self) -> None:
+        """Pending hypervisor work before guest code runs again."""
+
+    def deadline(self) -> int | None:
+        """Virtual time (ns) of the next timer this personality owns (e.g. VMI alarms)."""
+        return None
+
+    def update_timers(self) -> None:
+        """Fire timers whose deadline passed (raise their IRQ on the PIC)."""
+
+    # -- exits ----------------------------------------------------------------------------------------
+    def is_hypercall(self, vcpu: VCpu) -> bool:
+        """Was the trap at `hypercall_vector` a hypercall from the ROM (vs. a guest `int n`)?"""
+        return False
+
+    def hypercall(self, vcpu: VCpu) -> None:
+        """Handle a hypercall (registers as the stub left them).  Raise GuestFault to inject a fault."""
+
+    def on_exception(self, vcpu: VCpu, vector: int, error_code: int) -> bool:
+        """A guest exception before delivery: return True if handled (e.g. an emulated privileged
+        instruction), False to deliver it to the guest."""
+        return False
+
+    def on_cpuid(self, vcpu: VCpu) -> bool:
+        """`cpuid`: return True after writing EAX/EBX/ECX/EDX and advancing EIP, False for native."""
+        return False
+
+    def port_in(self, vcpu: VCpu, port: int, size: int) -> int | None:
+        """Intercept an `in` (return the value) or None for the platform devices."""
+        return None
+
+    def port_out(self, vcpu: VCpu, port: int, size: int, value: int) -> bool:
+        """Intercept an `out`: True if consumed."""
+        return False
+
+    def summary(self) -> dict:
+        """Extra facts for the run summary (ROM, binding, hypercall counts ...)."""
+        rom = self.rom_image()
+        if rom is None:
+            return {"rom": None}
+        spec = rom.spec
+        return {"rom": {"product": f"{spec.manufacturer} {spec.product}",
+                        "api": f"{spec.api_major}.{spec.api_minor}",
+                        "rom_version": "%d.%d" % tuple(spec.rom_version), "size": len(rom.data)}}

@@ -1,0 +1,95 @@
+"""A 16550 UART (COM1 at 0x3F8, IRQ4): transmit goes to a sink (the terminal) and into a captured
+buffer that tools parse (e.g. VMIROM-JSON lines); receive reads from an input queue.  The transmitter
+is infinitely fast, so LSR always shows it empty."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+class Uart16550:
+    def __init__(self, base: int = 0x3F8, sink: Callable[[bytes], None] | None = None,
+                 raise_irq: Callable[[], None] | None = None, capture_limit: int = 16 << 20) -> None:
+        self.base = base
+        self.sink = sink
+        self.raise_irq = raise_irq or (lambda: None)
+        self.captured = bytearray()
+        self.capture_limit = capture_limit
+        self.rx = bytearray()
+        self.ier = self.lcr = self.mcr = self.scr = 0
+        self.dll, self.dlm = 1, 0
+        self.thre_pending = False
+
+    @property
+    def ports(self) -> range:
+        return range(self.base, self.base + 8)
+
+    def text(self) -> str:
+        return self.captured.decode("utf-8", "replace")
+
+    def feed(self, data: bytes) -> None:
+        """Queue bytes for the guest to read."""
+        self.rx += data
+        if self.ier & 1:
+            self.raise_irq()
+
+    def port_in(self, port: int, size: int) -> int:
+        r = port - self.base
+        dlab = self.lcr & 0x80
+        if r == 0:
+            if dlab:
+                return self.dll
+            if self.rx:
+                b = self.rx[0]
+                del self.rx[0]
+                return b
+            return 0
+        if r == 1:
+            return self.dlm if dlab else self.ier
+        if r == 2:                                    # IIR
+            if self.ier & 1 and self.rx:
+                return 0xC4
+            if self.thre_pending:
+                self.thre_pending = False
+                return 0xC2
+            return 0xC1
+        if r == 3:
+            return self.lcr
+        if r == 4:
+            return self.mcr
+        if r == 5:                                    # LSR: THR empty + transmitter empty (+ data ready)
+            return 0x60 | (1 if self.rx else 0)
+        if r == 6:
+            return 0xB0                               # MSR: CTS, DSR, DCD
+        return self.scr
+
+    def port_out(self, port: int, size: int, value: int) -> None:
+        r = port - self.base
+        value &= 0xFF
+        dlab = self.lcr & 0x80
+        if r == 0:
+            if dlab:
+                self.dll = value
+                return
+            b = bytes([value])
+            if len(self.captured) < self.capture_limit:
+                self.captured += b
+            if self.sink is not None:
+                self.sink(b)
+            if self.ier & 2:
+                self.thre_pending = True
+                self.raise_irq()
+        elif r == 1:
+            if dlab:
+                self.dlm = value
+            else:
+                self.ier = value & 0x0F
+                if self.ier & 2:
+                    self.thre_pending = True
+                    self.raise_irq()
+        elif r == 3:
+            self.lcr = value
+        elif r == 4:
+            self.mcr = value
+        elif r == 7:
+            self.scr = value

@@ -1,0 +1,347 @@
+"""The virtual PC and its run loop.
+
+    while the guest has no fate:
+        personality.before_slice()       # pending hypervisor work (e.g. deferred updates)
+        update timers                    # PIT / VMI alarms -> PIC
+        if halted: wait for an interrupt (skip idle time) or stop: "halt with nothing to wake"
+        deliver a pending interrupt if the guest's IF allows
+        run a slice of guest code        # exits are handled by the hooks below, inside the slice
+        check the slice's end (engine error, wall-clock budget)
+
+Every exit into Python is counted by kind in `self.metrics`.  Fates (why the VM stopped):
+"exit" (debug-exit port; `exit_status` = the value), "triple_fault", "timeout", "halt_dead",
+"rom_write", "bad_memory", "engine_error".
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from vmirom.engines.base import EngineError
+from vmirom.machine import loader
+from vmirom.machine.clock import VirtualClock
+from vmirom.machine.delivery import Delivery, pf_is_write
+from vmirom.machine.devices import DebugExit, PicPair, Pit, PortBus, Uart16550
+from vmirom.machine.faults import BP, GP, OF, PF, UD, GuestFault, TripleFault, VmError
+from vmirom.machine.memory import DEFAULT_RAM, GuestMemory
+from vmirom.machine.metrics import Metrics
+from vmirom.machine.paging import Paging
+from vmirom.machine.vcpu import VCpu
+
+if TYPE_CHECKING:
+    from vmirom.hypervisors.base import Personality
+
+ROM_BASE = 0xC0000
+BOOT_GDT = 0x800
+BOOT_STACK = 0x7000
+IF = 0x200
+
+
+@dataclass
+class MachineConfig:
+    ram_size: int = DEFAULT_RAM
+    timeout_s: float | None = 60.0      # wall-clock budget for the whole run
+    slice_us: int = 10_000              # longest slice of guest code between timer checks
+    echo: object = None                 # callable(bytes) for the console, e.g. the terminal
+
+
+@dataclass
+class RunResult:
+    fate: str
+    exit_status: int | None
+    message: str
+    run_time_s: float
+    metrics: dict = field(default_factory=dict)
+    console: str = ""
+
+
+def _gdt_entry(base: int, limit: int, access: int, flags: int = 0xC) -> bytes:
+    return struct.pack("<HHBBBB", limit & 0xFFFF, base & 0xFFFF, (base >> 16) & 0xFF, access,
+                       ((limit >> 16) & 0xF) | (flags << 4), (base >> 24) & 0xFF)
+
+
+def boot_selectors(ring: int) -> tuple[int, int]:
+    """(CS, SS/DS) selectors of the VMM's boot GDT for a kernel entered at `ring`."""
+    return ((0x08, 0x10), (0x19, 0x21), (0x29, 0x31))[ring]
+
+
+class Machine:
+    """One VM: RAM, devices, one vCPU on an engine, a personality."""
+
+    def __init__(self, personality: Personality, config: MachineConfig | None = None, engine=None) -> None:
+        self.config = config or MachineConfig()
+        self.personality = personality
+        self.memory = GuestMemory(self.config.ram_size)
+        if engine is None:
+            from vmirom.engines.unicorn import UnicornEngine
+            engine = UnicornEngine()
+        self.engine = engine
+        self.clock = VirtualClock()
+        self.metrics = Metrics()
+        self.paging = Paging(self.memory, self.engine)
+        self.vcpu = VCpu(self)
+        self.delivery = Delivery(self)
+        self.pic = PicPair()
+        self.pit = Pit(self.clock.now_ns, lambda: self.pic.raise_irq(0))
+        self.uart = Uart16550(sink=self.config.echo, raise_irq=lambda: self.pic.raise_irq(4))
+        self.io = PortBus()
+        self.io.register(self.pic, PicPair.PORTS)
+        self.io.register(self.pit, Pit.PORTS)
+        self.io.register(self.uart, self.uart.ports)
+        self.io.register(DebugExit(self.guest_exit), range(0xF4, 0xF8))
+        self.kernel_stacks: dict[int, tuple[int, int]] = {}   # ring -> (ss, esp) overrides
+        self.fate: str | None = None
+        self.exit_status: int | None = None
+        self.message = ""
+        self.halted = False
+        self.boot = None
+        self.rom = None
+        self.rom_range: tuple[int, int] | None = None
+        readonly = []
+        rom = personality.rom_image()
+        if rom is not None:
+            data = bytes(rom.data)
+            end = ROM_BASE + len(data)
+            if end > 0xE0000:
+                raise VmError(f"ROM of {len(data)} bytes does not fit the option-ROM window")
+            self.memory.load(ROM_BASE, data)
+            self.rom = rom
+            self.rom_range = (ROM_BASE, (end + 0xFFF) & ~0xFFF)
+            readonly.append(self.rom_range)
+            self.memory.readonly = list(readonly)
+        self.memory.on_code_write = self.engine.invalidate_code
+        self.engine.attach_memory(self.memory.ram, self.memory.size, readonly)
+        self.engine.set_hooks(self)
+        personality.attach(self)
+
+    # -- loading and entering the kernel -----------------------------------------------------------
+    def load_kernel(self, image: bytes, cmdline: str = "", modules: list[tuple[bytes, str]] | None = None) -> None:
+        """Load a Multiboot kernel and set the CPU to the Multiboot entry state at the personality's
+        kernel ring (ring 1: flat CS/SS/DS with RPL/DPL 1 from the VMM's boot GDT)."""
+        self.boot = loader.load_multiboot(self.memory, image, cmdline, modules)
+        self.engine.invalidate_code(0, self.memory.size)
+        gdt = b"".join([bytes(8),
+                        _gdt_entry(0, 0xFFFFF, 0x9A), _gdt_entry(0, 0xFFFFF, 0x92),
+                        _gdt_entry(0, 0xFFFFF, 0xBA), _gdt_entry(0, 0xFFFFF, 0xB2),
+                        _gdt_entry(0, 0xFFFFF, 0xDA), _gdt_entry(0, 0xFFFFF, 0xD2)])
+        self.memory.load(BOOT_GDT, gdt)
+        eng = self.engine
+        eng.set_reg("gdtr", (BOOT_GDT, len(gdt) - 1))
+        eng.set_reg("idtr", (0, 0))
+        eng.set_reg("cr0", 0x11)
+        eng.set_reg("cs", 0x08)
+        for s in ("ss", "ds", "es", "fs", "gs"):
+            eng.set_reg(s, 0x10)
+        ring = self.personality.kernel_ring
+        cs, ds = boot_selectors(ring)
+        if ring:
+            eng.switch_ring(ring, cs, ds)
+            for s in ("ds", "es", "fs", "gs"):
+                eng.set_reg(s, ds)
+        eng.set_reg("eflags", 0x2 | (self.personality.iopl << 12))
+        eng.set_reg("eax", loader.MB_BOOT_MAGIC)
+        eng.set_reg("ebx", self.boot.info_addr)
+        for r in ("ecx", "edx", "esi", "edi", "ebp"):
+            eng.set_reg(r, 0)
+        eng.set_reg("esp", BOOT_STACK)
+        eng.set_reg("eip", self.boot.entry)
+
+    # -- the run loop ------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        t0 = time.monotonic()
+        deadline = t0 + self.config.timeout_s if self.config.timeout_s else None
+        try:
+            while self.fate is None:
+                self.personality.before_slice()
+                self.update_timers()
+                if self.halted and not self.wait_for_interrupt():
+                    break
+                self.deliver_pending_interrupt()
+                res = self.engine.run_slice(self.slice_budget_us())
+                self.metrics.count("slice")
+                if res.error and self.fate is None:
+                    self.stop("engine_error", f"engine stopped: {res.error} at eip={self.engine.reg('eip'):#010x}")
+                if deadline is not None and self.fate is None and time.monotonic() > deadline:
+                    self.stop("timeout", f"wall-clock budget of {self.config.timeout_s:g} s exhausted "
+                                         f"(eip={self.engine.reg('eip'):#010x})")
+        except TripleFault as e:
+            self.stop("triple_fault", f"triple fault: {e}")
+        except (EngineError, VmError) as e:
+            self.stop(getattr(e, "fate", "engine_error"), str(e))
+        return RunResult(self.fate or "engine_error", self.exit_status, self.message, time.monotonic() - t0,
+                         self.metrics.as_dict(), self.uart.text())
+
+    def stop(self, fate: str, message: str = "") -> None:
+        """End the run with `fate` (first reason wins)."""
+        if self.fate is None:
+            self.fate, self.message = fate, message
+        self.engine.stop()
+
+    def guest_exit(self, status: int) -> None:
+        self.exit_status = status & 0xFFFFFFFF
+        self.stop("exit", f"guest exited with status {self.exit_status}")
+
+    def slice_budget_us(self) -> int:
+        budget = self.config.slice_us
+        if self.pic.pending_vector() is not None:        # masked by IF: poll soon
+            budget = min(budget, 1000)
+        nxt = self.next_deadline()
+        if nxt is not None:
+            budget = min(budget, max(200, (nxt - self.clock.now_ns()) // 1000))
+        return int(budget)
+
+    def next_deadline(self) -> int | None:
+        ds = [d for d in (self.pit.deadline(), self.personality.deadline()) if d is not None]
+        return min(ds) if ds else None
+
+    def update_timers(self) -> None:
+        self.pit.update()
+        self.personality.update_timers()
+
+    def request_halt(self) -> None:
+        self.halted = True
+        self.metrics.count("halt")
+        self.engine.stop()
+
+    def wait_for_interrupt(self) -> bool:
+        """The guest halted: skip guest time to the next wake-up.  False (and a fate) if nothing can
+        ever wake it."""
+        if not self.engine.reg("eflags") & IF:
+            self.stop("halt_dead", "the guest halted with interrupts disabled: nothing can wake it")
+            return False
+        if self.pic.pending_vector() is None:
+            nxt = self.next_deadline()
+            if nxt is None:
+                self.stop("halt_dead", "the guest halted with no timer armed and no interrupt pending")
+                return False
+            self.clock.skip_to(nxt)
+            self.update_timers()
+        self.halted = False
+        return True
+
+    def deliver_pending_interrupt(self) -> bool:
+        """If the guest's IF is set and the PIC has an interrupt, deliver it now (also called from hooks
+        when the guest re-enables interrupts)."""
+        if not self.engine.reg("eflags") & IF or self.pic.pending_vector() is None:
+            return False
+        vector = self.pic.acknowledge()
+        self.metrics.count(f"interrupt:{vector}")
+        self.halted = False
+        self.delivery.external(vector)
+        return True
+
+    # -- engine hooks (EngineHooks) ----------------------------------------------------------------
+    def on_interrupt(self, vector: int) -> None:
+        try:
+            p = self.personality
+            if vector == p.hypercall_vector and p.is_hypercall(self.vcpu):
+                p.hypercall(self.vcpu)
+                return
+            if vector >= 32 or vector in (BP, OF):
+                self.metrics.count(f"softint:{vector:#x}")
+                self.delivery.software(vector)
+                return
+            self.metrics.count(f"exception:{vector}")
+            err, cr2 = 0, None
+            if vector == PF:
+                cr2 = self.engine.reg("cr2")
+                write = pf_is_write(self, self.engine.reg("eip"), cr2)
+                err = self.paging.error_code(cr2, write=write, user=self.engine.cpl() == 3)
+            if p.on_exception(self.vcpu, vector, err):
+                return
+            self.delivery.exception(vector, err, cr2)
+        except GuestFault as f:
+            self.metrics.count(f"exception:{f.vector}")
+            self.delivery.exception(f.vector, f.error_code, f.cr2)
+        except TripleFault as e:
+            self.stop("triple_fault", f"triple fault: {e}")
+
+    def _io_allowed(self) -> bool:
+        return self.engine.cpl() <= (self.engine.reg("eflags") >> 12) & 3
+
+    def on_port_in(self, port: int, size: int) -> int:
+        self.metrics.count(f"io:in:{port:#x}")
+        keep = self.engine.reg("eax")
+        if not self._io_allowed():
+            self._fault_in_hook(GP, 0)
+            return keep           # leave EAX as it was: the #GP handler must see the guest's EAX
+        try:
+            v = self.personality.port_in(self.vcpu, port, size)
+        except GuestFault as f:
+            self._fault_in_hook(f.vector, f.error_code)
+            return keep
+        if v is None:
+            v = self.io.port_in(port, size)
+        return v
+
+    def on_port_out(self, port: int, size: int, value: int) -> None:
+        self.metrics.count(f"io:out:{port:#x}")
+        if not self._io_allowed():
+            self._fault_in_hook(GP, 0)
+            return
+        if not self.personality.port_out(self.vcpu, port, size, value):
+            self.io.port_out(port, size, value)
+
+    def _fault_in_hook(self, vector: int, err: int) -> None:
+        """Deliver a fault raised by an instruction that the engine reports after the fact (I/O):
+        rewind EIP to the instruction first."""
+        eip = self.engine.reg("eip")
+        start = self.io_insn_start(eip)
+        self.engine.set_reg("eip", start)
+        try:
+            self.delivery.exception(vector, err)
+        except TripleFault as e:
+            self.stop("triple_fault", f"triple fault: {e}")
+
+    def io_insn_start(self, eip: int) -> int:
+        return self._io_eip_adjust(eip)
+
+    def _io_eip_adjust(self, eip: int) -> int:
+        # Unicorn reports I/O hooks with EIP at the I/O instruction itself (measured in tests).
+        return eip
+
+    def on_cpuid(self) -> bool:
+        self.metrics.count("cpuid")
+        try:
+            return bool(self.personality.on_cpuid(self.vcpu))
+        except GuestFault as f:
+            self.delivery.exception(f.vector, f.error_code, f.cr2)
+            return True
+
+    def on_invalid_opcode(self) -> bool:
+        self.metrics.count("exception:6")
+        try:
+            if self.personality.on_exception(self.vcpu, UD, 0):
+                return True
+            self.delivery.exception(UD)
+        except GuestFault as f:
+            self.delivery.exception(f.vector, f.error_code, f.cr2)
+        except TripleFault as e:
+            self.stop("triple_fault", f"triple fault: {e}")
+        return True
+
+    def on_bad_memory(self, write: bool, phys: int, size: int, value: int, protected: bool) -> bool:
+        eip = self.engine.reg("eip")
+        if protected and self.rom_range and self.rom_range[0] <= phys < self.rom_range[1]:
+            self.metrics.count("rom_write")
+            self.stop("rom_write", f"the guest wrote to the read-only VMI ROM at physical {phys:#x} "
+                                   f"(eip={eip:#010x})")
+        else:
+            what = "write to" if write else "access to"
+            self.stop("bad_memory", f"guest {what} physical {phys:#x} outside RAM (eip={eip:#010x})")
+        return False
+
+    def on_sysenter(self) -> None:
+        self.metrics.count("exception:6")
+        self.delivery.exception(UD)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def _debug(msg: str) -> None:  # pragma: no cover - developer aid
+    print(msg, file=sys.stderr)

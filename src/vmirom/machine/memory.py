@@ -1,0 +1,62 @@
+"""Guest physical RAM: one anonymous mmap shared with the engine (no copies between Python and the
+CPU), with range-checked access for the VMM's own reads and writes."""
+
+from __future__ import annotations
+
+import mmap
+import struct
+
+from vmirom.machine.faults import GP, GuestFault
+
+DEFAULT_RAM = 128 * 1024 * 1024
+
+
+class GuestMemory:
+    """Guest-physical memory [0, size).  `readonly` ranges (the ROM) refuse VMM writes on the guest's
+    behalf; loading code uses `load()` which may write anywhere."""
+
+    def __init__(self, size: int = DEFAULT_RAM) -> None:
+        if size < 2 * 1024 * 1024 or size % 4096:
+            raise ValueError("guest RAM must be a multiple of 4 KiB and at least 2 MiB")
+        self.size = size
+        self.ram = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self.readonly: list[tuple[int, int]] = []
+        self.on_code_write = None   # callback(start, end): lets the engine drop stale translations
+
+    def check(self, phys: int, size: int, *, write: bool = False) -> None:
+        """Raise GuestFault(#GP) unless [phys, phys+size) is RAM (and writable when `write`)."""
+        if phys < 0 or size < 0 or phys + size > self.size:
+            raise GuestFault(GP, 0)
+        if write:
+            for s, e in self.readonly:
+                if phys < e and phys + size > s:
+                    raise GuestFault(GP, 0)
+
+    def read(self, phys: int, size: int) -> bytes:
+        self.check(phys, size)
+        return self.ram[phys:phys + size]
+
+    def write(self, phys: int, data: bytes) -> None:
+        self.check(phys, len(data), write=True)
+        self.ram[phys:phys + len(data)] = data
+        if self.on_code_write is not None:
+            self.on_code_write(phys, phys + len(data))
+
+    def load(self, phys: int, data: bytes) -> None:
+        """Loader write (kernel image, ROM, boot structures): bypasses the read-only ranges."""
+        if phys < 0 or phys + len(data) > self.size:
+            raise ValueError(f"load [{phys:#x}, {phys + len(data):#x}) outside RAM")
+        self.ram[phys:phys + len(data)] = data
+
+    def u32(self, phys: int) -> int:
+        self.check(phys, 4)
+        return struct.unpack_from("<I", self.ram, phys)[0]
+
+    def set_u32(self, phys: int, value: int) -> None:
+        self.write(phys, struct.pack("<I", value & 0xFFFFFFFF))
+
+    def close(self) -> None:
+        try:
+            self.ram.close()
+        except BufferError:   # the engine still holds a ctypes view; the OS frees it at exit
+            pass

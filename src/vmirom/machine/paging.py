@@ -1,0 +1,127 @@
+"""The page walker: THE one helper that checks every guest address the VMM touches.
+
+Hypercall handlers, instruction emulators and the interrupt-delivery code reach guest memory only
+through `Paging.read/write/translate`, which apply the CPU's own rules (32-bit two-level paging,
+4 MiB pages with CR4.PSE, present / user / writable with CR0.WP) and raise the #PF the CPU would
+raise, with its error code.  So garbage pointers from a hostile guest become guest page faults,
+never a VMM crash or an access outside guest RAM.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from vmirom.machine.faults import GP, PF, GuestFault
+
+if TYPE_CHECKING:
+    from vmirom.engines.base import Engine
+    from vmirom.machine.memory import GuestMemory
+
+CR0_PG, CR0_WP, CR4_PSE = 1 << 31, 1 << 16, 1 << 4
+P, RW, US, PS = 1, 2, 4, 0x80
+PFERR_P, PFERR_W, PFERR_U, PFERR_I = 1, 2, 4, 16
+
+
+@dataclass
+class Walk:
+    """Result of walking the page tables for one linear address (no access checks applied)."""
+
+    phys: int | None           # physical address, None if not present
+    writable: bool = True      # W at every level
+    user: bool = True          # U at every level
+
+
+class Paging:
+    """Linear -> physical for the guest, with checks."""
+
+    def __init__(self, memory: GuestMemory, engine: Engine) -> None:
+        self.mem = memory
+        self.engine = engine
+
+    def walk(self, linear: int) -> Walk:
+        linear &= 0xFFFFFFFF
+        cr0 = self.engine.reg("cr0")
+        if not cr0 & CR0_PG:
+            return Walk(linear)
+        cr3 = self.engine.reg("cr3") & 0xFFFFF000
+        mem = self.mem
+        pde_addr = cr3 + ((linear >> 22) << 2)
+        if pde_addr + 4 > mem.size:
+            return Walk(None)
+        pde = struct.unpack_from("<I", mem.ram, pde_addr)[0]
+        if not pde & P:
+            return Walk(None)
+        if pde & PS and self.engine.reg("cr4") & CR4_PSE:
+            return Walk((pde & 0xFFC00000) | (linear & 0x3FFFFF), bool(pde & RW), bool(pde & US))
+        pte_addr = (pde & 0xFFFFF000) + (((linear >> 12) & 0x3FF) << 2)
+        if pte_addr + 4 > mem.size:
+            return Walk(None)
+        pte = struct.unpack_from("<I", mem.ram, pte_addr)[0]
+        if not pte & P:
+            return Walk(None)
+        return Walk((pte & 0xFFFFF000) | (linear & 0xFFF), bool(pde & pte & RW), bool(pde & pte & US))
+
+    def error_code(self, linear: int, *, write: bool, user: bool, fetch: bool = False) -> int:
+        """The #PF error code the CPU would push for this access (the engine does not expose it)."""
+        w = self.walk(linear)
+        err = (PFERR_W if write else 0) | (PFERR_U if user else 0)
+        if w.phys is not None:
+            err |= PFERR_P
+        return err
+
+    def translate(self, linear: int, *, write: bool = False, user: bool = False, fetch: bool = False) -> int:
+        """Checked translation: raises GuestFault(#PF, error code, cr2) where the CPU would fault and
+        GuestFault(#GP) when the page points outside guest RAM."""
+        linear &= 0xFFFFFFFF
+        w = self.walk(linear)
+        ok = w.phys is not None
+        if ok and user and not w.user:
+            ok = False
+        if ok and write and not w.writable and (user or self.engine.reg("cr0") & CR0_WP):
+            ok = False
+        if not ok:
+            err = (PFERR_P if w.phys is not None else 0) | (PFERR_W if write else 0) | (PFERR_U if user else 0)
+            raise GuestFault(PF, err, cr2=linear)
+        if w.phys >= self.mem.size:
+            raise GuestFault(GP, 0)
+        return w.phys
+
+    def _chunks(self, linear: int, size: int):
+        while size > 0:
+            n = min(size, 0x1000 - (linear & 0xFFF))
+            yield linear, n
+            linear = (linear + n) & 0xFFFFFFFF
+            size -= n
+
+    def read(self, linear: int, size: int, *, user: bool = False, fetch: bool = False) -> bytes:
+        if size < 0 or size > 1 << 24:
+            raise GuestFault(GP, 0)
+        out = bytearray()
+        for lin, n in self._chunks(linear, size):
+            out += self.mem.read(self.translate(lin, user=user, fetch=fetch), n)
+        return bytes(out)
+
+    def write(self, linear: int, data: bytes, *, user: bool = False) -> None:
+        if len(data) > 1 << 24:
+            raise GuestFault(GP, 0)
+        # translate every page first so a fault leaves memory untouched
+        targets = [(self.translate(lin, write=True, user=user), n) for lin, n in self._chunks(linear, len(data))]
+        off = 0
+        for phys, n in targets:
+            self.mem.write(phys, data[off:off + n])
+            off += n
+
+    def read_code(self, linear: int, size: int, *, user: bool = False) -> bytes:
+        """Up to `size` instruction bytes; stops at the first page that cannot be read."""
+        out = bytearray()
+        for lin, n in self._chunks(linear, size):
+            try:
+                out += self.mem.read(self.translate(lin, user=user, fetch=True), n)
+            except GuestFault:
+                break
+        return bytes(out)
+
+    def u32(self, linear: int, *, user: bool = False) -> int:
+        return struct.unpack("<I", self.read(linear, 4, user=user))[0]
