@@ -85,7 +85,11 @@
 #define SYS_dup      12   /* dup(int fd) -> new fd, the LOWEST free fd number (the shell
                              relies on this: close(1); dup(p[1])) */
 #define SYS_sbrk     13   /* sbrk(int increment) -> old break (address); -ENOMEM.
-                             New heap memory reads as zero (may be allocated lazily). */
+                             New heap memory reads as zero (may be allocated lazily).
+                             Growth the machine's free memory could never back (e.g. 2 GiB)
+                             or into the stack/mmap areas -> -ENOMEM, break unchanged.
+                             A negative increment shrinks the heap (not below its start:
+                             -EINVAL). */
 #define SYS_mmap     14   /* mmap(void *addr, unsigned len, int prot, int flags) -> address.
                              Anonymous private memory only: flags must include MAP_ANON
                              (MAP_PRIVATE implied), addr is a hint (0 = kernel chooses).
