@@ -98,6 +98,7 @@ void kmain(u32 magic, u32 mbi_pa)
     pic_init();
     timer_init();
     pic_enable(IRQ_COM1);
+    sti();                                   /* interrupts on from here */
 
     if (proc_init && user_init && scheduler && cmdline.init[0]) {
         proc_init();

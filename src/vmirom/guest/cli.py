@@ -1,0 +1,98 @@
+"""`vmirom guest ...` (build the reference kernel, print its path, boot it on QEMU) and
+`vmirom inspect KERNEL` (list its VMI call sites)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .build import BuildError, build_kernel, kernel_path
+
+
+@click.group()
+def guest() -> None:
+    """The reference guest kernel (guest/)."""
+
+
+@guest.command("build")
+@click.option("--force", is_flag=True, help="Rebuild from scratch.")
+@click.option("-v", "--verbose", is_flag=True, help="Show the compiler's output.")
+def guest_build(force: bool, verbose: bool) -> None:
+    """Build guest/build/kernel.elf (and print its path)."""
+    try:
+        click.echo(build_kernel(force=force, verbose=verbose))
+    except BuildError as e:
+        raise click.ClickException(str(e)) from e
+
+
+@guest.command("path")
+def guest_path() -> None:
+    """Print the path of the built kernel, building it first if needed."""
+    try:
+        click.echo(kernel_path())
+    except BuildError as e:
+        raise click.ClickException(str(e)) from e
+
+
+@guest.command("qemu")
+@click.option("--kernel", type=click.Path(dir_okay=False), help="Kernel ELF (default: the built one).")
+@click.option("--rom", "option_rom", type=click.Path(exists=True, dir_okay=False),
+              help="Option ROM for SeaBIOS to load (-option-rom).")
+@click.option("--initrd", type=click.Path(exists=True, dir_okay=False), help="Initrd (first module).")
+@click.option("--cmdline", default="", help="Kernel command line.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds before QEMU is killed.")
+@click.option("--events", is_flag=True, help="Print only the parsed VMIROM-JSON events.")
+def guest_qemu(kernel: str | None, option_rom: str | None, initrd: str | None, cmdline: str,
+               timeout: float, events: bool) -> None:
+    """Boot the kernel on real QEMU (qemu-system-i386 -kernel) and show its console."""
+    from .qemu import QemuError, run_kernel
+
+    try:
+        path = kernel or kernel_path()
+        res = run_kernel(path, cmdline=cmdline, option_rom=option_rom, initrd=initrd, timeout=timeout)
+    except (BuildError, QemuError) as e:
+        raise click.ClickException(str(e)) from e
+    if events:
+        for ev in res.events:
+            click.echo(json.dumps(ev))
+    else:
+        click.echo(res.console, nl=False)
+    how = ("timed out" if res.timed_out else
+           f"guest exit status {res.exit_status}" if res.exit_status is not None else
+           f"qemu exit code {res.returncode}")
+    click.echo(f"[{how}, {res.elapsed:.2f} s]", err=True)
+    if res.exit_status != 0:
+        sys.exit(1)
+
+
+@click.command("inspect")
+@click.argument("kernel", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def inspect(kernel: str, as_json: bool) -> None:
+    """List every VMI call site recorded in KERNEL (an ELF), with its native code."""
+    from .inspect import InspectError, read_sites, summary
+
+    try:
+        sites = read_sites(kernel)
+    except InspectError as e:
+        raise click.ClickException(str(e)) from e
+    if as_json:
+        click.echo(json.dumps({
+            "sites": [{"call": s.call, "name": s.name, "address": s.address, "length": s.length,
+                       "clobbers": s.clobber_names, "flags": s.flags, "native": s.native.hex(),
+                       "disassembly": s.disassemble()} for s in sites],
+            "summary": [{"call": n, "name": name, "count": c, "lengths": lens}
+                        for n, name, c, lens in summary(sites)],
+        }, indent=1))
+        return
+    click.echo(f"{len(sites)} VMI call sites in {kernel}")
+    click.echo(f"{'address':>10}  {'call':<22} {'len':>3}  {'clobbers':<22} native code")
+    for s in sites:
+        clob = ",".join(s.clobber_names) or "-"
+        click.echo(f"{s.address:#010x}  {s.call:>2} {s.name:<19} {s.length:>3}  {clob:<22} "
+                   f"{'; '.join(s.disassemble())}")
+    click.echo("\nper call:")
+    for number, name, count, lengths in summary(sites):
+        click.echo(f"  {number:>2} {name:<20} {count:>4} site(s), length {'/'.join(map(str, lengths))}")

@@ -1,0 +1,116 @@
+"""Reading the VMI call sites a kernel ELF records in its `.vmi_sites` section.
+
+Each record (vmirom.abi.SITE_RECORD) names the call, the site's length, the clobber mask, a
+flags byte and the site's linear address; the bytes at that address are the native code the
+kernel runs when no ROM patches the site.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from vmirom import abi
+
+SITE_FLAG_NORETURN = 0x01   # kernel-private meaning of vmi_site.flags (guest/include/vmi_site.h)
+
+
+class InspectError(Exception):
+    """The file is not a kernel we can inspect; the message says why."""
+
+
+@dataclass(frozen=True)
+class Site:
+    """One recorded call site."""
+
+    call: int
+    name: str
+    address: int
+    length: int
+    clobbers: int
+    flags: int
+    native: bytes
+
+    def disassemble(self) -> list[str]:
+        """The native bytes as AT&T-syntax instructions (capstone)."""
+        return disassemble(self.native, self.address)
+
+    @property
+    def clobber_names(self) -> list[str]:
+        return [reg for reg, bit in abi.CLOBBER_BITS.items() if self.clobbers & bit]
+
+
+def disassemble(code: bytes, address: int) -> list[str]:
+    from capstone import CS_ARCH_X86, CS_MODE_32, CS_OPT_SYNTAX_ATT, Cs
+
+    md = Cs(CS_ARCH_X86, CS_MODE_32)
+    md.syntax = CS_OPT_SYNTAX_ATT
+    out = [f"{i.mnemonic} {i.op_str}".strip() for i in md.disasm(code, address)]
+    used = sum(i.size for i in md.disasm(code, address))
+    if used < len(code):
+        out.append(f"(.byte {', '.join(f'{b:#04x}' for b in code[used:])})")
+    return out
+
+
+def call_name(number: int) -> str:
+    try:
+        return abi.call(number).name
+    except (KeyError, ValueError, IndexError):
+        return f"call{number}"
+
+
+def _read_vaddr(elf: ELFFile, address: int, length: int) -> bytes:
+    for seg in elf.iter_segments():
+        if seg["p_type"] != "PT_LOAD":
+            continue
+        start, filesz = seg["p_vaddr"], seg["p_filesz"]
+        if start <= address and address + length <= start + filesz:
+            data = seg.data()
+            return data[address - start: address - start + length]
+    raise InspectError(f"site at {address:#x} is outside the kernel's loaded image")
+
+
+def read_sites(path: str | Path) -> list[Site]:
+    """Every site recorded in the kernel at `path`, in section order."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            try:
+                elf = ELFFile(f)
+            except ELFError as e:
+                raise InspectError(f"{path}: not an ELF file ({e})") from e
+            if elf.elfclass != 32 or elf["e_machine"] != "EM_386":
+                raise InspectError(f"{path}: not a 32-bit i386 ELF (class {elf.elfclass}, "
+                                   f"machine {elf['e_machine']})")
+            sec = elf.get_section_by_name(abi.SITE_SECTION)
+            if sec is None:
+                raise InspectError(f"{path}: no {abi.SITE_SECTION} section (not a VMI kernel)")
+            data = sec.data()
+            size = abi.SITE_RECORD.size
+            if len(data) % size:
+                raise InspectError(f"{path}: {abi.SITE_SECTION} is {len(data)} bytes, "
+                                   f"not a multiple of {size}")
+            sites = []
+            for off in range(0, len(data), size):
+                rec = {fld.name: fld.read(data, off) for fld in abi.SITE_RECORD.fields}
+                native = _read_vaddr(elf, rec["address"], rec["length"])
+                sites.append(Site(call=rec["call"], name=call_name(rec["call"]), address=rec["address"],
+                                  length=rec["length"], clobbers=rec["clobbers"], flags=rec["flags"],
+                                  native=native))
+            return sites
+    except OSError as e:
+        raise InspectError(f"cannot read {path}: {e.strerror or e}") from e
+
+
+def summary(sites: list[Site]) -> list[tuple[int, str, int, list[int]]]:
+    """Per call: (number, name, site count, sorted distinct lengths)."""
+    counts = Counter(s.call for s in sites)
+    out = []
+    for number in sorted(counts):
+        lengths = sorted({s.length for s in sites if s.call == number})
+        out.append((number, call_name(number), counts[number], lengths))
+    return out

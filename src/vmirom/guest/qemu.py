@@ -1,0 +1,104 @@
+"""Booting a kernel on real QEMU (`qemu-system-i386 -kernel`), for tests and benchmarks.
+
+The guest's console is COM1, captured from QEMU's stdout.  The guest ends a run by writing a
+status to port 0xF4 (`isa-debug-exit`), which makes QEMU exit with code (status << 1) | 1; any
+other way QEMU stops (triple fault with -no-reboot, a crash, our timeout) is reported as such.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .console import parse_events
+
+QEMU = "qemu-system-i386"
+DEBUG_EXIT_PORT = 0xF4
+
+
+class QemuError(Exception):
+    """QEMU could not be started (missing binary, bad file)."""
+
+
+def qemu_available() -> bool:
+    """Whether qemu-system-i386 is on PATH."""
+    return shutil.which(QEMU) is not None
+
+
+@dataclass
+class QemuResult:
+    """What one QEMU run produced."""
+
+    console: str                 # everything the guest wrote to COM1
+    returncode: int | None       # QEMU's exit code (None if we had to kill it)
+    timed_out: bool
+    elapsed: float               # wall seconds from start to exit
+    command: list[str]
+    stderr: str = ""
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def exit_status(self) -> int | None:
+        """The status the guest wrote to port 0xF4, or None if it did not exit that way."""
+        if self.timed_out or self.returncode is None or self.returncode % 2 == 0:
+            return None
+        return self.returncode >> 1
+
+    @property
+    def clean(self) -> bool:
+        """The guest shut down by itself with status 0."""
+        return self.exit_status == 0
+
+
+def qemu_command(kernel: str | Path, *, cmdline: str = "", option_rom: str | Path | None = None,
+                 initrd: str | Path | None = None, memory_mb: int = 128,
+                 extra_args: Sequence[str] = ()) -> list[str]:
+    """The qemu-system-i386 command line for one boot (serial on stdio, no display, no NIC)."""
+    cmd = [QEMU, "-accel", "tcg", "-m", str(memory_mb), "-kernel", str(kernel),
+           "-display", "none", "-monitor", "none", "-serial", "stdio", "-net", "none",
+           "-no-reboot", "-device", f"isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=4"]
+    if cmdline:
+        cmd += ["-append", cmdline]
+    if option_rom is not None:
+        cmd += ["-option-rom", str(option_rom)]
+    if initrd is not None:
+        cmd += ["-initrd", str(initrd)]
+    return cmd + list(extra_args)
+
+
+def run_kernel(kernel: str | Path, *, cmdline: str = "", option_rom: str | Path | None = None,
+               initrd: str | Path | None = None, memory_mb: int = 128, timeout: float = 60.0,
+               input_bytes: bytes | None = None, extra_args: Sequence[str] = ()) -> QemuResult:
+    """Boot `kernel` under QEMU and wait until it exits or `timeout` seconds pass.
+
+    `input_bytes`, if given, is fed to the guest's serial port (then end of input)."""
+    if not qemu_available():
+        raise QemuError(f"{QEMU} not found: install the Debian package qemu-system-x86")
+    for path in (kernel, option_rom, initrd):
+        if path is not None and not Path(path).is_file():
+            raise QemuError(f"no such file: {path}")
+    cmd = qemu_command(kernel, cmdline=cmdline, option_rom=option_rom, initrd=initrd,
+                       memory_mb=memory_mb, extra_args=extra_args)
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if input_bytes is not None else subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except OSError as e:
+        raise QemuError(f"cannot start {QEMU}: {e}") from e
+    timed_out = False
+    try:
+        out, err = proc.communicate(input=input_bytes, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        proc.kill()
+        out, err = proc.communicate()
+    elapsed = time.monotonic() - start
+    console = out.decode("utf-8", errors="replace").replace("\r\n", "\n")
+    return QemuResult(console=console, returncode=None if timed_out else proc.returncode,
+                      timed_out=timed_out, elapsed=elapsed, command=cmd,
+                      stderr=err.decode("utf-8", errors="replace"), events=parse_events(console))
