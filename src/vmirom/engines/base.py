@@ -62,6 +62,9 @@ class EngineHooks(Protocol):
     def on_sysenter(self) -> None:
         """`sysenter` executed (engines that do not run it natively)."""
 
+    def code_byte_before_eip(self) -> int:
+        """The code byte at linear EIP-1 (engines use it to recognize a native `hlt`)."""
+
 
 @dataclass
 class SliceResult:
@@ -133,6 +136,15 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def write_msr(self, index: int, value: int) -> None:
         """Write a model-specific register."""
+
+    @abc.abstractmethod
+    def add_code_hook(self, address: int, callback) -> int:
+        """Call `callback()` before the instruction at linear `address` executes; returns a handle.
+        (Used by trap-and-emulate for sensitive instructions that do not trap.)"""
+
+    @abc.abstractmethod
+    def remove_hook(self, handle: int) -> None:
+        """Remove a hook added by add_code_hook."""
 
     def close(self) -> None:  # noqa: B027 - optional
         """Free engine resources."""

@@ -20,6 +20,7 @@ W5  `in`/`out` never check IOPL in Unicorn: the machine checks CPL <= IOPL itsel
 W6  `ud2` / invalid opcodes arrive at UC_HOOK_INSN_INVALID, not INTR 6; `sysenter` at an INSN hook.
 W7  `emu_start(count=N)` installs an internal per-instruction hook (very slow), so slices are bounded
     by wall-clock `timeout` only.
+W9  A native `hlt` at ring 0 just ends emu_start (no hook): detected after the slice (see run_slice).
 W8  A Python exception inside a hook must not unwind through C: every hook catches everything, stores
     it, and stops the engine; `run_slice` re-raises it afterwards.
 Unicorn can still abort the host process on some CPU states it does not support, which is why the
@@ -32,11 +33,14 @@ import ctypes
 import functools
 import mmap
 import struct
+import time
+from collections.abc import Callable
 
 from unicorn import (
     UC_ARCH_X86,
     UC_CTL_IO_WRITE,
     UC_CTL_TLB_FLUSH,
+    UC_HOOK_CODE,
     UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
     UC_HOOK_INTR,
@@ -258,6 +262,7 @@ class UnicornEngine(Engine):
         self._hook_error = None
         eip = self.uc.reg_read(X.UC_X86_REG_EIP)
         res = SliceResult()
+        t0 = time.monotonic()
         try:
             self.uc.emu_start(eip, _UNTIL, timeout=max(1, int(timeout_us)))           # W7
         except UcError as e:
@@ -266,7 +271,19 @@ class UnicornEngine(Engine):
             err, self._hook_error = self._hook_error, None
             raise err
         res.stopped = self._stopped
+        if not res.stopped and res.error is None and (time.monotonic() - t0) * 1e6 < 0.9 * timeout_us:
+            # W9: a native `hlt` (ring 0) silently ends emu_start with EIP after it; no hook exists
+            # for it.  A slice that ended early, by itself, right after an F4 byte, is a halt.
+            res.halted = self._after_hlt()
         return res
+
+    def _after_hlt(self) -> bool:
+        if self._hooks is None:
+            return False
+        try:
+            return self._hooks.code_byte_before_eip() == 0xF4
+        except Exception:  # noqa: BLE001 - unreadable code: not a halt
+            return False
 
     def stop(self) -> None:
         self._stopped = True
@@ -326,6 +343,20 @@ class UnicornEngine(Engine):
 
     def write_msr(self, index: int, value: int) -> None:
         self.uc.reg_write(X.UC_X86_REG_MSR, (index, value))
+
+    def add_code_hook(self, address: int, callback: Callable[[], None]) -> int:
+        """Call `callback()` before the instruction at linear `address` executes (each time)."""
+        def cb(uc, addr, size, _ud):
+            try:
+                callback()
+            except BaseException as exc:  # noqa: BLE001 - W8
+                if self._hook_error is None:
+                    self._hook_error = exc
+                uc.emu_stop()
+        return self.uc.hook_add(UC_HOOK_CODE, cb, None, address, address)
+
+    def remove_hook(self, handle: int) -> None:
+        self.uc.hook_del(handle)
 
     def close(self) -> None:
         self._hooks = None

@@ -80,6 +80,11 @@ class Personality:
         """`cpuid`: return True after writing EAX/EBX/ECX/EDX and advancing EIP, False for native."""
         return False
 
+    def io_permitted(self, vcpu: VCpu) -> bool:
+        """May the current code use in/out?  (Unicorn never checks: notes W5.)  Native rule by default:
+        CPL <= EFLAGS.IOPL (no TSS I/O bitmap)."""
+        return vcpu.cpl <= vcpu.iopl
+
     def port_in(self, vcpu: VCpu, port: int, size: int) -> int | None:
         """Intercept an `in` (return the value) or None for the platform devices."""
         return None

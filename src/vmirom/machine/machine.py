@@ -163,6 +163,8 @@ class Machine:
                 self.deliver_pending_interrupt()
                 res = self.engine.run_slice(self.slice_budget_us())
                 self.metrics.count("slice")
+                if res.halted:
+                    self.request_halt()
                 if res.error and self.fate is None:
                     self.stop("engine_error", f"engine stopped: {res.error} at eip={self.engine.reg('eip'):#010x}")
                 if deadline is not None and self.fate is None and time.monotonic() > deadline:
@@ -261,7 +263,7 @@ class Machine:
             self.stop("triple_fault", f"triple fault: {e}")
 
     def _io_allowed(self) -> bool:
-        return self.engine.cpl() <= (self.engine.reg("eflags") >> 12) & 3
+        return self.personality.io_permitted(self.vcpu)
 
     def on_port_in(self, port: int, size: int) -> int:
         self.metrics.count(f"io:in:{port:#x}")
@@ -334,6 +336,11 @@ class Machine:
             what = "write to" if write else "access to"
             self.stop("bad_memory", f"guest {what} physical {phys:#x} outside RAM (eip={eip:#010x})")
         return False
+
+    def code_byte_before_eip(self) -> int:
+        eip = self.engine.reg("eip")
+        code = self.paging.read_code((eip - 1) & 0xFFFFFFFF, 1, user=self.engine.cpl() == 3)
+        return code[0] if code else -1
 
     def on_sysenter(self) -> None:
         self.metrics.count("exception:6")
