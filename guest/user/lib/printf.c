@@ -48,12 +48,14 @@ int vsnprintf(char *buf, size_t size, const char *fmt, va_list ap)
             continue;
         }
         fmt++;
-        int left = 0, zero = 0, width = 0, prec = -1, lng = 0;
+        int left = 0, zero = 0, alt = 0, width = 0, prec = -1, lng = 0;
         for (;; fmt++) {
             if (*fmt == '-')
                 left = 1;
             else if (*fmt == '0')
                 zero = 1;
+            else if (*fmt == '#')
+                alt = 1;
             else
                 break;
         }
@@ -91,6 +93,10 @@ int vsnprintf(char *buf, size_t size, const char *fmt, va_list ap)
         case 'x':
         case 'X': {
             uint64_t v = lng >= 2 ? va_arg(ap, uint64_t) : (uint64_t)va_arg(ap, unsigned long);
+            if (alt && *fmt != 'u' && v) {
+                put(&o, '0');
+                put(&o, *fmt);
+            }
             put_num(&o, v, *fmt == 'u' ? 10 : 16, *fmt == 'X', 0, width, zero, left);
             break;
         }
