@@ -1,0 +1,130 @@
+"""`vmirom rom ...`: build, show and check VMI ROM images."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import click
+
+from vmirom import abi
+from vmirom.abi import RelocType
+
+from .spec import RomError, RomSpec
+
+
+@click.group("rom")
+def rom() -> None:
+    """Build, show and check VMI 3.x option-ROM images."""
+
+
+def _hypervisor_spec(name: str) -> RomSpec:
+    try:
+        from vmirom.hypervisors import registry
+    except ModuleNotFoundError as e:
+        raise click.ClickException(f"no hypervisor registry is installed ({e}); "
+                                   "use --variant for a built-in ROM") from None
+    try:
+        personality = registry.get(name)
+    except KeyError:
+        known = ", ".join(registry.names())
+        raise click.ClickException(f"unknown hypervisor {name!r}; known: {known}") from None
+    obj = personality() if isinstance(personality, type) else personality
+    spec = obj.rom_spec()
+    if spec is None:
+        raise click.ClickException(f"hypervisor {name!r} publishes no ROM (its guests run without VMI)")
+    return spec
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise click.ClickException(f"cannot read {path}: {e.strerror or e}") from None
+
+
+@rom.command("build")
+@click.option("--hypervisor", "hypervisor", metavar="NAME",
+              help="Build the ROM this hypervisor personality publishes.")
+@click.option("--variant", metavar="NAME",
+              help="A built-in ROM (see `vmirom rom variants`); default: native.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the image.")
+def build_cmd(hypervisor: str | None, variant: str | None, output: str) -> None:
+    """Build a ROM image.  Without options: the all-native ROM (NONE/NOP answers) that real
+    QEMU/SeaBIOS can load with `-option-rom`."""
+    from . import build_rom, check_rom
+    from .variants import variant as get_variant
+
+    if hypervisor and variant:
+        raise click.UsageError("give --hypervisor or --variant, not both")
+    if hypervisor:
+        spec = _hypervisor_spec(hypervisor)
+    else:
+        try:
+            spec = get_variant(variant or "native")
+        except KeyError as e:
+            raise click.ClickException(str(e.args[0])) from None
+    try:
+        image = build_rom(spec)
+    except RomError as e:
+        raise click.ClickException(str(e)) from None
+    try:
+        Path(output).write_bytes(image.data)
+    except OSError as e:
+        raise click.ClickException(f"cannot write {output}: {e.strerror or e}") from None
+    counts = Counter(image.reloc(n)[0].name for n in range(abi.NUM_CALLS))
+    problems = check_rom(image.data)
+    click.echo(f"wrote {output}: {len(image.data)} bytes, API {spec.api_major}.{spec.api_minor}, "
+               f"{spec.manufacturer} {spec.product}; "
+               + ", ".join(f"{counts[t.name]} {t.name}" for t in RelocType)
+               + f"; assembled in {image.build_seconds * 1000:.0f} ms")
+    if problems:
+        click.echo(f"note: this ROM is deliberately invalid ({len(problems)} problem(s)):", err=True)
+        for p in problems:
+            click.echo(f"  - {p}", err=True)
+
+
+@rom.command("variants")
+def variants_cmd() -> None:
+    """List the built-in ROM variants (for `vmirom rom build --variant`)."""
+    from .variants import VARIANTS
+
+    for v in VARIANTS.values():
+        click.echo(f"{v.name:14s} {'valid  ' if v.valid else 'INVALID'} {v.about}")
+
+
+@rom.command("check")
+@click.argument("file", type=click.Path(dir_okay=False))
+def check_cmd(file: str) -> None:
+    """Validate FILE with the guest's rules plus the checksum; list every violation.
+    Exit status 0 only for a valid ROM."""
+    from . import check_rom, read_rom
+
+    data = _read(file)
+    problems = check_rom(data)
+    if problems:
+        click.echo(f"{file}: NOT a valid VMI ROM ({len(problems)} problem(s)):")
+        for p in problems:
+            click.echo(f"  - {p}")
+        sys.exit(1)
+    info = read_rom(data)
+    counts = Counter(a.type_name for n, a in info.answers.items() if n < info.jump_slots)
+    click.echo(f"{file}: valid VMI {info.api_major}.{info.api_minor} ROM, {info.size} bytes, "
+               f"{info.manufacturer or '?'} {info.product or '?'}; "
+               + ", ".join(f"{counts.get(t.name, 0)} {t.name}" for t in RelocType))
+
+
+@rom.command("show")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--no-disasm", is_flag=True, help="Leave out the stub disassembly.")
+def show_cmd(file: str, no_disasm: bool) -> None:
+    """Show FILE's header fields, its per-call get_reloc answers and its stubs' code."""
+    from .show import show
+
+    data = _read(file)
+    try:
+        show(data, file, disasm=not no_disasm)
+    except RomError as e:
+        raise click.ClickException(f"{file}: {e}") from None
