@@ -33,6 +33,21 @@
 struct vmi_state vmi;
 
 extern struct vmi_site __vmi_sites_start[], __vmi_sites_end[];
+extern char _etext[];
+
+/* CRC-32 (the zlib one) of the kernel text, reported before and after binding so a tool can
+ * check that nothing changed without a ROM (and compare with the ELF file). */
+static u32 text_crc(void)
+{
+    u32 crc = 0xFFFFFFFF;
+    for (const u8 *p = (const u8 *)_kernel_start; p < (const u8 *)_etext; p++) {
+        crc ^= *p;
+        for (int k = 0; k < 8; k++)
+            crc = (crc >> 1) ^ (0xEDB88320 & -(crc & 1));
+    }
+    return ~crc;
+}
+static u32 crc_before;
 
 typedef VMICALL u32 (*vmi_init_fn)(void);
 typedef VMICALL u64 (*get_reloc_fn)(u32 call);
@@ -278,6 +293,7 @@ static void count_sites(void)
 
 void vmi_probe_and_bind(void)
 {
+    crc_before = text_crc();
     u32 fl = irq_save();
     if (cmdline.vmi_off) {
         strlcpy(vmi.reason, "vmi=off on the command line", sizeof vmi.reason);
@@ -324,6 +340,7 @@ native:
 void vmi_report(void)
 {
     char q[160], man[64], prod[64];
+    u32 crc_after = text_crc();
     if (vmi.bound) {
         if (cmdline.vmi_debug)
             for (int n = 0; n < VMI_NUM_CALLS; n++) {
@@ -340,10 +357,10 @@ void vmi_report(void)
                  "\"rom\":{\"addr\":%u,\"manufacturer\":%s,\"product\":%s,\"api\":\"%u.%u\","
                  "\"rom_version\":\"%u.%u\",\"virtual_top\":%u},"
                  "\"counts\":{\"NONE\":%u,\"CALL_REL\":%u,\"JUMP_REL\":%u,\"NOP\":%u},"
-                 "\"sites\":%u,\"patched\":%u}",
+                 "\"sites\":%u,\"patched\":%u,\"text_crc\":{\"before\":%u,\"after\":%u}}",
                  kernel_ring, vmi.rom_pa, man, prod, vmi.api_major, vmi.api_minor, vmi.rom_major,
                  vmi.rom_minor, vmi.virtual_top, vmi.counts[0], vmi.counts[1], vmi.counts[2],
-                 vmi.counts[3], vmi.sites, vmi.patched);
+                 vmi.counts[3], vmi.sites, vmi.patched, crc_before, crc_after);
     } else {
         kprintf("vmi: native mode: %s\n", vmi.reason);
         json_str(q, sizeof q, vmi.reason);
@@ -353,7 +370,7 @@ void vmi_report(void)
             strlcpy(man, "null", sizeof man);
         jsonline("{\"event\":\"vmi\",\"status\":\"native\",\"reason\":%s,\"ring\":%d,\"rom\":%s,"
                  "\"counts\":{\"NONE\":0,\"CALL_REL\":0,\"JUMP_REL\":0,\"NOP\":0},"
-                 "\"sites\":%u,\"patched\":0}",
-                 q, kernel_ring, man, vmi.sites);
+                 "\"sites\":%u,\"patched\":0,\"text_crc\":{\"before\":%u,\"after\":%u}}",
+                 q, kernel_ring, man, vmi.sites, crc_before, crc_after);
     }
 }

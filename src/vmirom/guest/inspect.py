@@ -114,3 +114,30 @@ def summary(sites: list[Site]) -> list[tuple[int, str, int, list[int]]]:
         lengths = sorted({s.length for s in sites if s.call == number})
         out.append((number, call_name(number), counts[number], lengths))
     return out
+
+
+def kernel_text_crc(path: str | Path) -> int:
+    """CRC-32 of the kernel text [_kernel_start, _etext) as stored in the file: the kernel reports
+    the same figure for its text in memory before and after binding ("text_crc" in the vmi event)."""
+    import zlib
+
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            try:
+                elf = ELFFile(f)
+            except ELFError as e:
+                raise InspectError(f"{path}: not an ELF file ({e})") from e
+            symtab = elf.get_section_by_name(".symtab")
+            if symtab is None:
+                raise InspectError(f"{path}: no symbol table")
+            addr = {}
+            for name in ("_kernel_start", "_etext"):
+                syms = symtab.get_symbol_by_name(name)
+                if not syms:
+                    raise InspectError(f"{path}: no symbol {name}")
+                addr[name] = syms[0]["st_value"]
+            start, end = addr["_kernel_start"], addr["_etext"]
+            return zlib.crc32(_read_vaddr(elf, start, end - start))
+    except OSError as e:
+        raise InspectError(f"cannot read {path}: {e.strerror or e}") from e
