@@ -19,13 +19,14 @@ def parse_events(text: str | bytes) -> list[dict[str, Any]]:
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
     events: list[dict[str, Any]] = []
+    decoder = json.JSONDecoder()
     for line in text.splitlines():
         at = line.find(JSON_PREFIX)
         if at < 0:
             continue
         payload = line[at + len(JSON_PREFIX):].strip()
         try:
-            obj = json.loads(payload)
+            obj, _ = decoder.raw_decode(payload)    # trailing bytes (line noise) are ignored
         except ValueError:
             continue
         if isinstance(obj, dict) and isinstance(obj.get("event"), str):
