@@ -1,4 +1,4 @@
-/* printf.c - vsnprintf and friends (integers and strings only: user space has no FPU use). */
+/* printf.c - vsnprintf and friends (%d %i %u %o %x %X %p %s %c %%) (integers and strings only: user space has no FPU use). */
 #include "ulib.h"
 
 struct out {
@@ -90,14 +90,17 @@ int vsnprintf(char *buf, size_t size, const char *fmt, va_list ap)
             break;
         }
         case 'u':
+        case 'o':
         case 'x':
         case 'X': {
             uint64_t v = lng >= 2 ? va_arg(ap, uint64_t) : (uint64_t)va_arg(ap, unsigned long);
             if (alt && *fmt != 'u' && v) {
                 put(&o, '0');
-                put(&o, *fmt);
+                if (*fmt != 'o')
+                    put(&o, *fmt);
             }
-            put_num(&o, v, *fmt == 'u' ? 10 : 16, *fmt == 'X', 0, width, zero, left);
+            int base = *fmt == 'u' ? 10 : *fmt == 'o' ? 8 : 16;
+            put_num(&o, v, base, *fmt == 'X', 0, width, zero, left);
             break;
         }
         case 'p':

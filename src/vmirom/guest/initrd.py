@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import stat
+import subprocess
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,13 @@ MODE_PROGRAM = stat.S_IFREG | 0o755
 MODE_FILE = stat.S_IFREG | 0o644
 #: the longest name the kernel's readdir record carries (struct vmirom_dirent.name is 56 bytes)
 NAME_MAX = 55
+
+GUEST_DIR = Path(__file__).resolve().parents[3] / "guest"
+USER_DIR = GUEST_DIR / "user"
+INITRD_PATH = GUEST_DIR / "build" / "initrd.cpio"
+USER_BUILD = GUEST_DIR / "build" / "user"
+#: the same programs linked against a Linux shim instead of the vmirom syscalls (for tests)
+USER_HOST_BUILD = GUEST_DIR / "build" / "user-host"
 
 
 class InitrdError(ValueError):
@@ -185,6 +193,20 @@ def build_initrd(files: Sequence[Path | tuple[str, Path]], out: Path) -> list[Cp
     tmp.write_bytes(blob)
     tmp.replace(out)
     return entries
+
+
+def build_user_space(target: str = "all", timeout: float = 600.0) -> Path:
+    """Run ``make -C guest/user TARGET`` (a no-op when up to date): ``all`` builds the programs
+    and the initrd (returned), ``host`` the Linux-shim variants (their directory is returned)."""
+    try:
+        proc = subprocess.run(["make", "-C", str(USER_DIR), target], capture_output=True, text=True,
+                              timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise InitrdError(f"make -C {USER_DIR} {target} failed to run: {e}") from e
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr + proc.stdout).strip().splitlines()[-25:])
+        raise InitrdError(f"building the user programs failed (make exit {proc.returncode}):\n{tail}")
+    return USER_HOST_BUILD if target == "host" else INITRD_PATH
 
 
 def _parse_file_arg(arg: str) -> Path | tuple[str, Path]:
