@@ -100,3 +100,66 @@ def test_syscall_header_compiles(tmp_path: Path, lang: str) -> None:
     subprocess.run(["gcc", "-m32", "-x", lang, *flags, "-I", str(HEADER.parent),
                     "-c", str(tmp_path / "t.src"), "-o", str(tmp_path / "t.o")],
                    check=True, capture_output=True)
+
+
+HARNESS = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include "syscall_initrd.h"
+int main(int argc, char **argv) {
+    FILE *fp = fopen(argv[1], "rb");
+    fseek(fp, 0, SEEK_END); long n = ftell(fp); rewind(fp);
+    unsigned char *buf = malloc(n ? n : 1);   /* exact size: the sanitizer sees over-reads */
+    if (fread(buf, 1, n, fp) != (size_t)n) return 3;
+    struct initrd_file f;
+    for (int i = 0; initrd_entry(buf, (uint32_t)n, i, &f) == 0; i++) {
+        unsigned sum = 0;
+        for (uint32_t k = 0; k < f.size; k++) sum = sum * 31 + f.data[k];
+        printf("entry %s %u %o %u\n", f.name, f.size, f.mode, sum);
+    }
+    for (int a = 2; a < argc; a++)
+        printf("find %s %d\n", argv[a], initrd_find(buf, (uint32_t)n, argv[a], &f) == 0 ? (int)f.size : -1);
+    free(buf);
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def initrd_reader(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("reader")
+    (d / "h.c").write_text(HARNESS)
+    base = ["gcc", "-O1", "-g", "-Wall", "-Werror", "-I", str(HEADER.parent), str(d / "h.c"),
+            "-o", str(d / "h")]
+    if subprocess.run(base + ["-fsanitize=address,undefined"], capture_output=True).returncode != 0:
+        subprocess.run(base, check=True, capture_output=True)
+    return d / "h"
+
+
+def _sum(data: bytes) -> int:
+    s = 0
+    for b in data:
+        s = (s * 31 + b) & 0xFFFFFFFF
+    return s
+
+
+def test_c_initrd_reader_agrees_with_python(initrd: Path, initrd_reader: Path) -> None:
+    out = subprocess.run([str(initrd_reader), str(initrd), "sh", "/selftest", "motd", "nosuch", "sh/"],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    entries = read_cpio(initrd.read_bytes())
+    want = [f"entry {e.name} {len(e.data)} {e.mode:o} {_sum(e.data)}" for e in entries]
+    sizes = {e.name: len(e.data) for e in entries}
+    want += [f"find sh {sizes['sh']}", f"find /selftest {sizes['selftest']}", f"find motd {sizes['motd']}",
+             "find nosuch -1", "find sh/ -1"]
+    assert out == want
+
+
+def test_c_initrd_reader_survives_damage(initrd: Path, initrd_reader: Path, tmp_path: Path) -> None:
+    blob = initrd.read_bytes()[:4096]
+    bad = tmp_path / "bad.cpio"
+    for cut in list(range(0, 200, 7)) + [len(blob)]:
+        huge_size = blob[:54] + b"FFFFFFFF" + blob[62:max(cut, 62)]
+        for damaged in (blob[:cut], blob[:cut] + b"\xff" * 8, huge_size):
+            bad.write_bytes(damaged)
+            r = subprocess.run([str(initrd_reader), str(bad), "sh"], capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr[-2000:]
