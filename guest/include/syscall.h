@@ -203,7 +203,8 @@ struct vmirom_procinfo {
     uint32_t mem;           /* bytes of user memory mapped (resident), informative */
     uint32_t ticks;         /* timer ticks spent running, informative */
     int32_t reserved;
-    char name[16];          /* argv[0] basename of the last exec, NUL-terminated */
+    char name[16];          /* basename of argv[0] at the last exec (a forked child inherits
+                               its parent's), NUL-terminated, truncated to 15 chars */
 };
 
 _Static_assert(sizeof(struct vmirom_dirent) == 64, "dirent ABI size");
