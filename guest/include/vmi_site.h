@@ -19,7 +19,22 @@
 #define VMI__STR(x) #x
 #define VMI_STR(x) VMI__STR(x)
 
+/* VMI_SITES=0 (`make native`, build/kernel-native.elf): the same source compiled WITHOUT call
+ * sites - each site is the bare native instruction, no NOP padding, no .vmi_sites record - so the
+ * cost of the sites themselves can be measured (docs/performance.md).  The default is 1. */
+#ifndef VMI_SITES
+#define VMI_SITES 1
+#endif
+
+#if !VMI_SITES
 #ifndef __ASSEMBLER__
+#define VMI_SITE_ASM(native, call, clobbers, flags) native "\n"
+#define VMI_SITE(native, name, flags) native "\n"
+#else
+#define VMI_SITE_BEGIN
+#define VMI_SITE_END(name, flags)
+#endif
+#elif !defined(__ASSEMBLER__)
 
 /* The asm text of one site.  `native` is AT&T text; it must be at most 5 bytes long (the
  * assembler fails on a negative .skip otherwise).  Operands are referenced by the caller. */
