@@ -3,6 +3,7 @@
 #include "kernel.h"
 #include "mmu.h"
 #include "multiboot.h"
+#include "proc.h"
 #include "pv.h"
 #include "vm.h"
 
@@ -17,9 +18,6 @@ void gdt_init(void);
 void idt_init(void);
 void pic_init(void);
 void pic_enable(int irq);
-void proc_init(void) __attribute__((weak));
-void user_init(void) __attribute__((weak));
-void scheduler(void) __attribute__((weak));
 
 static int boot_mapped(u32 pa, u32 len)
 {
@@ -100,9 +98,13 @@ void kmain(u32 magic, u32 mbi_pa)
     pic_enable(IRQ_COM1);
     sti();                                   /* interrupts on from here */
 
-    if (proc_init && user_init && scheduler && cmdline.init[0]) {
+    if (initrd_module.end > initrd_module.start) {
+        /* a Unix: process 1 is "init" from the initrd */
+        cli();
         proc_init();
         user_init();
+        jsonline("{\"event\":\"ready\",\"ticks\":%u,\"free_pages\":%u,\"init\":true}", ticks,
+                 kfree_pages());
         scheduler();                         /* never returns */
     }
 

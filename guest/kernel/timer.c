@@ -53,9 +53,41 @@ void timer_init(void)
 
 extern volatile int exit_requested;
 
+static u64 tsc_last_tick, tsc_per_tick;
+
+/* nanoseconds since boot: the VMI REAL counter when the ROM has one, else ticks refined with
+ * the TSC (its rate learnt from the ticks themselves) */
+u64 clock_ns(void)
+{
+    if (timer_cycle_hz && strcmp(timer_source, "vmi") == 0) {
+        u64 c = vmi_ops.get_cycle_counter(VMI_CYCLES_REAL);
+        return (c / timer_cycle_hz) * 1000000000ull + (c % timer_cycle_hz) * 1000000000ull / timer_cycle_hz;
+    }
+    u32 fl = irq_save();
+    u64 ns = (u64)ticks * (1000000000ull / HZ);
+    if (tsc_per_tick) {
+        u64 d = vmi_ops.rdtsc() - tsc_last_tick;
+        u64 extra = d * (1000000000ull / HZ) / tsc_per_tick;
+        if (extra < 1000000000ull / HZ)
+            ns += extra;
+        else
+            ns += 1000000000ull / HZ - 1;
+    }
+    restore_fl(fl);
+    return ns;
+}
+
 void timer_tick(void)
 {
     ticks++;
+    if (strcmp(timer_source, "vmi") != 0) {
+        u64 now = vmi_ops.rdtsc();
+        if (tsc_last_tick && now > tsc_last_tick) {
+            u64 d = now - tsc_last_tick;
+            tsc_per_tick = tsc_per_tick ? (tsc_per_tick * 7 + d) / 8 : d;
+        }
+        tsc_last_tick = now;
+    }
     if (cmdline.exit_after && ticks >= cmdline.exit_after)
         exit_requested = 1;
 }

@@ -1,13 +1,12 @@
 /* trap.c - dispatch of interrupts, exceptions and system calls. */
 #include "kernel.h"
 #include "mmu.h"
+#include "proc.h"
 #include "pv.h"
+#include "syscall.h"
 
 void pic_eoi(int irq);
 int pic_spurious(int irq);
-void syscall_dispatch(struct trapframe *tf) __attribute__((weak));
-int user_fault(struct trapframe *tf) __attribute__((weak));
-void sched_tick(struct trapframe *tf) __attribute__((weak));
 
 static const char *const exc_names[] = {
     "divide error", "debug", "NMI", "breakpoint", "overflow", "bound range", "invalid opcode",
@@ -43,18 +42,22 @@ void trap(struct trapframe *tf)
         irq_counts[irq]++;
         if (irq == IRQ_TIMER)
             timer_tick();
-        else if (irq == IRQ_COM1)
+        else if (irq == IRQ_COM1) {
             uart_intr();
+            console_intr_wakeup();
+        }
         pic_eoi(irq);
-        if (irq == IRQ_TIMER && sched_tick)
+        if (irq == IRQ_TIMER)
             sched_tick(tf);
+        if ((tf->cs & 3) == 3 && curproc && curproc->killed)
+            exit_proc(WSTATUS_KILLED);
         return;
     }
-    if (t == T_SYSCALL && syscall_dispatch) {
+    if (t == T_SYSCALL && (tf->cs & 3) == 3) {
         syscall_dispatch(tf);
         return;
     }
-    if ((tf->cs & 3) == 3 && user_fault && user_fault(tf))
+    if ((tf->cs & 3) == 3 && user_fault(tf))
         return;
     kernel_exception(tf);
 }
