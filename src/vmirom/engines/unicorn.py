@@ -260,6 +260,9 @@ class UnicornEngine(Engine):
     def run_slice(self, timeout_us: int) -> SliceResult:
         self._stopped = False
         self._hook_error = None
+        # W1 again: a slice cut by the timeout between QEMU raising a fault and our hook seeing it
+        # leaves old_exception set; the retried instruction would then be reported as #DF.
+        self._poke_context(clear_exception=True)
         eip = self.uc.reg_read(X.UC_X86_REG_EIP)
         res = SliceResult()
         t0 = time.monotonic()

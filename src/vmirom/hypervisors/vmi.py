@@ -1,0 +1,539 @@
+"""`vmi`: a de-privileging hypervisor that publishes a VMI 3.0 ROM.
+
+The kernel runs at ring 1.  Every VMI operation that needs the hypervisor is a ROM stub made of ONE
+trapping instruction, `int $0x82` (0.4-0.7 us per exit on Unicorn, the cheapest exit that leaves EIP
+alone), followed by `ret`; arguments stay in the registers the VMI ABI puts them in.  The VMM maps the
+trapping EIP to the call number through the ROM's stub table (no register is spent on the number).
+IRET and SYSEXIT are `jmp` stubs (JUMP_REL) that never return.
+
+Every handler validates its arguments: guest pointers go through the machine's checked page walker
+(bad ones become the #PF the CPU would raise), values are range-checked (bad ones get #GP), so a
+hostile kernel can only hurt itself.  Before the kernel binds to the ROM (and for instructions it
+keeps native) privileged instructions trap with #GP at ring 1 and are emulated by the shared
+trap-and-emulate core (`vmirom.machine.emulate`).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+from vmirom import abi
+from vmirom.hypervisors.base import Personality
+from vmirom.machine.faults import GP, GuestFault
+from vmirom.machine.vcpu import VCpu
+
+HYPERCALL_VECTOR = 0x82
+STUB = "int $0x82\n ret"
+NORETURN_STUB = "int $0x82"
+CYCLE_HZ = 1_000_000_000          # REAL/AVAILABLE counters tick in nanoseconds of virtual time
+IF = 0x200
+IOPL = 0x3000
+#: EFLAGS bits an IRET frame may load (CF PF AF ZF SF TF IF DF OF NT AC ID); IOPL/VM/RF stay
+IRET_FLAGS = 0x244FD5
+CR4_ALLOWED = 0x7FF & ~0x3        # no VME/PVI
+
+
+
+def handles(name: str):
+    """Mark a method as the handler of VMI call `name`."""
+    def deco(fn):
+        fn._vmi_call = name
+        return fn
+    return deco
+
+
+def _u32(v: int) -> int:
+    return v & 0xFFFFFFFF
+
+
+class Vmi(Personality):
+    """VMI 3.0, version 1: every operation is a hypercall (see module docstring)."""
+
+    name = "vmi"
+    description = "de-privileging hypervisor, VMI 3.0 ROM, every op a hypercall"
+    kernel_ring = 1
+    iopl = 0
+    hypercall_vector = HYPERCALL_VECTOR
+    rom_product = "vmi hypercall ROM"
+    rom_version = (1, 0)
+    api_minor = 0
+    #: calls left NONE (native instruction kept; it traps and is emulated, or does not need us)
+    native_calls = ("CPUID", "WRMSR", "RDMSR", "RDPMC", "RDTSC", "SetPxELong", "UpdatePxELong",
+                    "MachineToPhysical", "PhysicalToMachine", "SetInitialAPState", "APICWrite", "APICRead",
+                    "SetCallbacks", "INL", "INB", "INW", "INSL", "INSB", "INSW", "OUTL", "OUTB", "OUTW",
+                    "OUTSL", "OUTSB", "OUTSW", "GetSharedInfo", "FlushDeferred")
+    #: calls the hypervisor does not need: the kernel removes the site
+    nop_calls = ("UpdatePxE", "SetLinearMapping", "IODelay", "WBINVD")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.call_at: dict[int, int] = {}         # ROM offset of the trapping int -> call number
+        self.eip_cache: dict[int, int | None] = {}
+        self.dispatch: dict[int, Callable[[VCpu], None]] = {}
+        for attr in dir(type(self)):
+            fn = getattr(type(self), attr)
+            name = getattr(fn, "_vmi_call", None)
+            if name is not None:
+                self.dispatch[abi.call(name).number] = getattr(self, attr)
+        self.alarms: dict[int, tuple[int, int]] = {}   # counter -> (expiry ns, period ns)
+        self.user_iopl = 0
+        self.lazy_mode = 0
+        self.emu = None
+        self.calls_seen = 0
+
+    # -- the ROM ----------------------------------------------------------------------------------
+    def rom_spec(self):
+        from vmirom.rom import CallEntry, RomSpec
+
+        entries = {}
+        for c in abi.CALLS:
+            if c.since_minor > self.api_minor:
+                continue
+            if c.name in self.native_calls:
+                entries[c.number] = CallEntry.native()
+            elif c.name in self.nop_calls:
+                entries[c.number] = CallEntry.nop()
+            elif c.name in ("IRET", "SYSEXIT"):
+                entries[c.number] = CallEntry.jump(NORETURN_STUB)
+            elif c.number in self.dispatch:
+                entries[c.number] = CallEntry.call(STUB)
+        return RomSpec(manufacturer="vmirom", product=self.rom_product, rom_version=self.rom_version,
+                       api_minor=self.api_minor, entries=entries)
+
+    def attach(self, machine) -> None:
+        super().attach(machine)
+        rom = self.rom_image()
+        for c in abi.CALLS:
+            off = rom.stub_offset(c.number)
+            if off is not None and c.number in self.dispatch:
+                self.call_at[off] = c.number
+        from vmirom.machine.emulate import GuestControl, TrapEmulator
+
+        ctl = GuestControl()
+        ctl.kernel_ring = self.kernel_ring
+        self.emu = TrapEmulator(machine.vcpu, ctl)
+
+    # -- exits ------------------------------------------------------------------------------------
+    def is_hypercall(self, vcpu: VCpu) -> bool:
+        if vcpu.cpl > self.kernel_ring:
+            return False
+        site = _u32(vcpu.eip - 2)
+        call = self.eip_cache.get(site, -1)
+        if call == -1:
+            call = None
+            try:
+                phys = vcpu.translate(site)
+            except GuestFault:
+                phys = -1
+            base, end = self.machine.rom_range
+            if base <= phys < end:
+                call = self.call_at.get(phys - base)
+            if len(self.eip_cache) > 4096:
+                self.eip_cache.clear()
+            self.eip_cache[site] = call
+        self._pending_call = call
+        return call is not None
+
+    def hypercall(self, vcpu: VCpu) -> None:
+        call = self._pending_call
+        vcpu.count(f"hypercall:{abi.call(call).name}")
+        self.calls_seen += 1
+        self.dispatch[call](vcpu)
+
+    def on_exception(self, vcpu: VCpu, vector: int, error_code: int) -> bool:
+        if vector == GP and vcpu.cpl <= self.kernel_ring and self.emu is not None:
+            self.emu.handle_gp()           # raises GuestFault when it is a real #GP
+            return True
+        return False
+
+    def io_permitted(self, vcpu: VCpu) -> bool:
+        cpl = vcpu.cpl
+        return cpl <= self.kernel_ring or cpl <= (self.user_iopl >> 12)
+
+    # -- timers -------------------------------------------------------------------------------------
+    def deadline(self) -> int | None:
+        return min((e for e, _p in self.alarms.values()), default=None)
+
+    def update_timers(self) -> None:
+        if not self.alarms:
+            return
+        now = self.machine.clock.now_ns()
+        for counter, (expiry, period) in list(self.alarms.items()):
+            if now >= expiry:
+                self.machine.pic.raise_irq(0)
+                if period:
+                    self.alarms[counter] = (expiry + ((now - expiry) // period + 1) * period, period)
+                else:
+                    del self.alarms[counter]
+
+    def summary(self) -> dict:
+        d = super().summary()
+        d["hypercalls"] = self.calls_seen
+        if self.emu is not None:
+            d["emulated"] = self.emu.stats.traps
+        return d
+
+    # -- helpers --------------------------------------------------------------------------------------
+    @staticmethod
+    def _stack_arg(vcpu: VCpu, n: int) -> int:
+        """The n-th stack argument of a regparm(3) call (past the return address)."""
+        return vcpu.read_u32(_u32(vcpu.get("esp") + 4 + 4 * n))
+
+    def _after_if_change(self, vcpu: VCpu) -> None:
+        self.machine.update_timers()
+        self.machine.deliver_pending_interrupt()
+
+    def _descriptor(self, vcpu: VCpu, sel: int) -> tuple[int, int]:
+        """(lo, hi) of GDT descriptor `sel`; #GP(sel) when outside the GDT or an LDT selector."""
+        base, limit = vcpu.get("gdtr")
+        if sel & 4 or (sel & ~7) + 7 > limit or sel & ~7 == 0:
+            raise GuestFault(GP, sel & ~3)
+        return struct.unpack("<II", vcpu.read(base + (sel & ~7), 8))
+
+    @staticmethod
+    def _desc_base_limit(lo: int, hi: int) -> tuple[int, int]:
+        base = (lo >> 16) | ((hi & 0xFF) << 16) | (hi & 0xFF000000)
+        limit = (lo & 0xFFFF) | (hi & 0xF0000)
+        if hi & (1 << 23):
+            limit = (limit << 12) | 0xFFF
+        return base, limit
+
+    def _read_dtr(self, vcpu: VCpu, ptr: int) -> tuple[int, int]:
+        raw = vcpu.read(ptr, 6)
+        limit, base = struct.unpack("<HI", raw)
+        return base, limit
+
+    def _load_segment_checked(self, vcpu: VCpu, reg: str, sel: int) -> None:
+        from vmirom.engines.base import EngineError
+        try:
+            vcpu.set(reg, sel)
+        except EngineError:
+            raise GuestFault(GP, sel & ~3) from None
+
+    # -- descriptor tables -------------------------------------------------------------------------
+    @handles("SetGDT")
+    def set_gdt(self, vcpu: VCpu) -> None:
+        base, limit = self._read_dtr(vcpu, vcpu.get("eax"))
+        vcpu.set("gdtr", (base, limit))
+        self.emu.ctl.gdtr = (base, limit)
+        for reg in ("ds", "es", "fs", "gs", "ss"):          # "reloads all segment registers"
+            sel = vcpu.get(reg)
+            if sel & ~3:
+                self._load_segment_checked(vcpu, reg, sel)
+
+    @handles("SetIDT")
+    def set_idt(self, vcpu: VCpu) -> None:
+        base, limit = self._read_dtr(vcpu, vcpu.get("eax"))
+        vcpu.set("idtr", (base, limit))
+        self.emu.ctl.idtr = (base, limit)
+
+    @handles("GetGDT")
+    def get_gdt(self, vcpu: VCpu) -> None:
+        base, limit = vcpu.get("gdtr")
+        vcpu.write(vcpu.get("eax"), struct.pack("<HI", limit, base))
+
+    @handles("GetIDT")
+    def get_idt(self, vcpu: VCpu) -> None:
+        base, limit = vcpu.get("idtr")
+        vcpu.write(vcpu.get("eax"), struct.pack("<HI", limit, base))
+
+    @handles("SetTR")
+    def set_tr(self, vcpu: VCpu) -> None:
+        sel = vcpu.get("eax") & 0xFFFF
+        lo, hi = self._descriptor(vcpu, sel)
+        if (hi >> 8) & 0x1F not in (0x09, 0x0B) or not hi & 0x8000:
+            raise GuestFault(GP, sel & ~3)
+        base, limit = self._desc_base_limit(lo, hi)
+        vcpu.set("tr", (sel, base, limit, 0x8900))       # type 9 in the engine (unicorn W3)
+        self.emu.ctl.tr = sel
+
+    @handles("GetTR")
+    def get_tr(self, vcpu: VCpu) -> None:
+        vcpu.set("eax", vcpu.get("tr")[0])
+
+    @handles("SetLDT")
+    def set_ldt(self, vcpu: VCpu) -> None:
+        sel = vcpu.get("eax") & 0xFFFF
+        if sel & ~3 == 0:
+            vcpu.set("ldtr", (0, 0, 0, 0))
+        else:
+            lo, hi = self._descriptor(vcpu, sel)
+            if (hi >> 8) & 0x1F != 0x02 or not hi & 0x8000:
+                raise GuestFault(GP, sel & ~3)
+            base, limit = self._desc_base_limit(lo, hi)
+            vcpu.set("ldtr", (sel, base, limit, 0x8200))
+        self.emu.ctl.ldtr = sel
+
+    @handles("GetLDT")
+    def get_ldt(self, vcpu: VCpu) -> None:
+        vcpu.set("eax", vcpu.get("ldtr")[0])
+
+    def _write_entry(self, vcpu: VCpu) -> None:
+        table, index, lo = vcpu.get("eax"), vcpu.get("edx"), vcpu.get("ecx")
+        hi = self._stack_arg(vcpu, 0)
+        if index > 8191:
+            raise GuestFault(GP, 0)
+        vcpu.write(_u32(table + 8 * index), struct.pack("<II", lo, hi))
+
+    @handles("WriteGDTEntry")
+    def write_gdt_entry(self, vcpu: VCpu) -> None:
+        self._write_entry(vcpu)
+
+    @handles("WriteLDTEntry")
+    def write_ldt_entry(self, vcpu: VCpu) -> None:
+        self._write_entry(vcpu)
+
+    @handles("WriteIDTEntry")
+    def write_idt_entry(self, vcpu: VCpu) -> None:
+        self._write_entry(vcpu)
+
+    @handles("UpdateKernelStack")
+    def update_kernel_stack(self, vcpu: VCpu) -> None:
+        ss, esp = vcpu.get("eax"), vcpu.get("edx")
+        if ss > 0xFFFF:                                    # a TSS pointer (older guests): keep our SS
+            ss = vcpu.get("ss")
+        lo, hi = self._descriptor(vcpu, ss)
+        dpl = (hi >> 13) & 3
+        if (ss & 3) != self.kernel_ring or dpl != self.kernel_ring or (hi >> 9) & 0x7 not in (1, 3) \
+                or not (hi >> 12) & 1 or not hi & 0x8000:   # present, writable data, kernel ring
+            raise GuestFault(GP, ss & ~3)
+        self.machine.kernel_stacks[self.kernel_ring] = (ss, esp)
+
+    # -- control registers --------------------------------------------------------------------------
+    @handles("SetCR0")
+    def set_cr0(self, vcpu: VCpu) -> None:
+        v = vcpu.get("eax") | 1                            # PE stays on
+        if v & (1 << 31) and self._bad_cr3(vcpu.get("cr3")):
+            raise GuestFault(GP, 0)
+        vcpu.set("cr0", v)
+        self.emu.ctl.cr0 = v
+
+    def _bad_cr3(self, v: int) -> bool:
+        return (v & 0xFFFFF000) + 4096 > self.machine.memory.size
+
+    @handles("SetCR2")
+    def set_cr2(self, vcpu: VCpu) -> None:
+        vcpu.set("cr2", vcpu.get("eax"))
+
+    @handles("SetCR3")
+    def set_cr3(self, vcpu: VCpu) -> None:
+        v = vcpu.get("eax")
+        if self._bad_cr3(v):
+            raise GuestFault(GP, 0)
+        vcpu.set("cr3", v)
+        self.emu.ctl.cr3 = v
+
+    @handles("SetCR4")
+    def set_cr4(self, vcpu: VCpu) -> None:
+        v = vcpu.get("eax")
+        if v & ~CR4_ALLOWED:
+            raise GuestFault(GP, 0)
+        vcpu.set("cr4", v)
+        self.emu.ctl.cr4 = v
+
+    def _get_cr(n: int):  # noqa: N805 - factory
+        def get(self, vcpu: VCpu) -> None:
+            vcpu.set("eax", vcpu.get(f"cr{n}"))
+        return get
+
+    get_cr0 = handles("GetCR0")(_get_cr(0))
+    get_cr2 = handles("GetCR2")(_get_cr(2))
+    get_cr3 = handles("GetCR3")(_get_cr(3))
+    get_cr4 = handles("GetCR4")(_get_cr(4))
+
+    @handles("CLTS")
+    def clts(self, vcpu: VCpu) -> None:
+        vcpu.set("cr0", vcpu.get("cr0") & ~0x8)
+
+    @handles("SetDR")
+    def set_dr(self, vcpu: VCpu) -> None:
+        num, value = vcpu.get("eax"), vcpu.get("edx")
+        if num not in (0, 1, 2, 3, 6, 7):
+            raise GuestFault(GP, 0)
+        vcpu.set(f"dr{num}", value)
+
+    @handles("GetDR")
+    def get_dr(self, vcpu: VCpu) -> None:
+        num = vcpu.get("eax")
+        if num not in (0, 1, 2, 3, 6, 7):
+            raise GuestFault(GP, 0)
+        vcpu.set("eax", vcpu.get(f"dr{num}"))
+
+    # -- interrupt flag, privilege transitions ------------------------------------------------------
+    @handles("EnableInterrupts")
+    def enable_interrupts(self, vcpu: VCpu) -> None:
+        vcpu.set_interrupts(True)
+        self._after_if_change(vcpu)
+
+    @handles("DisableInterrupts")
+    def disable_interrupts(self, vcpu: VCpu) -> None:
+        vcpu.set_interrupts(False)
+
+    @handles("GetInterruptMask")
+    def get_interrupt_mask(self, vcpu: VCpu) -> None:
+        vcpu.set("eax", vcpu.get("eflags") & IF)
+
+    @handles("SetInterruptMask")
+    def set_interrupt_mask(self, vcpu: VCpu) -> None:
+        on = bool(vcpu.get("eax") & IF)
+        vcpu.set_interrupts(on)
+        if on:
+            self._after_if_change(vcpu)
+
+    @handles("IRET")
+    def iret(self, vcpu: VCpu) -> None:
+        esp = vcpu.get("esp")
+        eip, cs, flags = struct.unpack("<III", vcpu.read(esp, 12))
+        cs &= 0xFFFF
+        cpl = vcpu.cpl
+        rpl = cs & 3
+        if rpl < cpl:
+            raise GuestFault(GP, cs & ~3)
+        lo, hi = self._descriptor(vcpu, cs)
+        if not (hi >> 11) & 1 or not (hi >> 12) & 1 or (hi >> 13) & 3 != rpl or not hi & 0x8000:
+            raise GuestFault(GP, cs & ~3)
+        cur = vcpu.get("eflags")
+        new_flags = (flags & IRET_FLAGS) | (cur & ~IRET_FLAGS) | 0x2
+        if rpl == cpl:
+            vcpu.set("esp", _u32(esp + 12))
+        else:
+            new_esp, ss = struct.unpack("<II", vcpu.read(esp + 12, 8))
+            ss &= 0xFFFF
+            slo, shi = self._descriptor(vcpu, ss)
+            if (ss & 3) != rpl or (shi >> 13) & 3 != rpl or (shi >> 11) & 1 or not (shi >> 9) & 1:
+                raise GuestFault(GP, ss & ~3)
+            self.machine.engine.switch_ring(rpl, cs, ss)
+            vcpu.set("esp", new_esp)
+            for reg in ("ds", "es", "fs", "gs"):          # data segments the outer ring may not use
+                sel = vcpu.get(reg)
+                if sel & ~3:
+                    try:
+                        dlo, dhi = self._descriptor(vcpu, sel)
+                        ok = (dhi >> 13) & 3 >= rpl
+                    except GuestFault:
+                        ok = False
+                    if not ok:
+                        vcpu.set(reg, 0)
+        vcpu.set("eflags", new_flags)
+        vcpu.set("eip", eip)
+        if new_flags & IF:
+            self._after_if_change(vcpu)
+
+    @handles("SYSEXIT")
+    def sysexit(self, vcpu: VCpu) -> None:
+        base = vcpu.read_msr(0x174) & 0xFFFC
+        if not base:
+            raise GuestFault(GP, 0)
+        self.machine.engine.switch_ring(3, (base + 16) | 3, (base + 24) | 3)
+        vcpu.set("esp", vcpu.get("ecx"))
+        vcpu.set("eip", vcpu.get("edx"))
+        vcpu.set_interrupts(True)
+        self._after_if_change(vcpu)
+
+    @handles("Halt")
+    def halt(self, vcpu: VCpu) -> None:
+        vcpu.set_interrupts(True)                          # all VMI halts are safe halts
+        self.machine.update_timers()
+        if not self.machine.deliver_pending_interrupt():
+            vcpu.halt()
+
+    @handles("Shutdown")
+    def shutdown(self, vcpu: VCpu) -> None:
+        self.machine.guest_exit(0)
+
+    @handles("Reboot")
+    def reboot(self, vcpu: VCpu) -> None:
+        self.machine.stop("reboot", f"the guest asked for a {'hard' if vcpu.get('eax') else 'soft'} reboot")
+
+    @handles("SetIOPLMask")
+    def set_iopl_mask(self, vcpu: VCpu) -> None:
+        v = vcpu.get("eax")
+        if v & ~IOPL:
+            raise GuestFault(GP, 0)
+        self.user_iopl = v
+        self.emu.ctl.iopl = v >> 12
+
+    # -- MMU ------------------------------------------------------------------------------------------
+    @handles("SetPxE")
+    def set_pxe(self, vcpu: VCpu) -> None:
+        value, ptr = vcpu.get("eax"), vcpu.get("edx")
+        if ptr & 3:
+            raise GuestFault(GP, 0)
+        vcpu.write(ptr, struct.pack("<I", value), user=False)
+
+    def _check_pfn(self, pfn: int) -> None:
+        if pfn >= self.machine.memory.size >> 12:
+            raise GuestFault(GP, 0)
+
+    @handles("AllocatePage")
+    def allocate_page(self, vcpu: VCpu) -> None:
+        self._check_pfn(vcpu.get("eax"))
+        if vcpu.get("edx") & abi.PAGE_CLONE:
+            self._check_pfn(vcpu.get("ecx"))
+            start, count = self._stack_arg(vcpu, 0), self._stack_arg(vcpu, 1)
+            if start > 1024 or count > 1024 - start:
+                raise GuestFault(GP, 0)
+
+    @handles("ReleasePage")
+    def release_page(self, vcpu: VCpu) -> None:
+        self._check_pfn(vcpu.get("eax"))
+
+    @handles("InvalPage")
+    def inval_page(self, vcpu: VCpu) -> None:
+        vcpu.flush_tlb()
+
+    @handles("FlushTLB")
+    def flush_tlb(self, vcpu: VCpu) -> None:
+        if vcpu.get("eax") & ~3:
+            raise GuestFault(GP, 0)
+        vcpu.flush_tlb()
+
+    @handles("SetLazyMode")
+    def set_lazy_mode(self, vcpu: VCpu) -> None:
+        mode = vcpu.get("eax")
+        if mode > 2:
+            raise GuestFault(GP, 0)
+        self.lazy_mode = mode
+
+    # -- time -----------------------------------------------------------------------------------------
+    @handles("GetCycleFrequency")
+    def get_cycle_frequency(self, vcpu: VCpu) -> None:
+        vcpu.set("eax", CYCLE_HZ & 0xFFFFFFFF)
+        vcpu.set("edx", CYCLE_HZ >> 32)
+
+    @handles("GetCycleCounter")
+    def get_cycle_counter(self, vcpu: VCpu) -> None:
+        counter = vcpu.get("eax")
+        v = self.machine.clock.now_ns() if counter in (abi.CYCLE_COUNTER_REAL, abi.CYCLE_COUNTER_AVAILABLE) else 0
+        vcpu.set("eax", v & 0xFFFFFFFF)
+        vcpu.set("edx", (v >> 32) & 0xFFFFFFFF)
+
+    @handles("SetAlarm")
+    def set_alarm(self, vcpu: VCpu) -> None:
+        flags = vcpu.get("eax")
+        expiry = vcpu.get("edx") | (vcpu.get("ecx") << 32)
+        period = self._stack_arg(vcpu, 0) | (self._stack_arg(vcpu, 1) << 32)
+        counter = flags & abi.ALARM_COUNTER_MASK
+        if counter not in (abi.CYCLE_COUNTER_REAL, abi.CYCLE_COUNTER_AVAILABLE):
+            return                                          # STOLEN / unknown counter: a NOP
+        if not flags & abi.ALARM_PERIODIC:
+            period = 0
+        if period and period < 50_000:                     # at most 20 kHz of alarms
+            period = 50_000
+        self.alarms[counter] = (expiry, period)
+        self.update_timers()
+
+    @handles("CancelAlarm")
+    def cancel_alarm(self, vcpu: VCpu) -> None:
+        vcpu.set("eax", 1 if self.alarms.pop(vcpu.get("eax"), None) is not None else 0)
+
+    @handles("GetWallclockTime")
+    def get_wallclock(self, vcpu: VCpu) -> None:
+        v = self.machine.clock.wall_ns()
+        vcpu.set("eax", v & 0xFFFFFFFF)
+        vcpu.set("edx", (v >> 32) & 0xFFFFFFFF)
+
+    @handles("WallclockUpdated")
+    def wallclock_updated(self, vcpu: VCpu) -> None:
+        vcpu.set("eax", 0)
