@@ -100,6 +100,11 @@ void kmain(u32 magic, u32 mbi_pa)
 
     if (initrd_module.end > initrd_module.start) {
         /* a Unix: process 1 is "init" from the initrd */
+        /* let a few ticks pass so the clock knows the TSC rate before user space asks */
+        for (u32 t0 = ticks; ticks - t0 < 3 && strcmp(timer_source, "pit") == 0;) {
+            cli();
+            vmi_ops.halt();
+        }
         cli();
         proc_init();
         user_init();
