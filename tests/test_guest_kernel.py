@@ -154,45 +154,14 @@ def test_call_rel_sti_cli_patched_and_running(kernel: Kernel, tmp_path: Path) ->
     assert "EnableInterrupts     CALL_REL" in res.console     # vmi=debug prints every binding
 
 
-def _full_rom() -> RomSpec:
-    """Every operation the kernel performs, routed through ROM stubs that do the native thing
-    (at ring 0 on QEMU), plus NOP answers and a JUMP_REL iret: all three binding kinds."""
-    call = CallEntry.call
-    return RomSpec(product="all-calls", entries={
-        "CPUID": call("cpuid\n ret"),
-        "SetGDT": call("lgdt (%eax)\n ret"),
-        "SetIDT": call("lidt (%eax)\n ret"),
-        "SetTR": call("ltr %ax\n ret"),
-        "WriteGDTEntry": call("lea (%eax,%edx,8), %eax\n mov %ecx, (%eax)\n mov 4(%esp), %ecx\n"
-                              " mov %ecx, 4(%eax)\n ret"),
-        "WriteIDTEntry": call("lea (%eax,%edx,8), %eax\n mov %ecx, (%eax)\n mov 4(%esp), %ecx\n"
-                              " mov %ecx, 4(%eax)\n ret"),
-        "SetCR3": call("mov %eax, %cr3\n ret"),
-        "GetCR2": call("mov %cr2, %eax\n ret"),
-        "GetCR3": call("mov %cr3, %eax\n ret"),
-        "EnableInterrupts": call("sti\n ret"),
-        "DisableInterrupts": call("cli\n ret"),
-        "GetInterruptMask": call("pushf\n pop %eax\n and $0x200, %eax\n ret"),
-        "SetInterruptMask": call("push %eax\n popf\n ret"),
-        "IRET": CallEntry.jump("iret"),
-        "Halt": call("sti\n hlt\n ret"),
-        "SetPxE": call("mov %eax, (%edx)\n ret"),
-        "FlushTLB": call("mov %cr3, %eax\n mov %eax, %cr3\n ret"),
-        "InvalPage": call("invlpg (%eax)\n ret"),
-        "AllocatePage": CallEntry.nop(),
-        "ReleasePage": CallEntry.nop(),
-        "SetLinearMapping": CallEntry.nop(),
-        "SetLazyMode": CallEntry.nop(),
-        "IODelay": CallEntry.nop(),
-    })
-
-
 def test_all_binding_kinds_run_on_qemu(kernel: Kernel, tmp_path: Path) -> None:
-    res = boot(kernel, "exit_after=30", _full_rom(), tmp_path)
+    from vmirom.guest.testroms import all_calls_rom
+
+    res = boot(kernel, "exit_after=30", all_calls_rom(), tmp_path)
     assert_clean(res, 30)
     v = find_event(res.events, "vmi")
     assert v is not None and v["status"] == "bound"
-    assert v["counts"]["JUMP_REL"] == 1 and v["counts"]["NOP"] == 5 and v["counts"]["CALL_REL"] == 17
+    assert v["counts"]["JUMP_REL"] == 1 and v["counts"]["NOP"] == 5 and v["counts"]["CALL_REL"] == 18
     assert v["patched"] == v["sites"]          # every inline site's call is answered by the ROM
     assert_text(kernel, v, changed=True)
 
