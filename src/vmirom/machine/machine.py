@@ -164,6 +164,7 @@ class Machine:
                 res = self.engine.run_slice(self.slice_budget_us())
                 self.metrics.count("slice")
                 if res.halted:
+                    self.metrics.count("halt")
                     self.request_halt()
                 if res.error and self.fate is None:
                     self.stop("engine_error", f"engine stopped: {res.error} at eip={self.engine.reg('eip'):#010x}")
@@ -205,8 +206,8 @@ class Machine:
         self.personality.update_timers()
 
     def request_halt(self) -> None:
+        """The guest halts until an interrupt (the exit was counted by whoever saw the halt)."""
         self.halted = True
-        self.metrics.count("halt")
         self.engine.stop()
 
     def wait_for_interrupt(self) -> bool:
@@ -247,14 +248,14 @@ class Machine:
                 self.metrics.count(f"softint:{vector:#x}")
                 self.delivery.software(vector)
                 return
-            self.metrics.count(f"exception:{vector}")
             err, cr2 = 0, None
             if vector == PF:
                 cr2 = self.engine.reg("cr2")
                 write = pf_is_write(self, self.engine.reg("eip"), cr2)
                 err = self.paging.error_code(cr2, write=write, user=self.engine.cpl() == 3)
             if p.on_exception(self.vcpu, vector, err):
-                return
+                return                      # handled by the personality (it counts e.g. "emulate:cli")
+            self.metrics.count(f"exception:{vector}")
             self.delivery.exception(vector, err, cr2)
         except GuestFault as f:
             self.metrics.count(f"exception:{f.vector}")
@@ -315,10 +316,10 @@ class Machine:
             return True
 
     def on_invalid_opcode(self) -> bool:
-        self.metrics.count("exception:6")
         try:
             if self.personality.on_exception(self.vcpu, UD, 0):
                 return True
+            self.metrics.count("exception:6")
             self.delivery.exception(UD)
         except GuestFault as f:
             self.delivery.exception(f.vector, f.error_code, f.cr2)
