@@ -1,0 +1,221 @@
+"""`vmirom bench`: the benchmark matrix, side by side in one run, with tables, JSON and a chart."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from vmirom.bench import report, runs
+from vmirom.bench.runs import GUEST_TESTS, PSEUDO_TESTS, BenchError, Kernels, Target, Workload
+
+QUICK_TESTS = ("null_syscall", "pipe_latency", "fork_exit", "page_fault", "cpu_loop")
+QUICK_TARGETS = ("bare", "vmi")
+QUICK_SCALE = 2
+DEFAULT_SCALE = 20
+
+
+def _split(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def default_targets(native: bool) -> list[str]:
+    """Every registered personality, then QEMU, then the native-build pairs (when available)."""
+    from vmirom.guest.qemu import qemu_available
+    from vmirom.hypervisors import registry
+
+    names = registry.names()
+    qemu = qemu_available()
+    out = list(names) + ([runs.QEMU] if qemu else [])
+    if native:
+        out += ["bare@native"] + (["qemu@native"] if qemu else [])
+    return out
+
+
+def build_native() -> Path:
+    """`make -C guest native` -> guest/build/kernel-native.elf (the kernel without VMI call sites)."""
+    from vmirom.guest.build import BUILD_DIR, GUEST_DIR, BuildError
+
+    try:
+        proc = subprocess.run(["make", "-C", str(GUEST_DIR), "native"], capture_output=True, text=True,
+                              timeout=600, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise BuildError(f"make native failed to run: {e}") from e
+    path = BUILD_DIR / "kernel-native.elf"
+    if proc.returncode != 0 or not path.is_file():
+        tail = "\n".join((proc.stderr + proc.stdout).strip().splitlines()[-10:])
+        raise BuildError(f"building the native kernel failed:\n{tail}")
+    return path
+
+
+def resolve_kernels(kernel: str | None, native_kernel: str | None, initrd: str | None,
+                    want_native: bool) -> tuple[Kernels, str | None]:
+    """The guest files to run, building them when not given.  Returns (kernels, warning)."""
+    from vmirom.guest.build import BuildError, build_kernel
+    from vmirom.guest.initrd import INITRD_PATH
+
+    warning = None
+    try:
+        k = Path(kernel) if kernel else build_kernel()
+    except BuildError as e:
+        raise click.ClickException(str(e)) from None
+    rd = Path(initrd) if initrd else (INITRD_PATH if INITRD_PATH.is_file() else None)
+    nk: Path | None = None
+    if native_kernel:
+        nk = Path(native_kernel)
+    elif want_native:
+        try:
+            nk = build_native()
+        except BuildError as e:
+            warning = f"no native kernel ({e}); skipping the @native targets"
+    return Kernels(k, nk, rd), warning
+
+
+@click.command("bench")
+@click.option("--hypervisors", "targets_opt", metavar="A,B,...",
+              help="Targets: registered personalities, `qemu`, optional `@native` suffix "
+                   "(the kernel built without VMI call sites).  "
+                   "Default: all + qemu + bare@native, qemu@native.")
+@click.option("--tests", "tests_opt", metavar="T,U,...",
+              help=f"Guest tests ({', '.join(GUEST_TESTS)}) and/or pseudo tests ({', '.join(PSEUDO_TESTS)}). "
+                   "Default: every guest test.")
+@click.option("--repeat", type=click.IntRange(1, 100), default=None,
+              help="Repeats (targets interleaved). [3]")
+@click.option("--scale", type=click.IntRange(1, 10000), default=None,
+              help=f"Percent of the guest's default iteration counts (bench -s). [{DEFAULT_SCALE}]")
+@click.option("--iterations", "-n", type=click.IntRange(1), default=None,
+              help="Exact iterations of every test (bench -n; wins over --scale).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
+              help="Write the results here.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True),
+              help="Write the overhead chart here (.png or .svg).")
+@click.option("--quick", is_flag=True,
+              help=f"Short configuration: {','.join(QUICK_TARGETS)}, 1 repeat, {','.join(QUICK_TESTS)} "
+                   f"at {QUICK_SCALE}%% (explicit options still win).")
+@click.option("--timeout", type=click.FloatRange(1), default=600.0, show_default=True,
+              help="Wall-clock budget of one boot, seconds.")
+@click.option("--idle-ticks", type=click.IntRange(1), default=20, show_default=True,
+              help="Timer ticks of the exit_after boot used by the pseudo tests.")
+@click.option("--kernel", type=click.Path(exists=True, dir_okay=False),
+              help="VMI kernel (default: build it).")
+@click.option("--native-kernel", type=click.Path(exists=True, dir_okay=False),
+              help="Native kernel (default: make -C guest native).")
+@click.option("--initrd", type=click.Path(exists=True, dir_okay=False),
+              help="Initrd (default: the built one).")
+def bench(targets_opt: str | None, tests_opt: str | None, repeat: int | None, scale: int | None,
+          iterations: int | None, json_path: str | None, plot_path: str | None, quick: bool, timeout: float,
+          idle_ticks: int, kernel: str | None, native_kernel: str | None, initrd: str | None) -> None:
+    """Run the guest benchmark suite on each target, interleaved across repeats, and report medians
+    with ratios to `bare` (see docs/performance.md)."""
+    from rich.console import Console
+
+    console = Console(stderr=False)
+    names = _split(targets_opt) or (list(QUICK_TARGETS) if quick else None)
+    tests = _split(tests_opt) or list(QUICK_TESTS if quick else GUEST_TESTS)
+    for t in tests:
+        if t not in GUEST_TESTS and t not in PSEUDO_TESTS:
+            raise click.BadParameter(f"unknown test {t!r}; known: {', '.join(GUEST_TESTS + PSEUDO_TESTS)}",
+                                     param_hint="--tests")
+    repeat = repeat or (1 if quick else 3)
+    if iterations is None and scale is None:
+        scale = QUICK_SCALE if quick else DEFAULT_SCALE
+    want_native = names is None or any(n.endswith(runs.NATIVE_SUFFIX) for n in names)
+    kernels, warning = resolve_kernels(kernel, native_kernel, initrd, want_native)
+    if names is None:
+        names = default_targets(kernels.native is not None)
+    elif kernels.native is None and any(n.endswith(runs.NATIVE_SUFFIX) for n in names):
+        raise click.ClickException(warning or "no native kernel")
+    try:
+        targets = [Target.parse(n) for n in names]
+    except BenchError as e:
+        raise click.BadParameter(str(e), param_hint="--hypervisors") from None
+    if warning:
+        console.print(f"[yellow]warning:[/] {warning}")
+    guest_tests = tuple(t for t in tests if t in GUEST_TESTS)
+    pseudo = tuple(t for t in tests if t in PSEUDO_TESTS)
+    workload = Workload(guest_tests, pseudo, scale=scale, iterations=iterations, idle_ticks=idle_ticks,
+                        timeout_s=timeout)
+    if guest_tests and kernels.initrd is None:
+        raise click.ClickException("no initrd: build the guest (vmirom guest build) or pass --initrd")
+
+    boots, records = _run_matrix(console, targets, workload, kernels, repeat)
+
+    files = {"kernel": kernels.vmi, "native_kernel": kernels.native, "initrd": kernels.initrd}
+    config: dict[str, Any] = {"targets": [t.name for t in targets], "tests": tests, "repeat": repeat,
+                              "scale": scale, "iterations": iterations, "quick": quick, "timeout_s": timeout,
+                              "idle_ticks": idle_ticks}
+    doc = report.document(command="vmirom bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
+                          config=config, env=report.environment(files), boots=[b.as_json() for b in boots],
+                          records=records)
+    for table in report.tables(doc):
+        console.print(table)
+    failed = [r for r in records if r["status"] != "ok"]
+    if failed:
+        shown = {(r["target"], r["test"]): r["error"] for r in failed}
+        console.print(f"[yellow]{len(failed)} of {len(records)} measurements failed:[/]")
+        for (tg, test), err in list(shown.items())[:20]:
+            console.print(f"  {tg} {test}: {err}")
+    if json_path:
+        problems = report.validate(doc)
+        if problems:          # a bug of ours: say so, but keep the data
+            console.print(f"[red]the JSON does not match schema.json:[/] {problems[:5]}")
+        try:
+            Path(json_path).write_text(json.dumps(doc, indent=1) + "\n")
+        except OSError as e:
+            raise click.ClickException(f"cannot write {json_path}: {e}") from None
+        console.print(f"wrote {json_path}")
+    if plot_path:
+        if not doc["summary"]:
+            console.print("[yellow]no results to plot[/]")
+        else:
+            try:
+                report.plot(doc, Path(plot_path))
+            except (OSError, ValueError) as e:
+                raise click.ClickException(f"cannot write {plot_path}: {e}") from None
+            console.print(f"wrote {plot_path}")
+
+
+def _run_matrix(console: Any, targets: list[Target], workload: Workload, kernels: Kernels,
+                repeat: int) -> tuple[list[runs.BootResult], list[dict[str, Any]]]:
+    """Repeat 1: every target in order; repeat 2: again ... (interleaved, so drifts of a shared
+    machine hit every target alike)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    kinds = ([False] if workload.tests else []) + ([True] if workload.pseudo else [])
+    boots: list[runs.BootResult] = []
+    records: list[dict[str, Any]] = []
+    with Progress(TextColumn("{task.description}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total} boots"), TimeElapsedColumn(),
+                  console=console, transient=False) as progress:
+        task = progress.add_task("bench", total=repeat * len(targets) * len(kinds))
+        for r in range(repeat):
+            for t in targets:
+                for pseudo in kinds:
+                    label = f"repeat {r + 1}/{repeat} [bold]{t.name}[/]"
+                    progress.update(task, description=label + (": boot" if pseudo else ": starting"))
+
+                    def on_line(line: runs.ConsoleLine, label: str = label) -> None:
+                        ev = line.event
+                        if ev and ev.get("event") == "bench_start":
+                            progress.update(task, description=f"{label}: {ev.get('test')}")
+
+                    try:
+                        b = runs.run_boot(t, r, kernels, workload, pseudo=pseudo, on_line=on_line)
+                    except BenchError as e:
+                        b = runs.BootResult(t.name, r, "", "setup_error", None, str(e), 0.0,
+                                            [runs.error_record(t, r, x, str(e)) for x in
+                                             (workload.pseudo if pseudo else workload.tests)])
+                    boots.append(b)
+                    records += b.records
+                    ok = sum(1 for x in b.records if x["status"] == "ok")
+                    colour = "green" if ok == len(b.records) else "yellow"
+                    progress.console.print(f"  r{r + 1} {t.name:<14} {b.fate}"
+                                           f"{'' if b.exit_status is None else f' {b.exit_status}'} "
+                                           f"in {b.wall_s:.1f} s: [{colour}]{ok}/{len(b.records)} ok[/]")
+                    progress.advance(task)
+    return boots, records

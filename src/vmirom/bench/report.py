@@ -1,0 +1,305 @@
+"""The outputs of a benchmark run: the JSON document (and its schema check), the table of medians
+with ratios, and the overhead chart."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import platform
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from vmirom.bench import stats
+
+SCHEMA_PATH = Path(__file__).with_name("schema.json")
+SCHEMA_ID = "vmirom-bench/1"
+REPO = Path(__file__).resolve().parents[3]
+
+
+def sha256(path: Path | None) -> str | None:
+    if path is None or not path.is_file():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cmd(args: list[str]) -> str | None:
+    try:
+        out = subprocess.run(args, capture_output=True, text=True, timeout=10, check=False, cwd=REPO)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(kernels: dict[str, Path | None]) -> dict[str, Any]:
+    """Versions, CPU, commit and the sha256 of every guest file used: enough to tell two runs apart."""
+    import os
+
+    from vmirom import __version__
+
+    qemu = None
+    if shutil.which("qemu-system-i386"):
+        q = _cmd(["qemu-system-i386", "--version"])
+        qemu = q.splitlines()[0] if q else None
+    dirty = _cmd(["git", "status", "--porcelain", "--untracked-files=no"])
+    return {
+        "vmirom": __version__,
+        "python": sys.version.split()[0],
+        "unicorn": _version("unicorn"),
+        "capstone": _version("capstone"),
+        "qemu": qemu,
+        "cpu": _cpu(),
+        "cpus": os.cpu_count(),
+        "os": platform.platform(),
+        "commit": _cmd(["git", "rev-parse", "HEAD"]),
+        "tree_dirty": bool(dirty),
+        "files": {name: {"path": str(p) if p else None, "sha256": sha256(p)} for name, p in kernels.items()},
+    }
+
+
+def document(*, command: str, config: dict[str, Any], env: dict[str, Any], boots: list[dict[str, Any]],
+             records: list[dict[str, Any]]) -> dict[str, Any]:
+    summary = stats.summarize(records)
+    return {
+        "schema": SCHEMA_ID,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "command": command,
+        "config": config,
+        "environment": env,
+        "boots": boots,
+        "records": records,
+        "summary": summary,
+        "site_cost": stats.site_cost(summary),
+    }
+
+
+# -- schema validation ---------------------------------------------------------------------------------
+def load_schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def validate(doc: Any) -> list[str]:
+    """Problems of `doc` against schema.json ([] = valid).  Uses `jsonschema` when installed, else a
+    small validator for the subset of JSON Schema that schema.json uses."""
+    schema = load_schema()
+    try:
+        import jsonschema
+    except ImportError:
+        return _validate(doc, schema, schema, "$")
+    v = jsonschema.Draft202012Validator(schema)
+    return [f"{'/'.join(str(p) for p in e.absolute_path) or '$'}: {e.message}" for e in v.iter_errors(doc)]
+
+
+_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+
+
+def _is(value: Any, t: str) -> bool:
+    if t == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if t == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, _TYPES[t])
+
+
+def _validate(value: Any, schema: dict[str, Any], root: dict[str, Any], where: str) -> list[str]:
+    if "$ref" in schema:
+        ref = schema["$ref"]
+        node: Any = root
+        for part in ref.removeprefix("#/").split("/"):
+            node = node[part]
+        return _validate(value, node, root, where)
+    errs: list[str] = []
+    if "oneOf" in schema:
+        matches = sum(1 for sub in schema["oneOf"] if not _validate(value, sub, root, where))
+        if matches != 1:
+            errs.append(f"{where}: matches {matches} of the oneOf alternatives, not exactly one")
+    types = schema.get("type")
+    if types is not None:
+        ts = types if isinstance(types, list) else [types]
+        if not any(_is(value, t) for t in ts):
+            return [f"{where}: {value!r:.60} is not of type {'/'.join(ts)}"]
+    if "const" in schema and value != schema["const"]:
+        errs.append(f"{where}: must be {schema['const']!r}")
+    if "enum" in schema and value not in schema["enum"]:
+        errs.append(f"{where}: {value!r} not one of {schema['enum']}")
+    if _is(value, "number"):
+        if "minimum" in schema and value < schema["minimum"]:
+            errs.append(f"{where}: {value} < minimum {schema['minimum']}")
+        if "maximum" in schema and value > schema["maximum"]:
+            errs.append(f"{where}: {value} > maximum {schema['maximum']}")
+    if isinstance(value, str) and "minLength" in schema and len(value) < schema["minLength"]:
+        errs.append(f"{where}: shorter than {schema['minLength']}")
+    if isinstance(value, dict):
+        for k in schema.get("required", []):
+            if k not in value:
+                errs.append(f"{where}: missing required property {k!r}")
+        props = schema.get("properties", {})
+        for k, v in value.items():
+            if k in props:
+                errs += _validate(v, props[k], root, f"{where}/{k}")
+            elif "additionalProperties" in schema:
+                extra = schema["additionalProperties"]
+                if extra is False:
+                    errs.append(f"{where}: unexpected property {k!r}")
+                elif isinstance(extra, dict):
+                    errs += _validate(v, extra, root, f"{where}/{k}")
+    if isinstance(value, list):
+        if "minItems" in schema and len(value) < schema["minItems"]:
+            errs.append(f"{where}: fewer than {schema['minItems']} items")
+        if "items" in schema:
+            for i, item in enumerate(value):
+                errs += _validate(item, schema["items"], root, f"{where}/{i}")
+    return errs
+
+
+# -- the table -----------------------------------------------------------------------------------------
+def fmt_time(ns: float | None) -> str:
+    if ns is None:
+        return "-"
+    if ns >= 1e6:
+        return f"{ns / 1e6:.2f} ms"
+    if ns >= 1e3:
+        return f"{ns / 1e3:.1f} µs"
+    return f"{ns:.0f} ns"
+
+
+def fmt_ratio(r: float | None) -> str:
+    return "-" if r is None else f"×{r:.2f}"
+
+
+def tables(doc: dict[str, Any]) -> list[Any]:
+    """rich Tables: per-test medians with ratios to bare (guest clock), host-side figures, site cost."""
+    from rich.table import Table
+
+    summary = doc["summary"]
+    tests = stats.ordered(r["test"] for r in summary)
+    targets = stats.ordered(r["target"] for r in summary)
+    by = {(r["test"], r["target"]): r for r in summary}
+    n = max((r["n"] for r in summary), default=0)
+
+    t1 = Table(title=f"Guest time per iteration (median of {n} repeats) and ratio to bare")
+    t1.add_column("test")
+    for tg in targets:
+        t1.add_column(tg, justify="right")
+    for test in tests:
+        row = [test]
+        for tg in targets:
+            r = by.get((test, tg))
+            if r is None:
+                row.append("failed")
+                continue
+            ns = r["guest_ns_per_iter"] if r["guest_ns_per_iter"] is not None else r["host_ns_per_iter"]
+            mark = "" if r["guest_ns_per_iter"] is not None else "ʰ"
+            row.append(f"{fmt_time(ns)}{mark}" + ("" if tg == stats.BASELINE else
+                                                  f" {fmt_ratio(r['guest_ratio'] or r['host_ratio'])}"))
+        t1.add_row(*row)
+    t1.caption = "ʰ = no guest timestamps for this test: host wall time"
+
+    t2 = Table(title="Host side: wall time per iteration, exits per iteration, "
+                     "share of time outside the guest")
+    t2.add_column("test")
+    for tg in targets:
+        t2.add_column(tg, justify="right")
+    for test in tests:
+        row = [test]
+        for tg in targets:
+            r = by.get((test, tg))
+            if r is None:
+                row.append("failed")
+                continue
+            ex = r["exits_total_per_iter"]
+            share = r["outside_share"]
+            row.append(f"{fmt_time(r['host_ns_per_iter'])} {fmt_ratio(r['host_ratio'])}"
+                       + (f"\n{ex:.1f} exits" if ex is not None else "")
+                       + (f" {share:.0%} out" if share is not None else ""))
+        t2.add_row(*row)
+    out = [t1, t2]
+    if doc.get("site_cost"):
+        t3 = Table(title="Cost of the VMI call sites with no ROM: kernel with sites / native build")
+        for c in ("test", "platform", "guest ratio", "host ratio"):
+            t3.add_column(c, justify="left" if c in ("test", "platform") else "right")
+        for r in doc["site_cost"]:
+            t3.add_row(r["test"], r["platform"], fmt_ratio(r["guest_ratio"]), fmt_ratio(r["host_ratio"]))
+        out.append(t3)
+    return out
+
+
+def markdown_table(doc: dict[str, Any]) -> str:
+    """The main table as Markdown (for docs/performance.md)."""
+    summary = doc["summary"]
+    tests = stats.ordered(r["test"] for r in summary)
+    targets = stats.ordered(r["target"] for r in summary)
+    by = {(r["test"], r["target"]): r for r in summary}
+    lines = ["| test | " + " | ".join(targets) + " |", "|---" * (len(targets) + 1) + "|"]
+    for test in tests:
+        cells = []
+        for tg in targets:
+            r = by.get((test, tg))
+            if r is None:
+                cells.append("failed")
+                continue
+            ns = r["guest_ns_per_iter"] if r["guest_ns_per_iter"] is not None else r["host_ns_per_iter"]
+            ratio = r["guest_ratio"] if r["guest_ns_per_iter"] is not None else r["host_ratio"]
+            ex = r["exits_total_per_iter"]
+            cells.append(fmt_time(ns) + ("" if tg == stats.BASELINE else f" ({fmt_ratio(ratio)})")
+                         + (f"<br>{ex:.1f} exits" if ex is not None else ""))
+        lines.append(f"| {test} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# -- the chart ------------------------------------------------------------------------------------------
+def plot(doc: dict[str, Any], path: Path) -> Path:
+    """Grouped bars: per test, each target's time per iteration relative to bare (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = doc["summary"]
+    tests = stats.ordered(r["test"] for r in summary)
+    targets = [t for t in stats.ordered(r["target"] for r in summary) if t != stats.BASELINE]
+    by = {(r["test"], r["target"]): r for r in summary}
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(tests) + 2), 4.5))
+    width = 0.8 / max(1, len(targets))
+    for i, tg in enumerate(targets):
+        xs, ys = [], []
+        for j, test in enumerate(tests):
+            r = by.get((test, tg))
+            v = None if r is None else (r["guest_ratio"] if r["guest_ratio"] is not None else r["host_ratio"])
+            if v is not None:
+                xs.append(j + (i - (len(targets) - 1) / 2) * width)
+                ys.append(v)
+        ax.bar(xs, ys, width=width, label=tg)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(tests)))
+    ax.set_xticklabels(tests, rotation=30, ha="right")
+    ax.set_ylabel("time per iteration / bare (log)")
+    ax.set_title("vmirom bench: overhead relative to bare")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,373 @@
+"""Running the guest benchmark suite once on one target and turning what it printed into records.
+
+A *target* is a place the kernel runs: a registered hypervisor personality (`bare`, `fullvirt`,
+`vmi` ...), or `qemu` (real `qemu-system-i386 -accel tcg`, no option ROM: the external native
+reference).  A suffix `@native` runs the native build of the kernel (no VMI call sites,
+`make -C guest native`) instead of the VMI kernel: `bare@native`, `qemu@native`.
+
+Guest tests are the benchmark program's (guest/user/bench.c, run with `init=bench,...`).  Two pseudo
+tests need no user space and come from a boot with `exit_after=N` and no init: `boot` (power-on to
+the kernel's `ready` event, one iteration) and `idle` (one iteration per timer tick while the kernel
+idles).
+"""
+
+from __future__ import annotations
+
+import selectors
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vmirom.bench.probe import ConsoleLine, Delta, Probe, Snapshot, bench_windows
+from vmirom.guest.console import JSON_PREFIX, parse_events
+
+#: the benchmark program's tests, in its order (bench -l)
+GUEST_TESTS = ("null_syscall", "pipe_latency", "fork_exit", "fork_exec", "page_fault", "prot_fault",
+               "mmap_munmap", "cpu_loop", "build")
+PSEUDO_TESTS = ("boot", "idle")
+QEMU = "qemu"
+NATIVE_SUFFIX = "@native"
+
+
+class BenchError(Exception):
+    """A benchmark could not be set up (unknown target or test, missing kernel ...)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str            # as given: "vmi", "bare@native", "qemu"
+    platform: str        # personality name or "qemu"
+    kernel: str          # "vmi" (the kernel with call sites) or "native"
+
+    @classmethod
+    def parse(cls, name: str) -> Target:
+        native = name.endswith(NATIVE_SUFFIX)
+        platform = name[: -len(NATIVE_SUFFIX)] if native else name
+        if platform != QEMU:
+            from vmirom.hypervisors import registry
+            try:
+                registry.get(platform)
+            except registry.UnknownHypervisor as e:
+                raise BenchError(f"{e}; or qemu, with an optional @native suffix") from None
+        return cls(name, platform, "native" if native else "vmi")
+
+
+@dataclass
+class Workload:
+    """What the guest runs in one boot."""
+
+    tests: tuple[str, ...]              # guest tests (may be empty)
+    pseudo: tuple[str, ...] = ()        # pseudo tests (need the exit_after boot)
+    scale: int | None = None            # bench -s PERCENT
+    iterations: int | None = None       # bench -n N (wins over scale)
+    idle_ticks: int = 20                # exit_after for the pseudo-test boot
+    timeout_s: float = 600.0
+
+    def bench_cmdline(self) -> str:
+        args = ["bench"]
+        if self.iterations is not None:
+            args += ["-n", str(self.iterations)]
+        elif self.scale is not None:
+            args += ["-s", str(self.scale)]
+        args += list(self.tests)
+        return "init=" + ",".join(args)
+
+    def idle_cmdline(self) -> str:
+        return f"exit_after={self.idle_ticks}"
+
+
+@dataclass
+class Kernels:
+    vmi: Path
+    native: Path | None
+    initrd: Path | None
+
+    def for_target(self, t: Target) -> Path:
+        if t.kernel == "native":
+            if self.native is None:
+                raise BenchError(f"{t.name}: no native kernel build (make -C guest native)")
+            return self.native
+        return self.vmi
+
+
+@dataclass
+class BootResult:
+    """One boot of one target: how it ended, and the records it produced."""
+
+    target: str
+    repeat: int
+    cmdline: str
+    fate: str                       # "exit" (clean or not: see exit_status), "timeout", "triple_fault" ...
+    exit_status: int | None
+    message: str
+    wall_s: float
+    records: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    handler_profile: dict[str, Any] = field(default_factory=dict)
+    console_tail: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return {"target": self.target, "repeat": self.repeat, "cmdline": self.cmdline, "fate": self.fate,
+                "exit_status": self.exit_status, "message": self.message, "wall_s": round(self.wall_s, 4),
+                "errors": self.errors, "handler_profile": self.handler_profile}
+
+
+def _record(target: Target, repeat: int, test: str, iterations: int, *, guest_total: float | None,
+            guest_unit: str | None, delta: Delta | None, host_ns: int | None) -> dict[str, Any]:
+    it = max(1, iterations)
+    rec: dict[str, Any] = {
+        "test": test, "target": target.name, "platform": target.platform, "kernel": target.kernel,
+        "repeat": repeat, "status": "ok", "error": None, "iterations": iterations,
+        "guest_total": guest_total, "guest_unit": guest_unit,
+        "guest_per_iter": guest_total / it if guest_total is not None else None,
+        "host_ns": host_ns, "host_ns_per_iter": host_ns / it if host_ns is not None else None,
+        "exits": None, "exits_detail": None, "exits_per_iter": {}, "exits_total_per_iter": None,
+        "slices": None, "handler_ns_per_iter": None, "outside_share": None,
+    }
+    if delta is not None:
+        kinds = {k: v for k, v in delta.kinds.items() if k not in ("slice", "delivery")}
+        rec.update(exits=kinds, exits_detail=delta.detail,
+                   exits_per_iter={k: v / it for k, v in kinds.items()},
+                   exits_total_per_iter=sum(kinds.values()) / it, slices=delta.kinds.get("slice", 0),
+                   handler_ns_per_iter=delta.handler_ns / it, outside_share=delta.outside_share)
+    return rec
+
+
+def error_record(target: Target, repeat: int, test: str, error: str) -> dict[str, Any]:
+    rec = _record(target, repeat, test, 0, guest_total=None, guest_unit=None, delta=None, host_ns=None)
+    rec.update(status="error", error=error)
+    return rec
+
+
+def _guest_figure(ev: dict[str, Any]) -> tuple[float | None, str | None]:
+    try:
+        return float(ev["t1"]) - float(ev["t0"]), str(ev.get("unit", "ns"))
+    except (KeyError, TypeError, ValueError):
+        return None, None
+
+
+def records_from_lines(target: Target, repeat: int, lines: list[ConsoleLine], wanted: tuple[str, ...],
+                       host_only: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
+    """Records for the guest tests in `wanted` from a bench boot's console lines; tests that printed
+    no result become error records.  `host_only`: the snapshots carry host time but no exit counters
+    (QEMU)."""
+    windows, errs = bench_windows(lines)
+    recs: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for w in windows:
+        total, unit = _guest_figure(w.result)
+        n = w.result.get("iterations")
+        if not isinstance(n, int) or n <= 0:
+            continue
+        seen.add(w.test)
+        recs.append(_record(target, repeat, w.test, n, guest_total=total, guest_unit=unit,
+                            delta=None if host_only else w.delta, host_ns=w.delta.wall_ns))
+    messages = []
+    for e in errs:
+        test = str(e.get("test"))
+        messages.append(f"{test}: {e.get('error')}")
+        if test in wanted and test not in seen:
+            seen.add(test)
+            recs.append(error_record(target, repeat, test, str(e.get("error"))))
+    return recs, messages
+
+
+def pseudo_records(target: Target, repeat: int, lines: list[ConsoleLine], origin: Snapshot,
+                   wanted: tuple[str, ...], host_only: bool = False) -> list[dict[str, Any]]:
+    """`boot` and `idle` records from an exit_after boot."""
+    ready = next((ln for ln in lines if ln.event and ln.event.get("event") == "ready"), None)
+    idle = next((ln for ln in lines if ln.event and ln.event.get("event") == "idle"), None)
+    recs = []
+    if "boot" in wanted:
+        if ready is None:
+            recs.append(error_record(target, repeat, "boot", "the kernel printed no ready event"))
+        else:
+            d = ready.end.minus(origin)
+            recs.append(_record(target, repeat, "boot", 1, guest_total=None, guest_unit=None,
+                                delta=None if host_only else d, host_ns=d.wall_ns))
+    if "idle" in wanted:
+        ticks = None
+        if ready is not None and idle is not None:
+            try:
+                ticks = int(idle.event["ticks"]) - int(ready.event.get("ticks", 0))  # type: ignore[index]
+            except (KeyError, TypeError, ValueError):
+                ticks = None
+        if ready is None or idle is None or not ticks or ticks <= 0:
+            recs.append(error_record(target, repeat, "idle", "no ready/idle events with a tick count"))
+        else:
+            d = idle.start.minus(ready.end)
+            recs.append(_record(target, repeat, "idle", ticks, guest_total=None, guest_unit=None,
+                                delta=None if host_only else d, host_ns=d.wall_ns))
+    return recs
+
+
+# -- the VMM -------------------------------------------------------------------------------------------
+def run_vmm(target: Target, kernel: Path, initrd: Path | None, cmdline: str, timeout_s: float,
+            on_line: Callable[[ConsoleLine], None] | None = None,
+            stop_when: Callable[[ConsoleLine], str | None] | None = None,
+            ) -> tuple[Any, Probe, Snapshot, float]:
+    """Boot `kernel` on personality `target.platform` under the probe.  Returns (RunResult, probe,
+    origin snapshot, wall seconds).  `stop_when(line)` returning a message ends the run early (fate
+    "stopped")."""
+    from vmirom.engines.unicorn import UnicornEngine
+    from vmirom.hypervisors import registry
+    from vmirom.machine import Machine, MachineConfig
+
+    def watch(line: ConsoleLine) -> None:
+        if on_line is not None:
+            on_line(line)
+        why = stop_when(line) if stop_when is not None else None
+        if why:
+            machine.stop("stopped", why)
+
+    probe = Probe(watch)
+    engine = probe.wrap(UnicornEngine())
+    machine = Machine(registry.create(target.platform),
+                      MachineConfig(timeout_s=timeout_s, echo=probe.console_sink), engine=engine)
+    try:
+        modules = [(initrd.read_bytes(), "initrd")] if initrd is not None else None
+        machine.load_kernel(kernel.read_bytes(), cmdline, modules)
+        probe.attach(machine)
+        origin = probe.snapshot()
+        t = time.monotonic()
+        result = machine.run()
+        wall = time.monotonic() - t
+    finally:
+        machine.close()
+    return result, probe, origin, wall
+
+
+# -- QEMU ------------------------------------------------------------------------------------------------
+class _HostLines:
+    """Console lines of a QEMU run, each stamped with host time when it arrived on the pipe."""
+
+    def __init__(self, on_line: Callable[[ConsoleLine], None] | None) -> None:
+        self.t0 = time.perf_counter_ns()
+        self.lines: list[ConsoleLine] = []
+        self.on_line = on_line
+        self.buf = b""
+
+    def snap(self) -> Snapshot:
+        return Snapshot(time.perf_counter_ns() - self.t0, 0, 0, {}, {})
+
+    def feed(self, data: bytes) -> None:
+        self.buf += data
+        while b"\n" in self.buf:
+            raw, self.buf = self.buf.split(b"\n", 1)
+            text = raw.decode("utf-8", "replace").rstrip("\r")
+            s = self.snap()
+            ln = ConsoleLine(text, s, s)
+            if JSON_PREFIX in text:
+                ev = parse_events(text)
+                ln.event = ev[0] if ev else None
+            self.lines.append(ln)
+            if self.on_line is not None:
+                self.on_line(ln)
+
+
+def run_qemu(kernel: Path, initrd: Path | None, cmdline: str, timeout_s: float,
+             on_line: Callable[[ConsoleLine], None] | None = None,
+             stop_when: Callable[[ConsoleLine], str | None] | None = None,
+             ) -> tuple[str, int | None, str, _HostLines, float]:
+    """Boot on qemu-system-i386 (TCG), reading the console as it comes.  Returns (fate, guest exit
+    status, message, lines, wall seconds).  Host times are arrival times on the pipe (ms-accurate)."""
+    from vmirom.guest.qemu import qemu_available, qemu_command
+
+    if not qemu_available():
+        raise BenchError("qemu-system-i386 is not installed")
+    cmd = qemu_command(kernel, cmdline=cmdline, initrd=initrd)
+    stopped: list[str] = []
+
+    def watch(line: ConsoleLine) -> None:
+        if on_line is not None:
+            on_line(line)
+        why = stop_when(line) if stop_when is not None else None
+        if why and not stopped:
+            stopped.append(why)
+
+    hl = _HostLines(watch)
+    t = time.monotonic()
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except OSError as e:
+        raise BenchError(f"cannot start QEMU: {e}") from e
+    sel = selectors.DefaultSelector()
+    assert proc.stdout is not None and proc.stderr is not None
+    sel.register(proc.stdout, selectors.EVENT_READ, "out")
+    sel.register(proc.stderr, selectors.EVENT_READ, "err")
+    err = b""
+    open_streams = 2
+    timed_out = False
+    try:
+        while open_streams and not stopped:
+            left = timeout_s - (time.monotonic() - t)
+            if left <= 0:
+                timed_out = True
+                break
+            for key, _ in sel.select(timeout=min(left, 1.0)):
+                data = key.fileobj.read1(65536)  # type: ignore[union-attr]
+                if not data:
+                    sel.unregister(key.fileobj)
+                    open_streams -= 1
+                elif key.data == "out":
+                    hl.feed(data)
+                else:
+                    err += data[:65536]
+    finally:
+        sel.close()
+        if timed_out or stopped:
+            proc.kill()
+        rc = proc.wait()
+    wall = time.monotonic() - t
+    if stopped:
+        return "stopped", None, stopped[0], hl, wall
+    if timed_out:
+        return "timeout", None, f"QEMU did not finish in {timeout_s:g} s", hl, wall
+    if rc % 2 == 1:
+        return "exit", rc >> 1, f"guest exited with status {rc >> 1}", hl, wall
+    tail = err.decode("utf-8", "replace").strip().splitlines()[-3:]
+    return "qemu_error", None, f"QEMU exited with code {rc}: {' '.join(tail)}", hl, wall
+
+
+def no_init(line: ConsoleLine) -> str | None:
+    """A kernel that cannot run the init program says so and idles: no point waiting for a timeout."""
+    if "no init program" in line.text:
+        return f"the kernel runs no init program: {line.text.strip()!r}"
+    return None
+
+
+# -- one boot -----------------------------------------------------------------------------------------
+def run_boot(target: Target, repeat: int, kernels: Kernels, workload: Workload, *, pseudo: bool = False,
+             on_line: Callable[[ConsoleLine], None] | None = None) -> BootResult:
+    """One boot of `target`: the guest bench suite (pseudo=False) or the exit_after boot for the
+    pseudo tests.  Never raises for guest misbehaviour: a bad fate becomes error records."""
+    kernel = kernels.for_target(target)
+    cmdline = workload.idle_cmdline() if pseudo else workload.bench_cmdline()
+    initrd = None if pseudo else kernels.initrd
+    wanted = workload.pseudo if pseudo else workload.tests
+    profile: dict[str, Any] = {}
+    stop = None if pseudo else no_init
+    if target.platform == QEMU:
+        fate, status, message, hl, wall = run_qemu(kernel, initrd, cmdline, workload.timeout_s, on_line, stop)
+        lines, origin, host_only = hl.lines, Snapshot(0, 0, 0, {}, {}), True
+    else:
+        res, probe, origin, wall = run_vmm(target, kernel, initrd, cmdline, workload.timeout_s, on_line, stop)
+        fate, status, message, lines, host_only = res.fate, res.exit_status, res.message, probe.lines, False
+        profile = probe.handler_profile()
+        profile["_total"] = {"wall_ns": probe.snapshot().wall_ns, "handler_ns": probe.handler_ns,
+                             "exits": res.metrics.get("total_exits")}
+    if pseudo:
+        recs, errors = pseudo_records(target, repeat, lines, origin, wanted, host_only), []
+    else:
+        recs, errors = records_from_lines(target, repeat, lines, wanted, host_only)
+    # A test that produced nothing (the guest died, timed out, or cannot run processes yet).
+    done = {r["test"] for r in recs}
+    why = message if fate != "exit" or status else "the guest printed no result for it"
+    for test in wanted:
+        if test not in done:
+            recs.append(error_record(target, repeat, test, why))
+    tail = "\n".join(ln.text for ln in lines[-15:])
+    return BootResult(target.name, repeat, cmdline, fate, status, message, wall, recs, errors, profile, tail)

@@ -1,0 +1,96 @@
+"""Medians and ratios over benchmark records.
+
+The machines this runs on are shared and noisy, so the figures that matter are ratios between
+targets measured in the same run (interleaved repeats), each taken between medians over repeats.
+Pure functions over plain dicts (the JSON records), so they are tested with fabricated records.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+from typing import Any
+
+BASELINE = "bare"
+#: (target with VMI call sites, target running the native build) pairs for the site-cost ratio
+SITE_PAIRS = (("bare", "bare@native"), ("qemu", "qemu@native"))
+
+
+def median(values: Iterable[float | None]) -> float | None:
+    """Median of the non-None values (None if there are none)."""
+    vs = [v for v in values if v is not None]
+    return statistics.median(vs) if vs else None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b, or None when either is missing or b is not positive."""
+    if a is None or b is None or b <= 0:
+        return None
+    return a / b
+
+
+def _ok(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in records if r.get("status") == "ok"]
+
+
+def ordered(values: Iterable[str]) -> list[str]:
+    """Distinct values in first-seen order."""
+    seen: dict[str, None] = {}
+    for v in values:
+        seen.setdefault(v, None)
+    return list(seen)
+
+
+def summarize(records: list[dict[str, Any]], baseline: str = BASELINE) -> list[dict[str, Any]]:
+    """One row per (test, target): medians over repeats and ratios to `baseline` for the same test.
+
+    Exits per iteration are medians per kind; `exits_total_per_iter` is the median of each record's
+    total (not the sum of the per-kind medians)."""
+    good = _ok(records)
+    tests = ordered(r["test"] for r in records)
+    targets = ordered(r["target"] for r in records)
+    med: dict[tuple[str, str], dict[str, Any]] = {}
+    for test in tests:
+        for target in targets:
+            rs = [r for r in good if r["test"] == test and r["target"] == target]
+            if not rs:
+                continue
+            kinds = ordered(k for r in rs for k in r.get("exits_per_iter", {}))
+            med[test, target] = {
+                "test": test, "target": target, "n": len(rs),
+                "guest_unit": rs[0].get("guest_unit"),
+                "guest_ns_per_iter": median(r.get("guest_per_iter") for r in rs
+                                            if r.get("guest_unit") == "ns"),
+                "host_ns_per_iter": median(r.get("host_ns_per_iter") for r in rs),
+                "exits_per_iter": {k: median(r.get("exits_per_iter", {}).get(k, 0.0) for r in rs)
+                                   for k in kinds},
+                "exits_total_per_iter": median(r.get("exits_total_per_iter") for r in rs),
+                "outside_share": median(r.get("outside_share") for r in rs),
+            }
+    rows = []
+    for (test, _target), row in med.items():
+        base = med.get((test, baseline))
+        row["guest_ratio"] = ratio(row["guest_ns_per_iter"], base["guest_ns_per_iter"] if base else None)
+        row["host_ratio"] = ratio(row["host_ns_per_iter"], base["host_ns_per_iter"] if base else None)
+        rows.append(row)
+    return rows
+
+
+def site_cost(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Cost of the VMI call sites with no ROM: (kernel with sites) / (native build), per platform and test."""
+    by = {(r["test"], r["target"]): r for r in summary}
+    out = []
+    for test in ordered(r["test"] for r in summary):
+        for with_sites, native in SITE_PAIRS:
+            a, b = by.get((test, with_sites)), by.get((test, native))
+            if a is None or b is None:
+                continue
+            out.append({"test": test, "platform": with_sites,
+                        "guest_ratio": ratio(a["guest_ns_per_iter"], b["guest_ns_per_iter"]),
+                        "host_ratio": ratio(a["host_ns_per_iter"], b["host_ns_per_iter"])})
+    return out
+
+
+def geomean(values: Iterable[float | None]) -> float | None:
+    vs = [v for v in values if v is not None and v > 0]
+    return statistics.geometric_mean(vs) if vs else None
