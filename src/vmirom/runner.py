@@ -31,8 +31,16 @@ from pathlib import Path
 
 import click
 
-EXIT_CODES = {"exit_ok": 0, "exit_nonzero": 1, "refused": 3, "triple_fault": 4, "timeout": 5,
-              "halt_dead": 6, "vm_error": 7, "engine_crash": 8}
+EXIT_CODES = {
+    "exit_ok": 0,
+    "exit_nonzero": 1,
+    "refused": 3,
+    "triple_fault": 4,
+    "timeout": 5,
+    "halt_dead": 6,
+    "vm_error": 7,
+    "engine_crash": 8,
+}
 GRACE_S = 30.0
 
 
@@ -86,8 +94,15 @@ def run_in_process(req: RunRequest) -> dict:
     base = {"hypervisor": req.hypervisor, "kernel": req.kernel, "cmdline": req.cmdline}
 
     def refused(msg: str) -> dict:
-        return {**base, "fate": "refused", "exit_status": None, "message": msg, "run_time_s": 0.0,
-                "metrics": {"kinds": {}, "detail": {}, "total_exits": 0}, "console": ""}
+        return {
+            **base,
+            "fate": "refused",
+            "exit_status": None,
+            "message": msg,
+            "run_time_s": 0.0,
+            "metrics": {"kinds": {}, "detail": {}, "total_exits": 0},
+            "console": "",
+        }
 
     try:
         data = Path(req.kernel).read_bytes()
@@ -112,8 +127,12 @@ def run_in_process(req: RunRequest) -> dict:
             pass
 
     try:
-        machine = Machine(personality, MachineConfig(ram_size=req.ram_mb << 20, timeout_s=req.timeout_s,
-                                                     echo=echo if req.echo else None))
+        machine = Machine(
+            personality,
+            MachineConfig(
+                ram_size=req.ram_mb << 20, timeout_s=req.timeout_s, echo=echo if req.echo else None
+            ),
+        )
     except (VmError, ValueError) as e:
         return refused(f"cannot build the {req.hypervisor} machine: {e}")
     try:
@@ -121,11 +140,22 @@ def run_in_process(req: RunRequest) -> dict:
     except LoadError as e:
         return refused(f"{req.kernel}: {e}")
     result = machine.run()
-    out = {**base, "fate": result.fate, "exit_status": result.exit_status, "message": result.message,
-           "run_time_s": round(result.run_time_s, 4), "metrics": result.metrics, "console": result.console,
-           "personality": {"name": personality.name, "description": personality.description,
-                           "kernel_ring": personality.kernel_ring, **personality.summary()},
-           "boot_s": round(time.monotonic() - t0 - result.run_time_s, 4)}
+    out = {
+        **base,
+        "fate": result.fate,
+        "exit_status": result.exit_status,
+        "message": result.message,
+        "run_time_s": round(result.run_time_s, 4),
+        "metrics": result.metrics,
+        "console": result.console,
+        "personality": {
+            "name": personality.name,
+            "description": personality.description,
+            "kernel_ring": personality.kernel_ring,
+            **personality.summary(),
+        },
+        "boot_s": round(time.monotonic() - t0 - result.run_time_s, 4),
+    }
     out["binding"] = _binding(result.console)
     machine.close()
     return out
@@ -136,10 +166,18 @@ def _child(req: RunRequest, conn) -> None:
         res = run_in_process(req)
     except BaseException as e:  # noqa: BLE001 - reported to the parent, never a traceback
         import traceback
-        res = {"hypervisor": req.hypervisor, "kernel": req.kernel, "fate": "engine_error", "exit_status": None,
-               "message": f"VMM internal error: {type(e).__name__}: {e}",
-               "traceback": traceback.format_exc(), "run_time_s": 0.0,
-               "metrics": {"kinds": {}, "detail": {}, "total_exits": 0}, "console": ""}
+
+        res = {
+            "hypervisor": req.hypervisor,
+            "kernel": req.kernel,
+            "fate": "engine_error",
+            "exit_status": None,
+            "message": f"VMM internal error: {type(e).__name__}: {e}",
+            "traceback": traceback.format_exc(),
+            "run_time_s": 0.0,
+            "metrics": {"kinds": {}, "detail": {}, "total_exits": 0},
+            "console": "",
+        }
     try:
         conn.send(res)
     finally:
@@ -177,12 +215,22 @@ def run_isolated(req: RunRequest) -> dict:
         else:
             proc.join(5)
             code = proc.exitcode
-            what = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"status {code}"
+            what = (
+                f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"status {code}"
+            )
             msg = f"the engine crashed: the VM process died with {what}"
             fate = "engine_crash"
-        res = {"hypervisor": req.hypervisor, "kernel": req.kernel, "cmdline": req.cmdline, "fate": fate,
-               "exit_status": None, "message": msg, "run_time_s": round(time.monotonic() - t0, 4),
-               "metrics": {"kinds": {}, "detail": {}, "total_exits": 0}, "console": ""}
+        res = {
+            "hypervisor": req.hypervisor,
+            "kernel": req.kernel,
+            "cmdline": req.cmdline,
+            "fate": fate,
+            "exit_status": None,
+            "message": msg,
+            "run_time_s": round(time.monotonic() - t0, 4),
+            "metrics": {"kinds": {}, "detail": {}, "total_exits": 0},
+            "console": "",
+        }
     else:
         proc.join(5)
     return res
@@ -253,15 +301,26 @@ def _write_json(path: str, doc) -> None:
 @click.command("run")
 @click.option("--hypervisor", "-H", default="vmi", show_default=True, help="personality (see `vmirom demo`)")
 @click.option("--cmdline", default="exit_after=50", show_default=True, help="kernel command line")
-@click.option("--timeout", "timeout_s", type=float, default=60.0, show_default=True,
-              help="wall-clock budget in seconds")
+@click.option(
+    "--timeout", "timeout_s", type=float, default=60.0, show_default=True, help="wall-clock budget in seconds"
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the summary as JSON here")
 @click.option("--initrd", type=click.Path(dir_okay=False), help="first Multiboot module (cpio archive)")
-@click.option("--ram", "ram_mb", type=click.IntRange(2, 3072), default=128, show_default=True, help="MiB of RAM")
+@click.option(
+    "--ram", "ram_mb", type=click.IntRange(2, 3072), default=128, show_default=True, help="MiB of RAM"
+)
 @click.option("--quiet", "-q", is_flag=True, help="do not stream the guest console")
 @click.argument("kernel", required=False, type=click.Path(dir_okay=False))
-def run(hypervisor: str, cmdline: str, timeout_s: float, json_path: str | None, initrd: str | None,
-        ram_mb: int, quiet: bool, kernel: str | None) -> None:
+def run(
+    hypervisor: str,
+    cmdline: str,
+    timeout_s: float,
+    json_path: str | None,
+    initrd: str | None,
+    ram_mb: int,
+    quiet: bool,
+    kernel: str | None,
+) -> None:
     """Boot KERNEL (default: the reference kernel) on a hypervisor personality, stream its console and
     print a summary.  The exit status reflects the guest's fate (see `vmirom.runner`)."""
     from rich.console import Console
@@ -279,7 +338,7 @@ def run(hypervisor: str, cmdline: str, timeout_s: float, json_path: str | None, 
     kernel = kernel or _default_kernel()
     req = RunRequest(hypervisor, kernel, cmdline, timeout_s, initrd, ram_mb, echo=not quiet)
     res = run_isolated(req)
-    console = Console(stderr=False)
+    console = Console(width=max(Console().width, 100))
     console.print()
     print_summary(res, console)
     if json_path:
@@ -291,12 +350,16 @@ def run(hypervisor: str, cmdline: str, timeout_s: float, json_path: str | None, 
 
 
 @click.command("demo")
-@click.option("--cmdline", default="exit_after=50", show_default=True, help="kernel command line for every run")
+@click.option(
+    "--cmdline", default="exit_after=50", show_default=True, help="kernel command line for every run"
+)
 @click.option("--timeout", "timeout_s", type=float, default=120.0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write all results as JSON here")
 @click.option("--hypervisor", "-H", "only", multiple=True, help="limit to these personalities")
 @click.argument("kernel", required=False, type=click.Path(dir_okay=False))
-def demo(cmdline: str, timeout_s: float, json_path: str | None, only: tuple[str, ...], kernel: str | None) -> None:
+def demo(
+    cmdline: str, timeout_s: float, json_path: str | None, only: tuple[str, ...], kernel: str | None
+) -> None:
     """Boot the SAME kernel file on every registered hypervisor personality and compare them side by
     side: binding, exits by kind, run time."""
     from rich.console import Console
@@ -304,7 +367,7 @@ def demo(cmdline: str, timeout_s: float, json_path: str | None, only: tuple[str,
 
     from vmirom.hypervisors import get, names
 
-    console = Console()
+    console = Console(width=max(Console().width, 150))
     kernel = kernel or _default_kernel()
     try:
         digest = hashlib.sha256(Path(kernel).read_bytes()).hexdigest()
@@ -320,34 +383,54 @@ def demo(cmdline: str, timeout_s: float, json_path: str | None, only: tuple[str,
             raise click.ClickException(str(e)) from None
         console.print(f"booting on [bold]{name}[/bold] ...")
         results.append(run_isolated(RunRequest(name, kernel, cmdline, timeout_s, echo=False)))
-    kinds = sorted({k for r in results for k in (r.get("metrics") or {}).get("kinds", {}) if k != "slice"})
     t = Table(title="One kernel binary, every hypervisor personality")
-    t.add_column("hypervisor", style="bold")
-    t.add_column("ring")
-    t.add_column("ROM")
-    t.add_column("binding")
-    t.add_column("fate")
-    t.add_column("run time", justify="right")
-    t.add_column("exits", justify="right")
-    for k in kinds:
-        t.add_column(k, justify="right")
+    for col, kw in (
+        ("hypervisor", {"style": "bold"}),
+        ("ring", {}),
+        ("ROM", {}),
+        ("binding", {}),
+        ("fate", {}),
+        ("run time", {"justify": "right"}),
+        ("exits", {"justify": "right"}),
+        ("exits by kind", {}),
+    ):
+        t.add_column(col, **kw)
     for r in results:
         p = r.get("personality") or {}
         rom = p.get("rom")
-        kd = (r.get("metrics") or {}).get("kinds", {})
-        fate = "exit 0" if r.get("fate") == "exit" and r.get("exit_status") == 0 else \
-            f"{r.get('fate')} {r.get('exit_status') if r.get('exit_status') is not None else ''}".strip()
-        t.add_row(r.get("hypervisor", "?"), str(p.get("kernel_ring", "?")),
-                  f"{rom['product']} {rom['api']}" if rom else "none", _binding_text(r), fate,
-                  f"{r.get('run_time_s', 0):.2f} s", str((r.get("metrics") or {}).get("total_exits", 0)),
-                  *[str(kd.get(k, 0)) for k in kinds])
+        m = r.get("metrics") or {}
+        fate = (
+            "exit 0"
+            if r.get("fate") == "exit" and r.get("exit_status") == 0
+            else f"{r.get('fate')} {r.get('exit_status') if r.get('exit_status') is not None else ''}".strip()
+        )
+        t.add_row(
+            r.get("hypervisor", "?"),
+            str(p.get("kernel_ring", "?")),
+            f"{rom['product']} {rom['api']}" if rom else "none",
+            _binding_text(r),
+            fate,
+            f"{r.get('run_time_s', 0):.2f} s",
+            str(m.get("total_exits", 0)),
+            _kinds_text(m.get("kinds", {})),
+        )
     console.print(t)
     same = {r.get("kernel_sha256") for r in results if r.get("kernel_sha256")}
-    console.print(f"same kernel file on every run: {'yes' if same == {digest} else 'NO'} (sha256 {digest[:16]}...)")
+    console.print(
+        f"same kernel file on every run: {'yes' if same == {digest} else 'NO'} (sha256 {digest[:16]}...)"
+    )
     if json_path:
-        _write_json(json_path, {"kernel": kernel, "sha256": digest, "cmdline": cmdline,
-                                "results": [{k: v for k, v in r.items() if k not in ("console", "traceback")}
-                                            for r in results]})
+        _write_json(
+            json_path,
+            {
+                "kernel": kernel,
+                "sha256": digest,
+                "cmdline": cmdline,
+                "results": [
+                    {k: v for k, v in r.items() if k not in ("console", "traceback")} for r in results
+                ],
+            },
+        )
     bad = [r for r in results if exit_code(r) != 0]
     if bad:
         for r in bad:

@@ -22,8 +22,26 @@ from typing import Protocol
 __all__ = ["EngineHooks", "Engine", "EngineError", "SliceResult", "REG_NAMES"]
 
 GPRS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
-REG_NAMES = GPRS + ("eip", "eflags", "cr0", "cr2", "cr3", "cr4", "cs", "ss", "ds", "es", "fs", "gs",
-                    "dr0", "dr1", "dr2", "dr3", "dr6", "dr7")
+REG_NAMES = GPRS + (
+    "eip",
+    "eflags",
+    "cr0",
+    "cr2",
+    "cr3",
+    "cr4",
+    "cs",
+    "ss",
+    "ds",
+    "es",
+    "fs",
+    "gs",
+    "dr0",
+    "dr1",
+    "dr2",
+    "dr3",
+    "dr6",
+    "dr7",
+)
 
 
 class EngineError(Exception):
@@ -70,9 +88,9 @@ class EngineHooks(Protocol):
 class SliceResult:
     """Why a `run_slice` returned."""
 
-    error: str | None = None          # engine error text (e.g. "UC_ERR_FETCH_UNMAPPED"), None if fine
-    stopped: bool = False             # a hook called stop()
-    halted: bool = False              # the CPU executed `hlt` natively (ring 0)
+    error: str | None = None  # engine error text (e.g. "UC_ERR_FETCH_UNMAPPED"), None if fine
+    stopped: bool = False  # a hook called stop()
+    halted: bool = False  # the CPU executed `hlt` natively (ring 0)
     extra: dict = field(default_factory=dict)
 
 

@@ -63,27 +63,55 @@ from unicorn import x86_const as X
 from vmirom.engines.base import Engine, EngineError, EngineHooks, SliceResult
 
 _REGS = {
-    "eax": X.UC_X86_REG_EAX, "ecx": X.UC_X86_REG_ECX, "edx": X.UC_X86_REG_EDX, "ebx": X.UC_X86_REG_EBX,
-    "esp": X.UC_X86_REG_ESP, "ebp": X.UC_X86_REG_EBP, "esi": X.UC_X86_REG_ESI, "edi": X.UC_X86_REG_EDI,
-    "eip": X.UC_X86_REG_EIP, "eflags": X.UC_X86_REG_EFLAGS,
-    "cr0": X.UC_X86_REG_CR0, "cr2": X.UC_X86_REG_CR2, "cr3": X.UC_X86_REG_CR3, "cr4": X.UC_X86_REG_CR4,
-    "cs": X.UC_X86_REG_CS, "ss": X.UC_X86_REG_SS, "ds": X.UC_X86_REG_DS, "es": X.UC_X86_REG_ES,
-    "fs": X.UC_X86_REG_FS, "gs": X.UC_X86_REG_GS,
-    "dr0": X.UC_X86_REG_DR0, "dr1": X.UC_X86_REG_DR1, "dr2": X.UC_X86_REG_DR2, "dr3": X.UC_X86_REG_DR3,
-    "dr6": X.UC_X86_REG_DR6, "dr7": X.UC_X86_REG_DR7,
-    "gdtr": X.UC_X86_REG_GDTR, "idtr": X.UC_X86_REG_IDTR, "tr": X.UC_X86_REG_TR, "ldtr": X.UC_X86_REG_LDTR,
+    "eax": X.UC_X86_REG_EAX,
+    "ecx": X.UC_X86_REG_ECX,
+    "edx": X.UC_X86_REG_EDX,
+    "ebx": X.UC_X86_REG_EBX,
+    "esp": X.UC_X86_REG_ESP,
+    "ebp": X.UC_X86_REG_EBP,
+    "esi": X.UC_X86_REG_ESI,
+    "edi": X.UC_X86_REG_EDI,
+    "eip": X.UC_X86_REG_EIP,
+    "eflags": X.UC_X86_REG_EFLAGS,
+    "cr0": X.UC_X86_REG_CR0,
+    "cr2": X.UC_X86_REG_CR2,
+    "cr3": X.UC_X86_REG_CR3,
+    "cr4": X.UC_X86_REG_CR4,
+    "cs": X.UC_X86_REG_CS,
+    "ss": X.UC_X86_REG_SS,
+    "ds": X.UC_X86_REG_DS,
+    "es": X.UC_X86_REG_ES,
+    "fs": X.UC_X86_REG_FS,
+    "gs": X.UC_X86_REG_GS,
+    "dr0": X.UC_X86_REG_DR0,
+    "dr1": X.UC_X86_REG_DR1,
+    "dr2": X.UC_X86_REG_DR2,
+    "dr3": X.UC_X86_REG_DR3,
+    "dr6": X.UC_X86_REG_DR6,
+    "dr7": X.UC_X86_REG_DR7,
+    "gdtr": X.UC_X86_REG_GDTR,
+    "idtr": X.UC_X86_REG_IDTR,
+    "tr": X.UC_X86_REG_TR,
+    "ldtr": X.UC_X86_REG_LDTR,
 }
-_TABLE_REGS = ("gdtr", "idtr")      # (base, limit) in our interface
-_SEL_REGS = ("tr", "ldtr")          # (selector, base, limit, flags)
-_UNTIL = 0xFFFFFFFF                 # an address the guest is not expected to reach; slices end by time
+_TABLE_REGS = ("gdtr", "idtr")  # (base, limit) in our interface
+_SEL_REGS = ("tr", "ldtr")  # (selector, base, limit, flags)
+_UNTIL = 0xFFFFFFFF  # an address the guest is not expected to reach; slices end by time
 
 
 # ------------------------------------------------------------------------------------------------
 # W1/W2: self-calibration of the uc_context offsets of `old_exception` and the CPL bits of `hflags`
 # ------------------------------------------------------------------------------------------------
 def _desc(base: int, limit: int, access: int, flags: int = 0xC) -> bytes:
-    return struct.pack("<HHBBBB", limit & 0xFFFF, base & 0xFFFF, (base >> 16) & 0xFF, access,
-                       ((limit >> 16) & 0xF) | (flags << 4), (base >> 24) & 0xFF)
+    return struct.pack(
+        "<HHBBBB",
+        limit & 0xFFFF,
+        base & 0xFFFF,
+        (base >> 16) & 0xFF,
+        access,
+        ((limit >> 16) & 0xF) | (flags << 4),
+        (base >> 24) & 0xFF,
+    )
 
 
 class _Probe:
@@ -94,22 +122,27 @@ class _Probe:
     def __init__(self, code: bytes) -> None:
         self.uc = Uc(UC_ARCH_X86, UC_MODE_32)
         self.uc.mem_map(0, 0x100000, UC_PROT_ALL)
-        gdt = b"".join([
-            bytes(8),
-            _desc(0, 0xFFFFF, 0x9A), _desc(0, 0xFFFFF, 0x92),          # 0x08 / 0x10 ring 0
-            _desc(0, 0xFFFFF, 0xFA), _desc(0, 0xFFFFF, 0xF2),          # 0x18 / 0x20 ring 3
-            _desc(0, 0xFFFFF, 0xBA), _desc(0, 0xFFFFF, 0xB2),          # 0x28 / 0x30 ring 1
-            _desc(self.TSS, 103, 0x89, 0),                              # 0x38 TSS
-        ])
+        gdt = b"".join(
+            [
+                bytes(8),
+                _desc(0, 0xFFFFF, 0x9A),
+                _desc(0, 0xFFFFF, 0x92),  # 0x08 / 0x10 ring 0
+                _desc(0, 0xFFFFF, 0xFA),
+                _desc(0, 0xFFFFF, 0xF2),  # 0x18 / 0x20 ring 3
+                _desc(0, 0xFFFFF, 0xBA),
+                _desc(0, 0xFFFFF, 0xB2),  # 0x28 / 0x30 ring 1
+                _desc(self.TSS, 103, 0x89, 0),  # 0x38 TSS
+            ]
+        )
         self.uc.mem_write(self.GDT, gdt)
         tss = bytearray(104)
-        struct.pack_into("<II", tss, 4, 0x8000, 0x10)                  # esp0/ss0
+        struct.pack_into("<II", tss, 4, 0x8000, 0x10)  # esp0/ss0
         self.uc.mem_write(self.TSS, bytes(tss))
         self.uc.reg_write(X.UC_X86_REG_GDTR, (0, self.GDT, len(gdt) - 1, 0))
         self.uc.reg_write(X.UC_X86_REG_CS, 0x08)
         for r in (X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_ES):
             self.uc.reg_write(r, 0x10)
-        self.uc.reg_write(X.UC_X86_REG_TR, (0x38, self.TSS, 103, 0x8900))   # W3
+        self.uc.reg_write(X.UC_X86_REG_TR, (0x38, self.TSS, 103, 0x8900))  # W3
         self.uc.reg_write(X.UC_X86_REG_ESP, 0x9000)
         self.uc.mem_write(self.CODE, code)
         self.snaps: list[bytes] = []
@@ -136,15 +169,19 @@ def calibrate() -> tuple[int, int]:
     probes do not give one clear answer (an unknown Unicorn build)."""
     # old_exception: -1 before any fault, == vector after one (probe #DE, then separately #GP).
     cands = None
-    for code, vec in ((b"\x31\xc9\xf7\xf1", 0),                        # xor ecx,ecx; div ecx -> #DE
-                      (b"\x31\xc0\x8e\xd0", 13)):                       # xor eax,eax; mov ss,ax -> #GP
+    for code, vec in (
+        (b"\x31\xc9\xf7\xf1", 0),  # xor ecx,ecx; div ecx -> #DE
+        (b"\x31\xc0\x8e\xd0", 13),
+    ):  # xor eax,eax; mov ss,ax -> #GP
         p = _Probe(code)
         before = _words(bytes(p.uc.context_save()))
         p.run()
         if p.vectors != [vec]:
             raise EngineError(f"unicorn calibration: expected vector {vec}, got {p.vectors}")
         after = _words(p.snaps[0])
-        found = {i for i, (a, b) in enumerate(zip(before, after, strict=False)) if a == 0xFFFFFFFF and b == vec}
+        found = {
+            i for i, (a, b) in enumerate(zip(before, after, strict=False)) if a == 0xFFFFFFFF and b == vec
+        }
         cands = found if cands is None else cands & found
     if not cands or len(cands) != 1:
         raise EngineError(f"unicorn calibration: old_exception not found ({cands})")
@@ -152,8 +189,15 @@ def calibrate() -> tuple[int, int]:
     # hflags: CPL bits 0..1 are 0 at ring 0 and 3 at ring 3, everything else equal.
     # push 0x23; push 0x7000; pushf; push 0x1b; push ring3; iretd; ring3: int3
     ring3 = _Probe.CODE + 0x40
-    code = (b"\x6a\x23" + b"\x68" + struct.pack("<I", 0x7000) + b"\x9c\x6a\x1b" + b"\x68"
-            + struct.pack("<I", ring3) + b"\xcf").ljust(0x40, b"\x90") + b"\xcc"
+    code = (
+        b"\x6a\x23"
+        + b"\x68"
+        + struct.pack("<I", 0x7000)
+        + b"\x9c\x6a\x1b"
+        + b"\x68"
+        + struct.pack("<I", ring3)
+        + b"\xcf"
+    ).ljust(0x40, b"\x90") + b"\xcc"
     p = _Probe(code)
     ring0 = _words(bytes(p.uc.context_save()))
     p.run()
@@ -178,6 +222,7 @@ def _guarded(method):
                 self._hook_error = exc
             self.uc.emu_stop()
             return True if method.__name__ in ("_h_invalid", "_h_mem") else 0
+
     return wrapper
 
 
@@ -220,9 +265,14 @@ class UnicornEngine(Engine):
         uc.hook_add(UC_HOOK_INSN, self._h_out, None, 1, 0, X.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self._h_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
         uc.hook_add(UC_HOOK_INSN, self._h_sysenter, None, 1, 0, X.UC_X86_INS_SYSENTER)
-        uc.hook_add(UC_HOOK_INSN_INVALID, self._h_invalid)                       # W6
-        uc.hook_add(UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED
-                    | UC_HOOK_MEM_WRITE_PROT, self._h_mem)
+        uc.hook_add(UC_HOOK_INSN_INVALID, self._h_invalid)  # W6
+        uc.hook_add(
+            UC_HOOK_MEM_READ_UNMAPPED
+            | UC_HOOK_MEM_WRITE_UNMAPPED
+            | UC_HOOK_MEM_FETCH_UNMAPPED
+            | UC_HOOK_MEM_WRITE_PROT,
+            self._h_mem,
+        )
 
     # -- hooks (W8 guarded) -----------------------------------------------------------------------
     @_guarded
@@ -267,7 +317,7 @@ class UnicornEngine(Engine):
         res = SliceResult()
         t0 = time.monotonic()
         try:
-            self.uc.emu_start(eip, _UNTIL, timeout=max(1, int(timeout_us)))           # W7
+            self.uc.emu_start(eip, _UNTIL, timeout=max(1, int(timeout_us)))  # W7
         except UcError as e:
             res.error = str(e)
         if self._hook_error is not None:
@@ -318,10 +368,14 @@ class UnicornEngine(Engine):
     def _poke_context(self, *, cpl: int | None = None, clear_exception: bool = False) -> None:
         ctx = self._ctx
         self.uc.context_update(ctx)
-        base = ctx.context.value if hasattr(ctx.context, "value") else ctypes.cast(ctx.context, ctypes.c_void_p).value
-        if clear_exception:                                                          # W1
+        base = (
+            ctx.context.value
+            if hasattr(ctx.context, "value")
+            else ctypes.cast(ctx.context, ctypes.c_void_p).value
+        )
+        if clear_exception:  # W1
             ctypes.memmove(base + self.off_exc, b"\xff\xff\xff\xff", 4)
-        if cpl is not None:                                                          # W2
+        if cpl is not None:  # W2
             p = ctypes.c_uint32.from_address(base + self.off_hflags)
             p.value = (p.value & ~3) | cpl
         self.uc.context_restore(ctx)
@@ -336,10 +390,10 @@ class UnicornEngine(Engine):
 
     # -- caches, MSRs -----------------------------------------------------------------------------
     def invalidate_code(self, start: int, end: int) -> None:
-        self.uc.ctl_remove_cache(start, end)                                         # W4
+        self.uc.ctl_remove_cache(start, end)  # W4
 
     def flush_tlb(self) -> None:
-        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)                               # W4
+        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)  # W4
 
     def read_msr(self, index: int) -> int:
         return self.uc.reg_read(X.UC_X86_REG_MSR, index)
@@ -349,6 +403,7 @@ class UnicornEngine(Engine):
 
     def add_code_hook(self, address: int, callback: Callable[[], None]) -> int:
         """Call `callback()` before the instruction at linear `address` executes (each time)."""
+
         def cb(uc, addr, size, _ud):
             try:
                 callback()
@@ -356,6 +411,7 @@ class UnicornEngine(Engine):
                 if self._hook_error is None:
                     self._hook_error = exc
                 uc.emu_stop()
+
         return self.uc.hook_add(UC_HOOK_CODE, cb, None, address, address)
 
     def remove_hook(self, handle: int) -> None:

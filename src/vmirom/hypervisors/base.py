@@ -44,6 +44,7 @@ class Personality:
             spec = self.rom_spec()
             if spec is not None:
                 from vmirom.rom import build_rom
+
                 self._rom = build_rom(spec)
             self._rom_built = True
         return self._rom
@@ -99,6 +100,11 @@ class Personality:
         if rom is None:
             return {"rom": None}
         spec = rom.spec
-        return {"rom": {"product": f"{spec.manufacturer} {spec.product}",
-                        "api": f"{spec.api_major}.{spec.api_minor}",
-                        "rom_version": "%d.%d" % tuple(spec.rom_version), "size": len(rom.data)}}
+        return {
+            "rom": {
+                "product": f"{spec.manufacturer} {spec.product}",
+                "api": f"{spec.api_major}.{spec.api_minor}",
+                "rom_version": f"{spec.rom_version[0]}.{spec.rom_version[1]}",
+                "size": len(rom.data),
+            }
+        }

@@ -16,8 +16,12 @@ from vmirom.hypervisors.base import Personality
 ENTRY_POINT_GROUP = "vmirom.hypervisors"
 #: modules holding built-in personalities (every named Personality subclass defined in them is registered;
 #: a module that does not exist yet is skipped)
-_BUILTINS = ("vmirom.hypervisors.bare", "vmirom.hypervisors.fullvirt", "vmirom.hypervisors.vmi",
-             "vmirom.hypervisors.hwassist")
+_BUILTINS = (
+    "vmirom.hypervisors.bare",
+    "vmirom.hypervisors.fullvirt",
+    "vmirom.hypervisors.vmi",
+    "vmirom.hypervisors.hwassist",
+)
 _registry: dict[str, type[Personality]] = {}
 _loaded = False
 
@@ -51,11 +55,15 @@ def _load() -> None:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:
             if e.name and module.startswith(e.name):
-                continue                     # not written yet (another helper's file)
+                continue  # not written yet (another helper's file)
             raise
         for obj in vars(mod).values():
-            if (isinstance(obj, type) and issubclass(obj, Personality) and obj.__module__ == module
-                    and obj.name not in ("", "?")):
+            if (
+                isinstance(obj, type)
+                and issubclass(obj, Personality)
+                and obj.__module__ == module
+                and obj.name not in ("", "?")
+            ):
                 _registry.setdefault(obj.name, obj)
     try:
         eps = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)

@@ -26,20 +26,22 @@ from vmirom.machine.vcpu import VCpu
 HYPERCALL_VECTOR = 0x82
 STUB = "int $0x82\n ret"
 NORETURN_STUB = "int $0x82"
-CYCLE_HZ = 1_000_000_000          # REAL/AVAILABLE counters tick in nanoseconds of virtual time
+CYCLE_HZ = 1_000_000_000  # REAL/AVAILABLE counters tick in nanoseconds of virtual time
 IF = 0x200
 IOPL = 0x3000
 #: EFLAGS bits an IRET frame may load (CF PF AF ZF SF TF IF DF OF NT AC ID); IOPL/VM/RF stay
 IRET_FLAGS = 0x244FD5
-CR4_ALLOWED = 0x7FF & ~0x3        # no VME/PVI
-
+CR4_ALLOWED = 0x7FF & ~0x3  # no VME/PVI
+CR0_ALLOWED = 0x3F | (1 << 16) | (1 << 18) | (1 << 29) | (1 << 30) | (1 << 31)
 
 
 def handles(name: str):
     """Mark a method as the handler of VMI call `name`."""
+
     def deco(fn):
         fn._vmi_call = name
         return fn
+
     return deco
 
 
@@ -59,16 +61,41 @@ class Vmi(Personality):
     rom_version = (1, 0)
     api_minor = 0
     #: calls left NONE (native instruction kept; it traps and is emulated, or does not need us)
-    native_calls = ("CPUID", "WRMSR", "RDMSR", "RDPMC", "RDTSC", "SetPxELong", "UpdatePxELong",
-                    "MachineToPhysical", "PhysicalToMachine", "SetInitialAPState", "APICWrite", "APICRead",
-                    "SetCallbacks", "INL", "INB", "INW", "INSL", "INSB", "INSW", "OUTL", "OUTB", "OUTW",
-                    "OUTSL", "OUTSB", "OUTSW", "GetSharedInfo", "FlushDeferred")
+    native_calls = (
+        "CPUID",
+        "WRMSR",
+        "RDMSR",
+        "RDPMC",
+        "RDTSC",
+        "SetPxELong",
+        "UpdatePxELong",
+        "MachineToPhysical",
+        "PhysicalToMachine",
+        "SetInitialAPState",
+        "APICWrite",
+        "APICRead",
+        "SetCallbacks",
+        "INL",
+        "INB",
+        "INW",
+        "INSL",
+        "INSB",
+        "INSW",
+        "OUTL",
+        "OUTB",
+        "OUTW",
+        "OUTSL",
+        "OUTSB",
+        "OUTSW",
+        "GetSharedInfo",
+        "FlushDeferred",
+    )
     #: calls the hypervisor does not need: the kernel removes the site
     nop_calls = ("UpdatePxE", "SetLinearMapping", "IODelay", "WBINVD")
 
     def __init__(self) -> None:
         super().__init__()
-        self.call_at: dict[int, int] = {}         # ROM offset of the trapping int -> call number
+        self.call_at: dict[int, int] = {}  # ROM offset of the trapping int -> call number
         self.eip_cache: dict[int, int | None] = {}
         self.dispatch: dict[int, Callable[[VCpu], None]] = {}
         for attr in dir(type(self)):
@@ -76,7 +103,7 @@ class Vmi(Personality):
             name = getattr(fn, "_vmi_call", None)
             if name is not None:
                 self.dispatch[abi.call(name).number] = getattr(self, attr)
-        self.alarms: dict[int, tuple[int, int]] = {}   # counter -> (expiry ns, period ns)
+        self.alarms: dict[int, tuple[int, int]] = {}  # counter -> (expiry ns, period ns)
         self.user_iopl = 0
         self.lazy_mode = 0
         self.emu = None
@@ -98,8 +125,13 @@ class Vmi(Personality):
                 entries[c.number] = CallEntry.jump(NORETURN_STUB)
             elif c.number in self.dispatch:
                 entries[c.number] = CallEntry.call(STUB)
-        return RomSpec(manufacturer="vmirom", product=self.rom_product, rom_version=self.rom_version,
-                       api_minor=self.api_minor, entries=entries)
+        return RomSpec(
+            manufacturer="vmirom",
+            product=self.rom_product,
+            rom_version=self.rom_version,
+            api_minor=self.api_minor,
+            entries=entries,
+        )
 
     def attach(self, machine) -> None:
         super().attach(machine)
@@ -143,7 +175,7 @@ class Vmi(Personality):
 
     def on_exception(self, vcpu: VCpu, vector: int, error_code: int) -> bool:
         if vector == GP and vcpu.cpl <= self.kernel_ring and self.emu is not None:
-            self.emu.handle_gp()           # raises GuestFault when it is a real #GP
+            self.emu.handle_gp()  # raises GuestFault when it is a real #GP
             return True
         return False
 
@@ -206,6 +238,7 @@ class Vmi(Personality):
 
     def _load_segment_checked(self, vcpu: VCpu, reg: str, sel: int) -> None:
         from vmirom.engines.base import EngineError
+
         try:
             vcpu.set(reg, sel)
         except EngineError:
@@ -215,12 +248,28 @@ class Vmi(Personality):
     @handles("SetGDT")
     def set_gdt(self, vcpu: VCpu) -> None:
         base, limit = self._read_dtr(vcpu, vcpu.get("eax"))
+        live = {reg: vcpu.get(reg) for reg in ("cs", "ss", "ds", "es", "fs", "gs")}
+        for sel in live.values():  # every live selector must stay valid
+            if sel & ~3 == 0:
+                continue
+            if sel & 4 or (sel & ~7) + 7 > limit:
+                raise GuestFault(GP, sel & ~3)
+            _lo, hi = struct.unpack("<II", vcpu.read(base + (sel & ~7), 8))
+            if not hi & 0x8000 or not (hi >> 12) & 1:
+                raise GuestFault(GP, sel & ~3)
+        old = vcpu.get("gdtr")
         vcpu.set("gdtr", (base, limit))
+        try:
+            for reg, sel in live.items():  # "reloads all segment registers"
+                if sel & ~3 and reg != "cs":
+                    self._load_segment_checked(vcpu, reg, sel)
+        except GuestFault:
+            vcpu.set("gdtr", old)
+            for reg, sel in live.items():
+                if sel & ~3 and reg != "cs":
+                    self._load_segment_checked(vcpu, reg, sel)
+            raise
         self.emu.ctl.gdtr = (base, limit)
-        for reg in ("ds", "es", "fs", "gs", "ss"):          # "reloads all segment registers"
-            sel = vcpu.get(reg)
-            if sel & ~3:
-                self._load_segment_checked(vcpu, reg, sel)
 
     @handles("SetIDT")
     def set_idt(self, vcpu: VCpu) -> None:
@@ -245,7 +294,7 @@ class Vmi(Personality):
         if (hi >> 8) & 0x1F not in (0x09, 0x0B) or not hi & 0x8000:
             raise GuestFault(GP, sel & ~3)
         base, limit = self._desc_base_limit(lo, hi)
-        vcpu.set("tr", (sel, base, limit, 0x8900))       # type 9 in the engine (unicorn W3)
+        vcpu.set("tr", (sel, base, limit, 0x8900))  # type 9 in the engine (unicorn W3)
         self.emu.ctl.tr = sel
 
     @handles("GetTR")
@@ -291,21 +340,26 @@ class Vmi(Personality):
     @handles("UpdateKernelStack")
     def update_kernel_stack(self, vcpu: VCpu) -> None:
         ss, esp = vcpu.get("eax"), vcpu.get("edx")
-        if ss > 0xFFFF:                                    # a TSS pointer (older guests): keep our SS
+        if ss > 0xFFFF:  # a TSS pointer (older guests): keep our SS
             ss = vcpu.get("ss")
         lo, hi = self._descriptor(vcpu, ss)
         dpl = (hi >> 13) & 3
-        if (ss & 3) != self.kernel_ring or dpl != self.kernel_ring or (hi >> 9) & 0x7 not in (1, 3) \
-                or not (hi >> 12) & 1 or not hi & 0x8000:   # present, writable data, kernel ring
+        if (
+            (ss & 3) != self.kernel_ring
+            or dpl != self.kernel_ring
+            or (hi >> 9) & 0x7 not in (1, 3)
+            or not (hi >> 12) & 1
+            or not hi & 0x8000
+        ):  # present, writable data, kernel ring
             raise GuestFault(GP, ss & ~3)
         self.machine.kernel_stacks[self.kernel_ring] = (ss, esp)
 
     # -- control registers --------------------------------------------------------------------------
     @handles("SetCR0")
     def set_cr0(self, vcpu: VCpu) -> None:
-        v = vcpu.get("eax") | 1                            # PE stays on
-        if v & (1 << 31) and self._bad_cr3(vcpu.get("cr3")):
-            raise GuestFault(GP, 0)
+        v = vcpu.get("eax")
+        if v & ~CR0_ALLOWED or not v & 1 or v & (1 << 31) and self._bad_cr3(vcpu.get("cr3")):
+            raise GuestFault(GP, 0)  # reserved bits, PE off, paging on garbage
         vcpu.set("cr0", v)
         self.emu.ctl.cr0 = v
 
@@ -335,6 +389,7 @@ class Vmi(Personality):
     def _get_cr(n: int):  # noqa: N805 - factory
         def get(self, vcpu: VCpu) -> None:
             vcpu.set("eax", vcpu.get(f"cr{n}"))
+
         return get
 
     get_cr0 = handles("GetCR0")(_get_cr(0))
@@ -405,7 +460,7 @@ class Vmi(Personality):
                 raise GuestFault(GP, ss & ~3)
             self.machine.engine.switch_ring(rpl, cs, ss)
             vcpu.set("esp", new_esp)
-            for reg in ("ds", "es", "fs", "gs"):          # data segments the outer ring may not use
+            for reg in ("ds", "es", "fs", "gs"):  # data segments the outer ring may not use
                 sel = vcpu.get(reg)
                 if sel & ~3:
                     try:
@@ -433,7 +488,7 @@ class Vmi(Personality):
 
     @handles("Halt")
     def halt(self, vcpu: VCpu) -> None:
-        vcpu.set_interrupts(True)                          # all VMI halts are safe halts
+        vcpu.set_interrupts(True)  # all VMI halts are safe halts
         self.machine.update_timers()
         if not self.machine.deliver_pending_interrupt():
             vcpu.halt()
@@ -505,7 +560,11 @@ class Vmi(Personality):
     @handles("GetCycleCounter")
     def get_cycle_counter(self, vcpu: VCpu) -> None:
         counter = vcpu.get("eax")
-        v = self.machine.clock.now_ns() if counter in (abi.CYCLE_COUNTER_REAL, abi.CYCLE_COUNTER_AVAILABLE) else 0
+        v = (
+            self.machine.clock.now_ns()
+            if counter in (abi.CYCLE_COUNTER_REAL, abi.CYCLE_COUNTER_AVAILABLE)
+            else 0
+        )
         vcpu.set("eax", v & 0xFFFFFFFF)
         vcpu.set("edx", (v >> 32) & 0xFFFFFFFF)
 
@@ -516,10 +575,10 @@ class Vmi(Personality):
         period = self._stack_arg(vcpu, 0) | (self._stack_arg(vcpu, 1) << 32)
         counter = flags & abi.ALARM_COUNTER_MASK
         if counter not in (abi.CYCLE_COUNTER_REAL, abi.CYCLE_COUNTER_AVAILABLE):
-            return                                          # STOLEN / unknown counter: a NOP
+            return  # STOLEN / unknown counter: a NOP
         if not flags & abi.ALARM_PERIODIC:
             period = 0
-        if period and period < 50_000:                     # at most 20 kHz of alarms
+        if period and period < 50_000:  # at most 20 kHz of alarms
             period = 50_000
         self.alarms[counter] = (expiry, period)
         self.update_timers()

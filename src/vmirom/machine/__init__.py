@@ -5,5 +5,13 @@ loop (`Machine.run`) and exit metrics."""
 from vmirom.machine.faults import EngineCrash, GuestFault, LoadError, TripleFault, VmError
 from vmirom.machine.machine import Machine, MachineConfig, RunResult
 
-__all__ = ["Machine", "MachineConfig", "RunResult", "GuestFault", "VmError", "LoadError", "TripleFault",
-           "EngineCrash"]
+__all__ = [
+    "Machine",
+    "MachineConfig",
+    "RunResult",
+    "GuestFault",
+    "VmError",
+    "LoadError",
+    "TripleFault",
+    "EngineCrash",
+]

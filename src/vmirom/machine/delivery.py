@@ -21,7 +21,7 @@ from vmirom.machine.faults import DF, GP, HAS_ERROR_CODE, NP, PF, TS, GuestFault
 if TYPE_CHECKING:
     from vmirom.machine.machine import Machine
 
-EFLAGS_CLEAR = 0x100 | 0x4000 | 0x10000 | 0x20000     # TF, NT, RF, VM
+EFLAGS_CLEAR = 0x100 | 0x4000 | 0x10000 | 0x20000  # TF, NT, RF, VM
 IF = 0x200
 
 
@@ -45,7 +45,9 @@ class Delivery:
         self._with_double_fault(vector, None, software=False, external=True)
 
     # -- the work ----------------------------------------------------------------------------------
-    def _with_double_fault(self, vector: int, err: int | None, *, software: bool, external: bool = False) -> None:
+    def _with_double_fault(
+        self, vector: int, err: int | None, *, software: bool, external: bool = False
+    ) -> None:
         try:
             self._deliver(vector, err, software=software, external=external)
         except GuestFault as f1:
@@ -68,7 +70,7 @@ class Delivery:
             raise GuestFault(GP, vector * 8 + 2 + ext)
         lo, hi = struct.unpack("<II", m.paging.read(idt_base + vector * 8, 8))
         gtype = (hi >> 8) & 0x1F
-        if gtype not in (0x0E, 0x0F):           # 32-bit interrupt / trap gate only
+        if gtype not in (0x0E, 0x0F):  # 32-bit interrupt / trap gate only
             raise GuestFault(GP, vector * 8 + 2 + ext)
         gdpl = (hi >> 13) & 3
         cpl = eng.cpl()
@@ -115,12 +117,12 @@ class Delivery:
         if sel & ~3 == 0:
             raise GuestFault(GP, ext)
         if sel & 4:
-            raise GuestFault(GP, (sel & ~3) + ext)       # LDT code selectors: not supported
+            raise GuestFault(GP, (sel & ~3) + ext)  # LDT code selectors: not supported
         gdt_base, gdt_limit = m.engine.reg("gdtr")
         if (sel & ~7) + 7 > gdt_limit:
             raise GuestFault(GP, (sel & ~3) + ext)
         _lo, hi = struct.unpack("<II", m.paging.read(gdt_base + (sel & ~7), 8))
-        if not (hi >> 11) & 1 or not (hi >> 12) & 1:     # must be a code segment
+        if not (hi >> 11) & 1 or not (hi >> 12) & 1:  # must be a code segment
             raise GuestFault(GP, (sel & ~3) + ext)
         if not hi & 0x8000:
             raise GuestFault(NP, (sel & ~3) + ext)

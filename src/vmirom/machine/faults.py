@@ -11,7 +11,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # x86 exception vectors used by the VMM
-DE, DB, NMI, BP, OF, BR, UD, NM, DF, TS, NP, SS, GP, PF, MF, AC = 0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 16, 17
+DE, DB, NMI, BP, OF, BR, UD, NM, DF, TS, NP, SS, GP, PF, MF, AC = (
+    0,
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+    7,
+    8,
+    10,
+    11,
+    12,
+    13,
+    14,
+    16,
+    17,
+)
 HAS_ERROR_CODE = frozenset({DF, TS, NP, SS, GP, PF, AC})
 #: vectors that are faults for the purpose of double-fault promotion ("contributory" + #PF)
 CONTRIBUTORY = frozenset({DE, TS, NP, SS, GP})

@@ -22,10 +22,10 @@ from vmirom.machine.memory import GuestMemory
 MB_MAGIC = 0x1BADB002
 MB_BOOT_MAGIC = 0x2BADB002
 MB_SEARCH = 8192
-LOW_END = 0x9FC00                # conventional memory the guest may use (below the EBDA)
-HOLE = (0x9FC00, 0x100000)       # EBDA + VGA + option ROMs + BIOS: reserved in the memory map
-INFO_ADDR = 0x10000              # multiboot info + strings + mmap + module list live in [0x10000, 0x20000)
-BOOT_AREA = (0x500, 0x20000)     # VMM boot structures (boot GDT at 0x800); kernels must not load here
+LOW_END = 0x9FC00  # conventional memory the guest may use (below the EBDA)
+HOLE = (0x9FC00, 0x100000)  # EBDA + VGA + option ROMs + BIOS: reserved in the memory map
+INFO_ADDR = 0x10000  # multiboot info + strings + mmap + module list live in [0x10000, 0x20000)
+BOOT_AREA = (0x500, 0x20000)  # VMM boot structures (boot GDT at 0x800); kernels must not load here
 LOADER_NAME = b"vmirom\0"
 
 
@@ -36,8 +36,8 @@ class BootInfo:
     entry: int
     info_addr: int
     kernel_end: int
-    segments: list[tuple[int, int, int]] = field(default_factory=list)   # (paddr, filesz, memsz)
-    modules: list[tuple[int, int]] = field(default_factory=list)         # (start, end)
+    segments: list[tuple[int, int, int]] = field(default_factory=list)  # (paddr, filesz, memsz)
+    modules: list[tuple[int, int]] = field(default_factory=list)  # (start, end)
     mb_flags: int = 0
 
 
@@ -51,8 +51,9 @@ def find_multiboot_header(data: bytes) -> tuple[int, int]:
     raise LoadError("no Multiboot v1 header (magic 0x1BADB002 with a valid checksum) in the first 8 KiB")
 
 
-def load_multiboot(mem: GuestMemory, data: bytes, cmdline: str = "",
-                   modules: list[tuple[bytes, str]] | None = None) -> BootInfo:
+def load_multiboot(
+    mem: GuestMemory, data: bytes, cmdline: str = "", modules: list[tuple[bytes, str]] | None = None
+) -> BootInfo:
     """Load `data` (an ELF file's bytes) into `mem`.  Raises LoadError on anything malformed."""
     if len(data) < 4 or data[:4] != b"\x7fELF":
         raise LoadError("not an ELF file (no \\x7fELF magic)")
@@ -71,8 +72,10 @@ def load_multiboot(mem: GuestMemory, data: bytes, cmdline: str = "",
                 continue
             off, fsz, msz = seg["p_offset"], seg["p_filesz"], seg["p_memsz"]
             if off + fsz > len(data):
-                raise LoadError(f"truncated ELF file: segment at file offset {off:#x} needs {fsz:#x} bytes, "
-                                f"file has {len(data):#x}")
+                raise LoadError(
+                    f"truncated ELF file: segment at file offset {off:#x} needs {fsz:#x} bytes, "
+                    f"file has {len(data):#x}"
+                )
             if fsz > msz:
                 raise LoadError("corrupt ELF: segment file size larger than memory size")
             segs.append((seg["p_paddr"], seg["p_vaddr"], off, fsz, msz))
@@ -89,9 +92,11 @@ def load_multiboot(mem: GuestMemory, data: bytes, cmdline: str = "",
         if end > mem.size:
             raise LoadError(f"segment [{paddr:#x}, {end:#x}) does not fit in {mem.size >> 20} MiB of RAM")
         if paddr < BOOT_AREA[1] and end > BOOT_AREA[0] or paddr < HOLE[1] and end > HOLE[0]:
-            raise LoadError(f"segment [{paddr:#x}, {end:#x}) overlaps the VMM's low-memory area or the "
-                            "option-ROM hole; load kernels at 1 MiB or above")
-        mem.load(paddr, data[off:off + fsz] + bytes(msz - fsz))
+            raise LoadError(
+                f"segment [{paddr:#x}, {end:#x}) overlaps the VMM's low-memory area or the "
+                "option-ROM hole; load kernels at 1 MiB or above"
+            )
+        mem.load(paddr, data[off : off + fsz] + bytes(msz - fsz))
         info.segments.append((paddr, fsz, msz))
         info.kernel_end = max(info.kernel_end, end)
     # The entry is physical; a higher-half kernel may give its virtual entry: translate it.

@@ -44,9 +44,9 @@ IF = 0x200
 @dataclass
 class MachineConfig:
     ram_size: int = DEFAULT_RAM
-    timeout_s: float | None = 60.0      # wall-clock budget for the whole run
-    slice_us: int = 10_000              # longest slice of guest code between timer checks
-    echo: object = None                 # callable(bytes) for the console, e.g. the terminal
+    timeout_s: float | None = 60.0  # wall-clock budget for the whole run
+    slice_us: int = 10_000  # longest slice of guest code between timer checks
+    echo: object = None  # callable(bytes) for the console, e.g. the terminal
 
 
 @dataclass
@@ -60,8 +60,15 @@ class RunResult:
 
 
 def _gdt_entry(base: int, limit: int, access: int, flags: int = 0xC) -> bytes:
-    return struct.pack("<HHBBBB", limit & 0xFFFF, base & 0xFFFF, (base >> 16) & 0xFF, access,
-                       ((limit >> 16) & 0xF) | (flags << 4), (base >> 24) & 0xFF)
+    return struct.pack(
+        "<HHBBBB",
+        limit & 0xFFFF,
+        base & 0xFFFF,
+        (base >> 16) & 0xFF,
+        access,
+        ((limit >> 16) & 0xF) | (flags << 4),
+        (base >> 24) & 0xFF,
+    )
 
 
 def boot_selectors(ring: int) -> tuple[int, int]:
@@ -78,6 +85,7 @@ class Machine:
         self.memory = GuestMemory(self.config.ram_size)
         if engine is None:
             from vmirom.engines.unicorn import UnicornEngine
+
             engine = UnicornEngine()
         self.engine = engine
         self.clock = VirtualClock()
@@ -93,7 +101,7 @@ class Machine:
         self.io.register(self.pit, Pit.PORTS)
         self.io.register(self.uart, self.uart.ports)
         self.io.register(DebugExit(self.guest_exit), range(0xF4, 0xF8))
-        self.kernel_stacks: dict[int, tuple[int, int]] = {}   # ring -> (ss, esp) overrides
+        self.kernel_stacks: dict[int, tuple[int, int]] = {}  # ring -> (ss, esp) overrides
         self.fate: str | None = None
         self.exit_status: int | None = None
         self.message = ""
@@ -119,15 +127,24 @@ class Machine:
         personality.attach(self)
 
     # -- loading and entering the kernel -----------------------------------------------------------
-    def load_kernel(self, image: bytes, cmdline: str = "", modules: list[tuple[bytes, str]] | None = None) -> None:
+    def load_kernel(
+        self, image: bytes, cmdline: str = "", modules: list[tuple[bytes, str]] | None = None
+    ) -> None:
         """Load a Multiboot kernel and set the CPU to the Multiboot entry state at the personality's
         kernel ring (ring 1: flat CS/SS/DS with RPL/DPL 1 from the VMM's boot GDT)."""
         self.boot = loader.load_multiboot(self.memory, image, cmdline, modules)
         self.engine.invalidate_code(0, self.memory.size)
-        gdt = b"".join([bytes(8),
-                        _gdt_entry(0, 0xFFFFF, 0x9A), _gdt_entry(0, 0xFFFFF, 0x92),
-                        _gdt_entry(0, 0xFFFFF, 0xBA), _gdt_entry(0, 0xFFFFF, 0xB2),
-                        _gdt_entry(0, 0xFFFFF, 0xDA), _gdt_entry(0, 0xFFFFF, 0xD2)])
+        gdt = b"".join(
+            [
+                bytes(8),
+                _gdt_entry(0, 0xFFFFF, 0x9A),
+                _gdt_entry(0, 0xFFFFF, 0x92),
+                _gdt_entry(0, 0xFFFFF, 0xBA),
+                _gdt_entry(0, 0xFFFFF, 0xB2),
+                _gdt_entry(0, 0xFFFFF, 0xDA),
+                _gdt_entry(0, 0xFFFFF, 0xD2),
+            ]
+        )
         self.memory.load(BOOT_GDT, gdt)
         eng = self.engine
         eng.set_reg("gdtr", (BOOT_GDT, len(gdt) - 1))
@@ -167,16 +184,27 @@ class Machine:
                     self.metrics.count("halt")
                     self.request_halt()
                 if res.error and self.fate is None:
-                    self.stop("engine_error", f"engine stopped: {res.error} at eip={self.engine.reg('eip'):#010x}")
+                    self.stop(
+                        "engine_error", f"engine stopped: {res.error} at eip={self.engine.reg('eip'):#010x}"
+                    )
                 if deadline is not None and self.fate is None and time.monotonic() > deadline:
-                    self.stop("timeout", f"wall-clock budget of {self.config.timeout_s:g} s exhausted "
-                                         f"(eip={self.engine.reg('eip'):#010x})")
+                    self.stop(
+                        "timeout",
+                        f"wall-clock budget of {self.config.timeout_s:g} s exhausted "
+                        f"(eip={self.engine.reg('eip'):#010x})",
+                    )
         except TripleFault as e:
             self.stop("triple_fault", f"triple fault: {e}")
         except (EngineError, VmError) as e:
             self.stop(getattr(e, "fate", "engine_error"), str(e))
-        return RunResult(self.fate or "engine_error", self.exit_status, self.message, time.monotonic() - t0,
-                         self.metrics.as_dict(), self.uart.text())
+        return RunResult(
+            self.fate or "engine_error",
+            self.exit_status,
+            self.message,
+            time.monotonic() - t0,
+            self.metrics.as_dict(),
+            self.uart.text(),
+        )
 
     def stop(self, fate: str, message: str = "") -> None:
         """End the run with `fate` (first reason wins)."""
@@ -190,7 +218,7 @@ class Machine:
 
     def slice_budget_us(self) -> int:
         budget = self.config.slice_us
-        if self.pic.pending_vector() is not None:        # masked by IF: poll soon
+        if self.pic.pending_vector() is not None:  # masked by IF: poll soon
             budget = min(budget, 1000)
         nxt = self.next_deadline()
         if nxt is not None:
@@ -254,7 +282,7 @@ class Machine:
                 write = pf_is_write(self, self.engine.reg("eip"), cr2)
                 err = self.paging.error_code(cr2, write=write, user=self.engine.cpl() == 3)
             if p.on_exception(self.vcpu, vector, err):
-                return                      # handled by the personality (it counts e.g. "emulate:cli")
+                return  # handled by the personality (it counts e.g. "emulate:cli")
             self.metrics.count(f"exception:{vector}")
             self.delivery.exception(vector, err, cr2)
         except GuestFault as f:
@@ -271,7 +299,7 @@ class Machine:
         keep = self.engine.reg("eax")
         if not self._io_allowed():
             self._fault_in_hook(GP, 0)
-            return keep           # leave EAX as it was: the #GP handler must see the guest's EAX
+            return keep  # leave EAX as it was: the #GP handler must see the guest's EAX
         try:
             v = self.personality.port_in(self.vcpu, port, size)
         except GuestFault as f:
@@ -331,8 +359,10 @@ class Machine:
         eip = self.engine.reg("eip")
         if protected and self.rom_range and self.rom_range[0] <= phys < self.rom_range[1]:
             self.metrics.count("rom_write")
-            self.stop("rom_write", f"the guest wrote to the read-only VMI ROM at physical {phys:#x} "
-                                   f"(eip={eip:#010x})")
+            self.stop(
+                "rom_write",
+                f"the guest wrote to the read-only VMI ROM at physical {phys:#x} (eip={eip:#010x})",
+            )
         else:
             what = "write to" if write else "access to"
             self.stop("bad_memory", f"guest {what} physical {phys:#x} outside RAM (eip={eip:#010x})")

@@ -21,7 +21,7 @@ class GuestMemory:
         self.size = size
         self.ram = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.readonly: list[tuple[int, int]] = []
-        self.on_code_write = None   # callback(start, end): lets the engine drop stale translations
+        self.on_code_write = None  # callback(start, end): lets the engine drop stale translations
 
     def check(self, phys: int, size: int, *, write: bool = False) -> None:
         """Raise GuestFault(#GP) unless [phys, phys+size) is RAM (and writable when `write`)."""
@@ -34,11 +34,11 @@ class GuestMemory:
 
     def read(self, phys: int, size: int) -> bytes:
         self.check(phys, size)
-        return self.ram[phys:phys + size]
+        return self.ram[phys : phys + size]
 
     def write(self, phys: int, data: bytes) -> None:
         self.check(phys, len(data), write=True)
-        self.ram[phys:phys + len(data)] = data
+        self.ram[phys : phys + len(data)] = data
         if self.on_code_write is not None:
             self.on_code_write(phys, phys + len(data))
 
@@ -46,7 +46,7 @@ class GuestMemory:
         """Loader write (kernel image, ROM, boot structures): bypasses the read-only ranges."""
         if phys < 0 or phys + len(data) > self.size:
             raise ValueError(f"load [{phys:#x}, {phys + len(data):#x}) outside RAM")
-        self.ram[phys:phys + len(data)] = data
+        self.ram[phys : phys + len(data)] = data
 
     def u32(self, phys: int) -> int:
         self.check(phys, 4)
@@ -58,5 +58,5 @@ class GuestMemory:
     def close(self) -> None:
         try:
             self.ram.close()
-        except BufferError:   # the engine still holds a ctypes view; the OS frees it at exit
+        except BufferError:  # the engine still holds a ctypes view; the OS frees it at exit
             pass

@@ -25,5 +25,8 @@ class Metrics:
         return sum(v for k, v in self.kinds.items() if k not in ("slice", "delivery"))
 
     def as_dict(self) -> dict:
-        return {"kinds": dict(sorted(self.kinds.items())), "detail": dict(sorted(self.detail.items())),
-                "total_exits": self.total}
+        return {
+            "kinds": dict(sorted(self.kinds.items())),
+            "detail": dict(sorted(self.detail.items())),
+            "total_exits": self.total,
+        }

@@ -28,9 +28,9 @@ PFERR_P, PFERR_W, PFERR_U, PFERR_I = 1, 2, 4, 16
 class Walk:
     """Result of walking the page tables for one linear address (no access checks applied)."""
 
-    phys: int | None           # physical address, None if not present
-    writable: bool = True      # W at every level
-    user: bool = True          # U at every level
+    phys: int | None  # physical address, None if not present
+    writable: bool = True  # W at every level
+    user: bool = True  # U at every level
 
 
 class Paging:
@@ -82,7 +82,9 @@ class Paging:
         if ok and write and not w.writable and (user or self.engine.reg("cr0") & CR0_WP):
             ok = False
         if not ok:
-            err = (PFERR_P if w.phys is not None else 0) | (PFERR_W if write else 0) | (PFERR_U if user else 0)
+            err = (
+                (PFERR_P if w.phys is not None else 0) | (PFERR_W if write else 0) | (PFERR_U if user else 0)
+            )
             raise GuestFault(PF, err, cr2=linear)
         if w.phys >= self.mem.size:
             raise GuestFault(GP, 0)
@@ -107,10 +109,12 @@ class Paging:
         if len(data) > 1 << 24:
             raise GuestFault(GP, 0)
         # translate every page first so a fault leaves memory untouched
-        targets = [(self.translate(lin, write=True, user=user), n) for lin, n in self._chunks(linear, len(data))]
+        targets = [
+            (self.translate(lin, write=True, user=user), n) for lin, n in self._chunks(linear, len(data))
+        ]
         off = 0
         for phys, n in targets:
-            self.mem.write(phys, data[off:off + n])
+            self.mem.write(phys, data[off : off + n])
             off += n
 
     def read_code(self, linear: int, size: int, *, user: bool = False) -> bytes:

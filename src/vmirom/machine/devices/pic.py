@@ -11,7 +11,7 @@ class Pic8259:
         self.isr = 0
         self.imr = 0xFF
         self.vector_base = 0x08 if base == 0x20 else 0x70
-        self.init_step = 0          # 0 = operational; 1..3 = expecting ICW2..ICW4
+        self.init_step = 0  # 0 = operational; 1..3 = expecting ICW2..ICW4
         self.icw4_needed = False
         self.read_isr = False
         self.auto_eoi = False
@@ -51,30 +51,30 @@ class Pic8259:
     def port_out(self, port: int, size: int, value: int) -> None:
         value &= 0xFF
         if port == self.base:
-            if value & 0x10:                       # ICW1
+            if value & 0x10:  # ICW1
                 self.init_step, self.icw4_needed = 1, bool(value & 1)
                 self.imr, self.isr, self.irr, self.auto_eoi = 0, 0, 0, False
-            elif value & 0x08:                     # OCW3
+            elif value & 0x08:  # OCW3
                 if value & 0x02:
                     self.read_isr = bool(value & 1)
-            else:                                  # OCW2
+            else:  # OCW2
                 cmd = value >> 5
-                if cmd == 1:                       # non-specific EOI
+                if cmd == 1:  # non-specific EOI
                     line = self.highest(self.isr)
                     if line is not None:
                         self.isr &= ~(1 << line)
-                elif cmd == 3:                     # specific EOI
+                elif cmd == 3:  # specific EOI
                     self.isr &= ~(1 << (value & 7))
         else:
-            if self.init_step == 1:                # ICW2
+            if self.init_step == 1:  # ICW2
                 self.vector_base = value & 0xF8
                 self.init_step = 2
-            elif self.init_step == 2:              # ICW3 (cascade wiring: fixed)
+            elif self.init_step == 2:  # ICW3 (cascade wiring: fixed)
                 self.init_step = 3 if self.icw4_needed else 0
-            elif self.init_step == 3:              # ICW4
+            elif self.init_step == 3:  # ICW4
                 self.auto_eoi = bool(value & 2)
                 self.init_step = 0
-            else:                                  # OCW1
+            else:  # OCW1
                 self.imr = value
 
 

@@ -12,7 +12,7 @@ FREQ = 1_193_182
 class _Channel:
     def __init__(self) -> None:
         self.mode = 0
-        self.access = 3         # 1 lobyte, 2 hibyte, 3 lo/hi
+        self.access = 3  # 1 lobyte, 2 hibyte, 3 lo/hi
         self.reload = 0x10000
         self.start_ns = 0
         self.armed = False
@@ -67,8 +67,13 @@ class Pit:
             c2 = self.ch[2]
             out = 0
             if self.port61 & 1 and c2.armed:
-                out = 0x20 if c2.count_at(self.now()) > c2.reload // 2 or c2.mode == 0 and \
-                    c2.count_at(self.now()) == 0 else 0
+                out = (
+                    0x20
+                    if c2.count_at(self.now()) > c2.reload // 2
+                    or c2.mode == 0
+                    and c2.count_at(self.now()) == 0
+                    else 0
+                )
             return (self.port61 & 0x0F) | out
         if port == 0x43:
             return 0xFF
@@ -97,10 +102,10 @@ class Pit:
         if port == 0x43:
             sel = value >> 6
             if sel == 3:
-                return                                     # read-back: not supported
+                return  # read-back: not supported
             c = self.ch[sel]
             acc = (value >> 4) & 3
-            if acc == 0:                                   # counter latch
+            if acc == 0:  # counter latch
                 c.latch = c.count_at(self.now())
                 return
             c.access, c.mode = acc, (value >> 1) & 7
@@ -108,7 +113,7 @@ class Pit:
                 c.mode -= 4
             c.write_lo, c.read_hi, c.armed = None, False, False
             if sel == 0:
-                self.next_fire = None                      # programming stops the old count
+                self.next_fire = None  # programming stops the old count
             return
         idx = port - 0x40
         c = self.ch[idx]
@@ -129,4 +134,4 @@ class Pit:
             if c.mode in (0, 2, 3):
                 self.next_fire = c.start_ns + c.period_ns()
             else:
-                self.next_fire = None                      # mode 1/4/5: no free-running IRQ0
+                self.next_fire = None  # mode 1/4/5: no free-running IRQ0

@@ -8,8 +8,13 @@ from collections.abc import Callable
 
 
 class Uart16550:
-    def __init__(self, base: int = 0x3F8, sink: Callable[[bytes], None] | None = None,
-                 raise_irq: Callable[[], None] | None = None, capture_limit: int = 16 << 20) -> None:
+    def __init__(
+        self,
+        base: int = 0x3F8,
+        sink: Callable[[bytes], None] | None = None,
+        raise_irq: Callable[[], None] | None = None,
+        capture_limit: int = 16 << 20,
+    ) -> None:
         self.base = base
         self.sink = sink
         self.raise_irq = raise_irq or (lambda: None)
@@ -46,7 +51,7 @@ class Uart16550:
             return 0
         if r == 1:
             return self.dlm if dlab else self.ier
-        if r == 2:                                    # IIR
+        if r == 2:  # IIR
             if self.ier & 1 and self.rx:
                 return 0xC4
             if self.thre_pending:
@@ -57,10 +62,10 @@ class Uart16550:
             return self.lcr
         if r == 4:
             return self.mcr
-        if r == 5:                                    # LSR: THR empty + transmitter empty (+ data ready)
+        if r == 5:  # LSR: THR empty + transmitter empty (+ data ready)
             return 0x60 | (1 if self.rx else 0)
         if r == 6:
-            return 0xB0                               # MSR: CTS, DSR, DCD
+            return 0xB0  # MSR: CTS, DSR, DCD
         return self.scr
 
     def port_out(self, port: int, size: int, value: int) -> None:

@@ -1,0 +1,12 @@
+/* Hostile guest: writes into the VMI ROM (physical 0xC0000 + 0x100, paging off). */
+        .section .multiboot, "a"
+        .align 4
+        .long 0x1BADB002, 0, -0x1BADB002
+        .text
+        .globl _start
+_start:
+        movl $0x12345678, 0xC0100
+        xor %eax, %eax
+        mov $0xf4, %dx
+        out %eax, %dx
+        hlt
