@@ -104,7 +104,8 @@ class Serial:
                     chunk = b""
                 if not chunk and self.proc.poll() is not None:
                     raise AssertionError(f"QEMU exited; console:\n{self.text[-2000:]}")
-                self.text += chunk.decode("utf-8", errors="replace").replace("\r\n", "\n")
+                # the kernel writes "\r\n"; the two bytes may arrive in different reads
+                self.text = (self.text + chunk.decode("utf-8", errors="replace")).replace("\r\n", "\n")
         at = self.text.index(needle) + len(needle)
         seen, self.text = self.text[:at], self.text[at:]
         return seen
