@@ -1,5 +1,7 @@
 /* kalloc.c - physical page allocator: a free list in front of a bump pointer, and a reference
- * count per page (for copy-on-write).  Pages are handed out as direct-map addresses. */
+ * count per page (for copy-on-write).  Pages are handed out as direct-map addresses.
+ * No interrupt handler allocates memory and the kernel runs with interrupts off outside the
+ * idle halt, so there is no locking here (and no interrupt-flag VMI calls on this hot path). */
 #include "kernel.h"
 #include "pv.h"
 
@@ -25,7 +27,6 @@ void kinit_early(u32 start, u32 end)
 
 void *kalloc(void)
 {
-    u32 fl = irq_save();
     void *p = 0;
     if (freelist) {
         p = freelist;
@@ -38,7 +39,6 @@ void *kalloc(void)
         nfree--;
         refcnt[V2P(p) / PGSIZE] = 1;
     }
-    restore_fl(fl);
     if (p)
         memset(p, 0, PGSIZE);
     return p;
@@ -48,29 +48,23 @@ void kfree(void *va)
 {
     if ((u32)va % PGSIZE || V2P(va) >= end_pa)
         panic("kfree %p", va);
-    u32 fl = irq_save();
     struct run *r = va;
     r->next = freelist;
     freelist = r;
     nfree++;
     refcnt[V2P(va) / PGSIZE] = 0;
-    restore_fl(fl);
 }
 
 u32 kfree_pages(void) { return nfree; }
 
 void page_ref(u32 pa)
 {
-    u32 fl = irq_save();
     refcnt[pa / PGSIZE]++;
-    restore_fl(fl);
 }
 
 int page_unref(u32 pa)
 {
-    u32 fl = irq_save();
     int n = --refcnt[pa / PGSIZE];
-    restore_fl(fl);
     if (n == 0)
         kfree(P2V(pa));
     return n;
