@@ -7,7 +7,8 @@ extern u32 *kpgdir;           /* the kernel's page directory (direct map only) *
 extern u32 *cur_pgdir;        /* the page directory in CR3 */
 extern u32 phys_end;          /* end of the direct-mapped physical memory */
 
-void vm_init(u32 ram_end);
+u32 vm_map_limit(u32 ram_end);
+void vm_init(u32 end);
 void set_entry(u32 *pgdir, u32 *entry, u32 val, u32 level, u32 va);
 u32 *pgdir_walk(u32 *pgdir, u32 va, int alloc);
 int map_page(u32 *pgdir, u32 va, u32 pa, u32 perm);

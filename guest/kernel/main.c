@@ -90,8 +90,9 @@ void kmain(u32 magic, u32 mbi_pa)
 
     if (free_start >= BOOT_MAP_END)
         panic("boot: loader data above %u MiB", BOOT_MAP_END >> 20);
-    kinit_early(free_start, ram_end);
-    vm_init(ram_end);
+    u32 map_end = vm_map_limit(ram_end);
+    kinit_early(free_start, map_end);
+    vm_init(map_end);
 
     pic_init();
     timer_init();

@@ -382,5 +382,9 @@ int user_fault(struct trapframe *tf)
     const char *name = tf->trapno < ARRAY_SIZE(trap_names) ? trap_names[tf->trapno] : "trap";
     kprintf("pid %d (%s): %s (trap %u, error %x) at eip %08x, address %08x: killed\n", p->pid, p->name, name,
             tf->trapno, tf->err, tf->eip, addr);
+    char qname[40];
+    json_str(qname, sizeof qname, p->name);
+    jsonline("{\"event\":\"user_fault\",\"pid\":%d,\"name\":%s,\"trap\":%u,\"error\":%u,\"eip\":%u,"
+             "\"addr\":%u}", p->pid, qname, tf->trapno, tf->err, tf->eip, addr);
     exit_proc(WSTATUS_KILLED | (tf->trapno & 0xFF));
 }

@@ -100,13 +100,19 @@ void pgdir_free(u32 *pd)
     kfree(pd);
 }
 
-/* Build the kernel page directory for [0, ram_end) and switch to it. */
-void vm_init(u32 ram_end)
+/* How much physical memory the direct map can cover: all RAM up to 896 MiB, and never into the
+ * hypervisor's reservation [virtual_top, 4 GiB). */
+u32 vm_map_limit(u32 ram_end)
 {
     u32 end = ram_end < MAX_DIRECT_MAP ? ram_end : MAX_DIRECT_MAP;
     if (vmi.bound && vmi.virtual_top && vmi.virtual_top > KERNBASE && end > vmi.virtual_top - KERNBASE)
-        end = vmi.virtual_top - KERNBASE;         /* the hypervisor owns [virtual_top, 4 GiB) */
-    end &= ~(PGSIZE - 1);
+        end = vmi.virtual_top - KERNBASE;
+    return end & ~(PGSIZE - 1);
+}
+
+/* Build the kernel page directory for [0, end) and switch to it. */
+void vm_init(u32 end)
+{
     phys_end = end;
 
     vmi_ops.set_linear_mapping(0, KERNBASE, end / PGSIZE, 0);
