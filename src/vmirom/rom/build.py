@@ -20,7 +20,8 @@ The tag block, the CRC and the stub markers are our format's redundancy (no gues
 needs them): `check_rom` uses them to prove that get_reloc answers what the table
 says, that every answer points at the stub meant for that call, and that no byte of
 the jump points, the table or the code changed after the build (the CRC-32 covers
-the two jump points at 0x80-0x8F and everything from the table to the code end).
+the whole 0x90-byte header, jump points included, and everything from the table to
+the code end).
 """
 
 from __future__ import annotations
@@ -229,10 +230,9 @@ def _fill_header(img: bytearray, spec: RomSpec, sym: dict[str, int], covered: in
 
 
 def integrity_crc(img: bytes, table_start: int, code_end: int) -> int:
-    """CRC-32 of the jump points and of [table_start, code_end): what our format protects."""
-    jp = abi.ROM_HEADER["vmi_init"].offset
-    jp_end = abi.ROM_HEADER["get_reloc"].offset + abi.ROM_HEADER["get_reloc"].size
-    return zlib.crc32(bytes(img[jp:jp_end]) + bytes(img[table_start:code_end]))
+    """CRC-32 of the whole vrom_header (jump points included) and of [table_start, code_end):
+    what our format protects beyond the 8-bit checksum."""
+    return zlib.crc32(bytes(img[:abi.ROM_HEADER.size]) + bytes(img[table_start:code_end]))
 
 
 def build_rom(spec: RomSpec) -> RomImage:

@@ -15,7 +15,7 @@ from vmirom import abi
 from vmirom.abi import RelocType
 
 from .build import PCI_CODE_TYPE_X86, PCI_LAST_IMAGE, REAL_MODE_ENTRY, RELOC_TAG_SIZE, STUB_MARKER
-from .reader import Answer, RomInfo, c_string, read_rom
+from .reader import MAX_FAILED_PROBES, Answer, RomInfo, c_string, read_rom
 from .sandbox import ALT_BASE, BASE, RomSandbox
 from .spec import RomError
 
@@ -113,14 +113,15 @@ def _pci_rules(info: RomInfo) -> list[str]:
     if p["vendor_id"] != abi.PCI_VENDOR_VMWARE or p["device_id"] != abi.PCI_DEVICE_VMI:
         out.append(f"PCI id {p['vendor_id']:04x}:{p['device_id']:04x} is not VMI's "
                    f"{abi.PCI_VENDOR_VMWARE:04x}:{abi.PCI_DEVICE_VMI:04x}")
-    if p["size"] < abi.PCI_HEADER.size:
-        out.append(f"PCI data structure length {p['size']} is less than {abi.PCI_HEADER.size}")
+    if p["size"] != abi.PCI_HEADER.size:
+        out.append(f"PCI data structure length is {p['size']}, not {abi.PCI_HEADER.size}")
     if p["chunks"] != info.rom_length:
         out.append(f"PCI image length {p['chunks']} x 512 disagrees with rom_length {info.rom_length}")
     if p["code_type"] != PCI_CODE_TYPE_X86:
         out.append(f"PCI code type {p['code_type']} is not 0 (x86)")
-    if not int(p["last_rom"]) & PCI_LAST_IMAGE:
-        out.append("PCI last-image indicator (0x80) is not set")
+    if p["last_rom"] != PCI_LAST_IMAGE:
+        out.append(f"PCI image indicator is {p['last_rom']:#x}; it must be 0x80 (last image, reserved "
+                   "bits clear)")
     return out
 
 
@@ -174,7 +175,7 @@ def _table_rules(info: RomInfo, image: bytes) -> list[str]:
     if t.count != info.jump_slots:
         out.append(f"jump_slots is {info.jump_slots} but {where} covers {t.count} calls")
     if not t.crc_ok:
-        out.append(f"the CRC-32 in {where} does not match: the jump points, table or code were altered "
+        out.append(f"the CRC-32 in {where} does not match: the header, table or code were altered "
                    "after the ROM was built")
     for e in t.entries:
         if e.target and (e.target < t.tag_offset + RELOC_TAG_SIZE or e.target >= t.code_end):
@@ -235,10 +236,12 @@ def _reloc_rules(info: RomInfo, image: bytes) -> list[str]:
                 out.append(f"get_reloc({_name(n)}) points at ROM+0x{a.target:x}, which is not the start of "
                            "that call's stub")
     for problem, calls in failures.items():
-        shown = ", ".join(str(n) for n in calls[:6])
-        if len(calls) > 6:
+        shown = ", ".join(str(n) for n in calls[:8])
+        if len(calls) > 8:
             shown += f", ... ({len(calls)} call numbers)"
         out.insert(0, f"get_reloc({shown}) {problem}")
+    if info.probes_abandoned:
+        out.append(f"get_reloc failed {MAX_FAILED_PROBES} times; the remaining call numbers were not tried")
     if table is not None:
         for e in table:
             a = info.answers.get(e.call)

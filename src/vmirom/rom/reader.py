@@ -19,6 +19,7 @@ from .sandbox import RomSandbox
 from .spec import RomError
 
 # Call numbers probed beyond the table: just past it, a byte-sized one, "negative" ones.
+MAX_FAILED_PROBES = 8
 OUT_OF_RANGE_PROBES = (abi.NUM_CALLS, abi.NUM_CALLS + 1, 0xFF, 0x100, 0x7FFFFFFF, 0xFFFFFFFF)
 
 
@@ -80,6 +81,7 @@ class RomInfo:
     moved_answers: dict[int, Answer] = field(default_factory=dict)     # at the second base
     table: TableBlock | None = None
     complete: bool = False            # the file holds the whole image rom_length describes
+    probes_abandoned: bool = False    # get_reloc failed MAX_FAILED_PROBES times; the rest were not asked
 
     @property
     def image_size(self) -> int:
@@ -197,7 +199,12 @@ def read_rom(data: bytes, execute: bool = True) -> RomInfo:
         if init.problem is None and init.clobbered:
             info.init_problem = f"changes {', '.join(init.clobbered)}, which a C function must preserve"
         info.init_hypercall = init.hypercall
+        failures = 0
         for n in probe_numbers(info.jump_slots):
             info.answers[n] = _ask(sandbox, sandbox.bases[0], n)
             info.moved_answers[n] = _ask(sandbox, sandbox.bases[1], n)
+            failures += info.answers[n].problem is not None
+            if failures >= MAX_FAILED_PROBES:     # broken code: more probes only cost time
+                info.probes_abandoned = True
+                break
     return info
