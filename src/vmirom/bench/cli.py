@@ -114,7 +114,7 @@ def bench(targets_opt: str | None, tests_opt: str | None, repeat: int | None, sc
     with ratios to `bare` (see docs/performance.md)."""
     from rich.console import Console
 
-    console = Console(stderr=False)
+    console = Console(width=None if sys.stdout.isatty() else 140)
     names = _split(targets_opt) or (list(QUICK_TARGETS) if quick else None)
     tests = _split(tests_opt) or list(QUICK_TESTS if quick else GUEST_TESTS)
     for t in tests:

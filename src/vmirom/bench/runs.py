@@ -340,10 +340,83 @@ def no_init(line: ConsoleLine) -> str | None:
 
 
 # -- one boot -----------------------------------------------------------------------------------------
+GRACE_S = 20.0
+
+
+def _boot_child(target: Target, repeat: int, kernels: Kernels, workload: Workload, pseudo: bool,
+                conn: Any) -> None:
+    def on_line(line: ConsoleLine) -> None:
+        ev = line.event
+        if ev and ev.get("event") == "bench_start":
+            conn.send(("line", ev))
+
+    try:
+        res: Any = run_boot_here(target, repeat, kernels, workload, pseudo=pseudo, on_line=on_line)
+    except BaseException as e:  # noqa: BLE001 - reported to the parent as a fate, never a traceback
+        res = BootResult(target.name, repeat, "", "engine_error", None,
+                         f"VMM internal error: {type(e).__name__}: {e}", 0.0)
+    try:
+        conn.send(("done", res))
+    finally:
+        conn.close()
+
+
 def run_boot(target: Target, repeat: int, kernels: Kernels, workload: Workload, *, pseudo: bool = False,
-             on_line: Callable[[ConsoleLine], None] | None = None) -> BootResult:
-    """One boot of `target`: the guest bench suite (pseudo=False) or the exit_after boot for the
-    pseudo tests.  Never raises for guest misbehaviour: a bad fate becomes error records."""
+             on_line: Callable[[ConsoleLine], None] | None = None, isolate: bool = True) -> BootResult:
+    """One boot of `target` (see `run_boot_here`).  VMM boots run in a forked child process (as
+    `vmirom run` does): the engine can abort its process on CPU states it does not support, and a
+    hook that never returns would escape the VMM's own budget; the parent enforces the deadline."""
+    if not isolate or target.platform == QEMU:
+        return run_boot_here(target, repeat, kernels, workload, pseudo=pseudo, on_line=on_line)
+    import multiprocessing as mp
+    import signal
+    import sys
+
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    sys.stdout.flush()
+    proc = ctx.Process(target=_boot_child, args=(target, repeat, kernels, workload, pseudo, child),
+                       daemon=True)
+    t0 = time.monotonic()
+    proc.start()
+    child.close()
+    result: BootResult | None = None
+    deadline = t0 + workload.timeout_s + GRACE_S
+    while result is None and time.monotonic() < deadline:
+        if parent.poll(min(0.5, max(0.0, deadline - time.monotonic()))):
+            try:
+                kind, payload = parent.recv()
+            except (EOFError, OSError):
+                break
+            if kind == "done":
+                result = payload
+            elif on_line is not None:
+                on_line(ConsoleLine("", Snapshot(0, 0, 0, {}, {}), Snapshot(0, 0, 0, {}, {}), payload))
+        elif not proc.is_alive() and not parent.poll(0.1):
+            break
+    if result is not None:
+        proc.join(5)
+        return result
+    if proc.is_alive():
+        proc.kill()
+        proc.join(5)
+        budget = workload.timeout_s + GRACE_S
+        fate, msg = "timeout", f"the VM did not finish within {budget:g} s and was killed"
+    else:
+        proc.join(5)
+        code = proc.exitcode
+        what = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"status {code}"
+        fate, msg = "engine_crash", f"the VM process died with {what}"
+    wanted = workload.pseudo if pseudo else workload.tests
+    cmdline = workload.idle_cmdline() if pseudo else workload.bench_cmdline()
+    return BootResult(target.name, repeat, cmdline, fate, None, msg, time.monotonic() - t0,
+                      [error_record(target, repeat, t, msg) for t in wanted])
+
+
+def run_boot_here(target: Target, repeat: int, kernels: Kernels, workload: Workload, *, pseudo: bool = False,
+                  on_line: Callable[[ConsoleLine], None] | None = None) -> BootResult:
+    """One boot of `target` in this process: the guest bench suite (pseudo=False) or the exit_after
+    boot for the pseudo tests.  Never raises for guest misbehaviour: a bad fate becomes error records."""
     kernel = kernels.for_target(target)
     cmdline = workload.idle_cmdline() if pseudo else workload.bench_cmdline()
     initrd = None if pseudo else kernels.initrd

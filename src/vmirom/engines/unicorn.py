@@ -16,6 +16,7 @@ W3  TR must be loaded with type 9 (available TSS, flags 0x8900), never 0x8B00 (b
     code calls cpu_abort("invalid tss type") -> SIGABRT of the whole process on the first stack switch.
 W4  Code written by Python is not invalidated in the translation cache: `invalidate_code` calls
     ctl_remove_cache.  Page-table edits by Python need a TLB flush: `flush_tlb`.
+W10 Never hand an address the guest has not mapped to ctl_remove_cache (see invalidate_code).
 W5  `in`/`out` never check IOPL in Unicorn: the machine checks CPL <= IOPL itself (hook side).
 W6  `ud2` / invalid opcodes arrive at UC_HOOK_INSN_INVALID, not INTR 6; `sysenter` at an INSN hook.
 W7  `emu_start(count=N)` installs an internal per-instruction hook (very slow), so slices are bounded
@@ -390,7 +391,15 @@ class UnicornEngine(Engine):
 
     # -- caches, MSRs -----------------------------------------------------------------------------
     def invalidate_code(self, start: int, end: int) -> None:
-        self.uc.ctl_remove_cache(start, end)  # W4
+        # W4 + W10: ctl_remove_cache takes LINEAR addresses and translates them with a TLB fill of its
+        # own; an address the guest has not mapped raises a #PF inside QEMU that no hook sees (it
+        # leaves old_exception = 14 and a pending exception: later faults become #DF, or the vCPU
+        # halts for good).  So only ranges that are safe to translate use it (paging off); otherwise
+        # the whole translation cache is flushed (rare: only loaders and patchers call this).
+        if not self.uc.reg_read(X.UC_X86_REG_CR0) & (1 << 31) and end <= 1 << 32:
+            self.uc.ctl_remove_cache(start, end)
+        else:
+            self.uc.ctl_flush_tb()
 
     def flush_tlb(self) -> None:
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)  # W4

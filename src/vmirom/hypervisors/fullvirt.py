@@ -72,6 +72,7 @@ class FullVirt(Personality):
         self._hook_handles: list = []
         self._code_ranges: list[tuple[int, int]] = []  # physical [start, end) scanned
         self._df_retry_eip: int | None = None
+        self._pending: dict[int, int] = {}           # linear -> physical sites waiting for before_slice
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def attach(self, machine: Machine) -> None:
@@ -91,6 +92,9 @@ class FullVirt(Personality):
             self.ctl.cr0, self.ctl.cr3, self.ctl.cr4 = eng.reg("cr0"), eng.reg("cr3"), eng.reg("cr4")
             self.ctl.gdtr, self.ctl.idtr = tuple(eng.reg("gdtr")), tuple(eng.reg("idtr"))
             self._scan_boot_image()
+        if self._pending:
+            pending, self._pending = self._pending, {}
+            self._install(pending)
 
     # -- exits -------------------------------------------------------------------------------------------
     def on_exception(self, vcpu: VCpu, vector: int, error_code: int) -> bool:
@@ -176,7 +180,12 @@ class FullVirt(Personality):
             for phys in pages[pg]:
                 new[lin + (phys - pg)] = phys
         self.scan_seconds += time.perf_counter() - t0
-        self._install(new)
+        new = {lin: phys for lin, phys in new.items() if lin not in self.hooked}
+        if new:
+            # Hooks and the translation-cache flush they need must not happen while the engine runs
+            # a translation block (we are inside a #GP hook): end the slice, install in before_slice.
+            self._pending.update(new)
+            m.engine.stop()
 
     def _install(self, lin_to_phys: dict[int, int], identity: bool = False) -> None:
         """Hook each linear site (once) whose kind this mode handles."""

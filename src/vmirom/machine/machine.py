@@ -121,7 +121,8 @@ class Machine:
             self.rom_range = (ROM_BASE, (end + 0xFFF) & ~0xFFF)
             readonly.append(self.rom_range)
             self.memory.readonly = list(readonly)
-        self.memory.on_code_write = self.engine.invalidate_code
+        # VMM writes into guest RAM (hypercall results, page-table entries) are data, not code; the
+        # guest's own code patching is seen by the engine itself.  So no invalidation per write.
         self.engine.attach_memory(self.memory.ram, self.memory.size, readonly)
         self.engine.set_hooks(self)
         personality.attach(self)
