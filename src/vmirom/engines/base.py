@@ -125,6 +125,12 @@ class Engine(abc.ABC):
         """Write one register.  Segment writes reload the descriptor; they cannot change the CPL
         (use `switch_ring`)."""
 
+    def reader(self, names: tuple[str, ...]):
+        """A function that reads the scalar registers `names` together and returns their values as a
+        tuple.  Hot exit handlers (hypercalls) compile one once; engines may batch the reads."""
+        reg = self.reg
+        return lambda: tuple(reg(n) for n in names)
+
     @abc.abstractmethod
     def cpl(self) -> int:
         """The current privilege level."""

@@ -24,6 +24,11 @@ W7  `emu_start(count=N)` installs an internal per-instruction hook (very slow), 
 W9  A native `hlt` at ring 0 just ends emu_start (no hook): detected after the slice (see run_slice).
 W8  A Python exception inside a hook must not unwind through C: every hook catches everything, stores
     it, and stops the engine; `run_slice` re-raises it afterwards.
+W12 The binding's `reg_read`/`reg_write` cost 2-7 us each (type dispatch, a fresh ctypes object per
+    call); hypercall handlers read several registers per exit.  Scalar registers therefore go through
+    direct C calls of `uc_reg_read`/`uc_reg_write` (a second CDLL handle on the same library, no
+    argtypes, preallocated buffers), and `reader()` batches several with `uc_reg_read_batch`.  The C
+    side writes 2 bytes for selectors and 4 for the rest, hence the masks.
 Unicorn can still abort the host process on some CPU states it does not support, which is why the
 runner executes each VM in a child process (see vmirom.runner).
 """
@@ -97,6 +102,13 @@ _REGS = {
 }
 _TABLE_REGS = ("gdtr", "idtr")  # (base, limit) in our interface
 _SEL_REGS = ("tr", "ldtr")  # (selector, base, limit, flags)
+_SEG_REGS = ("cs", "ss", "ds", "es", "fs", "gs")
+#: W12: registers read/written as plain integers through the direct C path, with their value mask
+_SCALAR_MASK = {
+    n: (0xFFFF if n in _SEG_REGS else 0xFFFFFFFF) for n in _REGS if n not in _TABLE_REGS + _SEL_REGS
+}
+#: registers whose write has no side effect beyond the value (no descriptor load, no TLB/mode change)
+_PLAIN_WRITE = frozenset(("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eip", "eflags"))
 _UNTIL = 0xFFFFFFFF  # an address the guest is not expected to reach; slices end by time
 
 
@@ -211,6 +223,68 @@ def calibrate() -> tuple[int, int]:
     return off_exc, 4 * cands2[0]
 
 
+class _CRegs:
+    """W12: direct C access to one Uc's scalar registers (None-safe: `make` returns None when the
+    binding's internals are not what we expect, and the engine then uses the public API)."""
+
+    def __init__(self, uc: Uc) -> None:
+        from unicorn.unicorn_py3.unicorn import uclib  # the binding's loaded library
+
+        lib = ctypes.CDLL(uclib._name)  # same library, fresh function objects without argtypes
+        self.read_fn = lib.uc_reg_read
+        self.write_fn = lib.uc_reg_write
+        self.batch_fn = lib.uc_reg_read_batch
+        self.uch = ctypes.c_void_p(uc._uch.value)
+        self.buf = ctypes.c_uint32()
+        self.ref = ctypes.byref(self.buf)
+        self.wbuf = ctypes.c_uint32()
+        self.wref = ctypes.byref(self.wbuf)
+
+    @classmethod
+    def make(cls, uc: Uc) -> _CRegs | None:
+        try:
+            c = cls(uc)
+            uc.reg_write(X.UC_X86_REG_EDI, 0x5A5A1234)
+            ok = c.read(X.UC_X86_REG_EDI) == 0x5A5A1234
+            uc.reg_write(X.UC_X86_REG_EDI, 0)
+            return c if ok else None
+        except Exception:  # noqa: BLE001 - any surprise: fall back to the public API
+            return None
+
+    def read(self, reg_id: int) -> int:
+        if self.read_fn(self.uch, reg_id, self.ref):
+            raise EngineError(f"uc_reg_read({reg_id}) failed")
+        return self.buf.value
+
+    def write(self, reg_id: int, value: int) -> None:
+        self.wbuf.value = value & 0xFFFFFFFF
+        if self.write_fn(self.uch, reg_id, self.wref):
+            raise EngineError(f"uc_reg_write({reg_id}) failed")
+
+    def reader(self, names: tuple[str, ...]) -> Callable[[], tuple[int, ...]]:
+        n = len(names)
+        ids = (ctypes.c_int * n)(*(_REGS[x] for x in names))
+        vals = (ctypes.c_uint32 * n)()
+        ptrs = (ctypes.c_void_p * n)(*(ctypes.addressof(vals) + 4 * i for i in range(n)))
+        masks = tuple(_SCALAR_MASK[x] for x in names)
+        fn, uch = self.batch_fn, self.uch
+        if all(m == 0xFFFFFFFF for m in masks):
+
+            def read_all() -> tuple[int, ...]:
+                if fn(uch, ids, ptrs, n):
+                    raise EngineError("uc_reg_read_batch failed")
+                return tuple(vals)
+
+        else:
+
+            def read_all() -> tuple[int, ...]:
+                if fn(uch, ids, ptrs, n):
+                    raise EngineError("uc_reg_read_batch failed")
+                return tuple(v & m for v, m in zip(vals, masks))  # noqa: B905 - same length
+
+        return read_all
+
+
 def _guarded(method):
     """W8: never let a Python exception unwind through Unicorn's C frames."""
 
@@ -242,6 +316,7 @@ class UnicornEngine(Engine):
         self._ram_ptr = 0
         self._ram: mmap.mmap | None = None
         self._ram_buf = None
+        self._c = _CRegs.make(self.uc)  # W12
 
     # -- setup ------------------------------------------------------------------------------------
     def attach_memory(self, ram: mmap.mmap, size: int, readonly: list[tuple[int, int]]) -> None:
@@ -345,12 +420,22 @@ class UnicornEngine(Engine):
 
     # -- registers ----------------------------------------------------------------------------------
     def reg(self, name: str):
+        c = self._c
+        if c is not None:
+            mask = _SCALAR_MASK.get(name)
+            if mask is not None:  # W12
+                if c.read_fn(c.uch, _REGS[name], c.ref):
+                    raise EngineError(f"cannot read {name}")
+                return c.buf.value & mask
         v = self.uc.reg_read(_REGS[name])
         if name in _TABLE_REGS:
             return (v[1], v[2])
         return v
 
     def set_reg(self, name: str, value) -> None:
+        if name in _PLAIN_WRITE and self._c is not None:  # W12
+            self._c.write(_REGS[name], value)
+            return
         if name in _TABLE_REGS:
             base, limit = value
             value = (0, base, limit, 0)
@@ -362,9 +447,15 @@ class UnicornEngine(Engine):
         except UcError as e:
             raise EngineError(f"cannot load {name}={value!r}: {e}") from None
 
+    def reader(self, names: tuple[str, ...]) -> Callable[[], tuple[int, ...]]:
+        """A function reading the scalar registers `names` in one call (W12)."""
+        if self._c is None or any(n not in _SCALAR_MASK for n in names):
+            return super().reader(names)
+        return self._c.reader(tuple(names))
+
     def cpl(self) -> int:
         # In protected mode CPL == CS.RPL (QEMU keeps them equal on every transition, and so do we).
-        return self.uc.reg_read(X.UC_X86_REG_CS) & 3
+        return self.reg("cs") & 3
 
     def _poke_context(self, *, cpl: int | None = None, clear_exception: bool = False) -> None:
         ctx = self._ctx
