@@ -97,6 +97,66 @@ def test_inspect_rejects_other_elves() -> None:
     assert res.exit_code == 1 and "cannot read" in res.output
 
 
+def _tiny_elf(tmp_path: Path, with_sites: bool, link: bool) -> Path:
+    """A small i386 ELF made with GNU as/ld: optionally with a .vmi_sites record, optionally linked."""
+    import subprocess
+
+    src = tmp_path / "t.s"
+    body = "\t.text\n\t.globl _start\n_start:\n\tcli\n\tnop\n\tnop\n\tnop\n\tnop\n\tret\n"
+    if with_sites:
+        body += "\t.pushsection .vmi_sites, \"a\"\n\t.byte 30, 5, 0x40, 0\n\t.long _start\n\t.popsection\n"
+    src.write_text(body)
+    obj = tmp_path / "t.o"
+    subprocess.run(["as", "--32", "-o", str(obj), str(src)], check=True)
+    if not link:
+        return obj
+    exe = tmp_path / "t.elf"
+    subprocess.run(["ld", "-m", "elf_i386", "-o", str(exe), str(obj)], check=True)
+    return exe
+
+
+def test_inspect_non_vmi_and_unlinked_elves(tmp_path: Path) -> None:
+    plain = _tiny_elf(tmp_path, with_sites=False, link=True)
+    res = CliRunner().invoke(inspect, [str(plain)])
+    assert res.exit_code == 1 and "no .vmi_sites section (not a VMI kernel)" in res.output, res.output
+    obj = _tiny_elf(tmp_path, with_sites=True, link=False)
+    res = CliRunner().invoke(inspect, [str(obj)])
+    assert res.exit_code == 1 and "type ET_REL, not a linked kernel" in res.output, res.output
+    # the same source linked is a (tiny) VMI kernel: one DisableInterrupts site
+    exe = _tiny_elf(tmp_path, with_sites=True, link=True)
+    [site] = read_sites(exe)
+    assert (site.name, site.length, site.disassemble()) == ("DisableInterrupts", 5, ["cli"] + ["nop"] * 4)
+
+
+def test_inspect_damaged_kernels_give_one_line(kernel: Path, tmp_path: Path) -> None:
+    """Truncated or byte-damaged copies of the real kernel: an error sentence, never a traceback."""
+    import random
+
+    from vmirom.guest.inspect import InspectError, kernel_text_crc
+
+    data = kernel.read_bytes()
+    bad = tmp_path / "damaged.elf"
+    for n in (0, 3, 52, 100, 1000, len(data) // 2, len(data) - 1):      # truncated: always refused
+        bad.write_bytes(data[:n])
+        for reader in (read_sites, kernel_text_crc):
+            with pytest.raises(InspectError) as err:
+                reader(bad)
+            assert str(err.value).startswith(str(bad)) and "\n" not in str(err.value)
+    rnd = random.Random(7)
+    for _ in range(60):                   # damaged: refused in one sentence, or still readable
+        img = bytearray(data)
+        for _ in range(rnd.randint(1, 12)):
+            img[rnd.randrange(0, 4096 if rnd.random() < 0.7 else len(img))] = rnd.randrange(256)
+        bad.write_bytes(img)
+        for reader in (read_sites, kernel_text_crc):
+            try:
+                reader(bad)
+            except InspectError as e:
+                assert str(e) and "\n" not in str(e)
+    res = CliRunner().invoke(inspect, [str(tmp_path)])
+    assert res.exit_code == 2 and "is a directory" in res.output
+
+
 def test_guest_path_builds_and_prints(kernel: Path) -> None:
     res = CliRunner().invoke(guest, ["path"])
     assert res.exit_code == 0 and Path(res.output.strip()) == kernel

@@ -7,15 +7,19 @@ kernel runs when no ROM patches the site.
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, TypeVar
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from vmirom import abi
 
+T = TypeVar("T")
 SITE_FLAG_NORETURN = 0x01   # kernel-private meaning of vmi_site.flags (guest/include/vmi_site.h)
 
 
@@ -63,7 +67,7 @@ def call_name(number: int) -> str:
         return f"call{number}"
 
 
-def _read_vaddr(elf: ELFFile, address: int, length: int) -> bytes:
+def _read_vaddr(elf: ELFFile, address: int, length: int, path: Path) -> bytes:
     for seg in elf.iter_segments():
         if seg["p_type"] != "PT_LOAD":
             continue
@@ -71,39 +75,72 @@ def _read_vaddr(elf: ELFFile, address: int, length: int) -> bytes:
         if start <= address and address + length <= start + filesz:
             data = seg.data()
             return data[address - start: address - start + length]
-    raise InspectError(f"site at {address:#x} is outside the kernel's loaded image")
+    raise InspectError(f"{path}: {length} bytes at {address:#x} lie outside the kernel's loaded image "
+                       "(a damaged section or symbol?)")
 
 
-def read_sites(path: str | Path) -> list[Site]:
-    """Every site recorded in the kernel at `path`, in section order."""
+def _open_kernel(f: BinaryIO, path: Path) -> ELFFile:
+    """The file as an executable 32-bit i386 ELF, or InspectError saying what it is instead."""
+    f.seek(0, 2)
+    if f.tell() == 0:
+        raise InspectError(f"{path}: the file is empty, not an ELF kernel")
+    f.seek(0)
+    try:
+        elf = ELFFile(f)
+    except ELFError as e:
+        raise InspectError(f"{path}: not an ELF file ({e})") from e
+    if elf.elfclass != 32 or elf["e_machine"] != "EM_386":
+        raise InspectError(f"{path}: not a 32-bit i386 ELF (class {elf.elfclass}, "
+                           f"machine {elf['e_machine']})")
+    if elf["e_type"] != "ET_EXEC":
+        raise InspectError(f"{path}: an ELF of type {elf['e_type']}, not a linked kernel (ET_EXEC): "
+                           "site addresses are only final after linking")
+    return elf
+
+
+def _with_kernel(path: str | Path, read: Callable[[ELFFile, Path], T]) -> T:
+    """Open `path` and run `read` on it; every way a damaged file can fail becomes InspectError.
+
+    pyelftools reports truncated or inconsistent files with several exception types (ELFError,
+    ELFParseError, struct/construct errors, ValueError ...).  A kernel file is untrusted input, so
+    any of them is turned into one plain sentence instead of a traceback."""
     path = Path(path)
     try:
         with path.open("rb") as f:
             try:
-                elf = ELFFile(f)
-            except ELFError as e:
-                raise InspectError(f"{path}: not an ELF file ({e})") from e
-            if elf.elfclass != 32 or elf["e_machine"] != "EM_386":
-                raise InspectError(f"{path}: not a 32-bit i386 ELF (class {elf.elfclass}, "
-                                   f"machine {elf['e_machine']})")
-            sec = elf.get_section_by_name(abi.SITE_SECTION)
-            if sec is None:
-                raise InspectError(f"{path}: no {abi.SITE_SECTION} section (not a VMI kernel)")
-            data = sec.data()
-            size = abi.SITE_RECORD.size
-            if len(data) % size:
-                raise InspectError(f"{path}: {abi.SITE_SECTION} is {len(data)} bytes, "
-                                   f"not a multiple of {size}")
-            sites = []
-            for off in range(0, len(data), size):
-                rec = {fld.name: fld.read(data, off) for fld in abi.SITE_RECORD.fields}
-                native = _read_vaddr(elf, rec["address"], rec["length"])
-                sites.append(Site(call=rec["call"], name=call_name(rec["call"]), address=rec["address"],
-                                  length=rec["length"], clobbers=rec["clobbers"], flags=rec["flags"],
-                                  native=native))
-            return sites
+                return read(_open_kernel(f, path), path)
+            except InspectError:
+                raise
+            except Exception as e:  # noqa: BLE001 - see the docstring
+                raise InspectError(f"{path}: malformed or truncated ELF file "
+                                   f"({type(e).__name__}: {e})") from e
+    except IsADirectoryError:
+        raise InspectError(f"{path} is a directory, not a kernel ELF file") from None
     except OSError as e:
         raise InspectError(f"cannot read {path}: {e.strerror or e}") from e
+
+
+def _sites(elf: ELFFile, path: Path) -> list[Site]:
+    sec = elf.get_section_by_name(abi.SITE_SECTION)
+    if sec is None:
+        raise InspectError(f"{path}: no {abi.SITE_SECTION} section (not a VMI kernel)")
+    data = sec.data()
+    size = abi.SITE_RECORD.size
+    if len(data) % size:
+        raise InspectError(f"{path}: {abi.SITE_SECTION} is {len(data)} bytes, not a multiple of {size}")
+    sites = []
+    for off in range(0, len(data), size):
+        rec = {fld.name: fld.read(data, off) for fld in abi.SITE_RECORD.fields}
+        native = _read_vaddr(elf, rec["address"], rec["length"], path)
+        sites.append(Site(call=rec["call"], name=call_name(rec["call"]), address=rec["address"],
+                          length=rec["length"], clobbers=rec["clobbers"], flags=rec["flags"],
+                          native=native))
+    return sites
+
+
+def read_sites(path: str | Path) -> list[Site]:
+    """Every site recorded in the kernel at `path`, in section order.  Raises InspectError."""
+    return _with_kernel(path, _sites)
 
 
 def summary(sites: list[Site]) -> list[tuple[int, str, int, list[int]]]:
@@ -116,28 +153,23 @@ def summary(sites: list[Site]) -> list[tuple[int, str, int, list[int]]]:
     return out
 
 
+def _text_crc(elf: ELFFile, path: Path) -> int:
+    symtab = elf.get_section_by_name(".symtab")
+    if symtab is None:
+        raise InspectError(f"{path}: no symbol table")
+    addr = {}
+    for name in ("_kernel_start", "_etext"):
+        syms = symtab.get_symbol_by_name(name)
+        if not syms:
+            raise InspectError(f"{path}: no symbol {name}")
+        addr[name] = syms[0]["st_value"]
+    start, end = addr["_kernel_start"], addr["_etext"]
+    if end < start:
+        raise InspectError(f"{path}: _etext lies before _kernel_start")
+    return zlib.crc32(_read_vaddr(elf, start, end - start, path))
+
+
 def kernel_text_crc(path: str | Path) -> int:
     """CRC-32 of the kernel text [_kernel_start, _etext) as stored in the file: the kernel reports
     the same figure for its text in memory before and after binding ("text_crc" in the vmi event)."""
-    import zlib
-
-    path = Path(path)
-    try:
-        with path.open("rb") as f:
-            try:
-                elf = ELFFile(f)
-            except ELFError as e:
-                raise InspectError(f"{path}: not an ELF file ({e})") from e
-            symtab = elf.get_section_by_name(".symtab")
-            if symtab is None:
-                raise InspectError(f"{path}: no symbol table")
-            addr = {}
-            for name in ("_kernel_start", "_etext"):
-                syms = symtab.get_symbol_by_name(name)
-                if not syms:
-                    raise InspectError(f"{path}: no symbol {name}")
-                addr[name] = syms[0]["st_value"]
-            start, end = addr["_kernel_start"], addr["_etext"]
-            return zlib.crc32(_read_vaddr(elf, start, end - start))
-    except OSError as e:
-        raise InspectError(f"cannot read {path}: {e.strerror or e}") from e
+    return _with_kernel(path, _text_crc)
