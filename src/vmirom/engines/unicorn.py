@@ -17,6 +17,15 @@ W3  TR must be loaded with type 9 (available TSS, flags 0x8900), never 0x8B00 (b
 W4  Code written by Python is not invalidated in the translation cache: `invalidate_code` calls
     ctl_remove_cache.  Page-table edits by Python need a TLB flush: `flush_tlb`.
 W10 Never hand an address the guest has not mapped to ctl_remove_cache (see invalidate_code).
+W13 Stale EIP after a hook wrote EIP: `uc_reg_write(EIP)` inside a hook sets Unicorn's quit_request,
+    and while it stays set (until the next emu_start) an asynchronous stop (the slice timeout)
+    skips synchronize_from_tb: EIP then reads the value the hook wrote, however far the guest ran
+    through chained translation blocks since.  The next slice restarted there with the current
+    registers (fullvirt: a console loop re-entered after its `cli` with EDX = 0x3F8 printed 1 KB
+    of stack and later jumped to 0x10003).  So inside an INTR hook (outside any translation block,
+    the next block is looked up from env->eip) EIP is written through the saved context together
+    with the W1 reset (`_pending_eip`, no quit_request, no extra cost); inside an instruction or
+    code hook (the write must leave the current block) the slice ends right after the write.
 W5  `in`/`out` never check IOPL in Unicorn: the machine checks CPL <= IOPL itself (hook side).
 W6  `ud2` / invalid opcodes arrive at UC_HOOK_INSN_INVALID, not INTR 6; `sysenter` at an INSN hook.
 W7  `emu_start(count=N)` installs an internal per-instruction hook (very slow), so slices are bounded
@@ -223,6 +232,21 @@ def calibrate() -> tuple[int, int]:
     return off_exc, 4 * cands2[0]
 
 
+@functools.lru_cache(maxsize=1)
+def eip_offset() -> int:
+    """W13: offset of EIP inside a saved uc_context (found by saving two contexts that differ only
+    in EIP)."""
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    blobs = []
+    for v in (0x12345678, 0x9ABCDEF0):
+        uc.reg_write(X.UC_X86_REG_EIP, v)
+        blobs.append(_words(bytes(uc.context_save())))
+    cands = [i for i, (a, b) in enumerate(zip(*blobs, strict=False)) if (a, b) == (0x12345678, 0x9ABCDEF0)]
+    if len(cands) != 1:
+        raise EngineError(f"unicorn calibration: EIP not found in the context ({cands})")
+    return 4 * cands[0]
+
+
 class _CRegs:
     """W12: direct C access to one Uc's scalar registers (None-safe: `make` returns None when the
     binding's internals are not what we expect, and the engine then uses the public API)."""
@@ -308,6 +332,10 @@ class UnicornEngine(Engine):
 
     def __init__(self) -> None:
         self.off_exc, self.off_hflags = calibrate()
+        self.off_eip = eip_offset()  # W13
+        self._in_intr = False  # W13: inside the UC_HOOK_INTR callback
+        self._running = False  # W13: inside emu_start (hooks may be running)
+        self._pending_eip: int | None = None  # W13: EIP written in an INTR hook, not yet in env
         self.uc = Uc(UC_ARCH_X86, UC_MODE_32)
         self._ctx = self.uc.context_save()
         self._hooks: EngineHooks | None = None
@@ -353,9 +381,13 @@ class UnicornEngine(Engine):
     # -- hooks (W8 guarded) -----------------------------------------------------------------------
     @_guarded
     def _h_intr(self, uc, intno, _ud):
-        self._hooks.on_interrupt(intno)
-        if intno < 32:
-            self.fault_done()
+        self._in_intr = True
+        try:
+            self._hooks.on_interrupt(intno)
+        finally:
+            self._in_intr = False
+        if intno < 32 or self._pending_eip is not None:
+            self._poke_context(clear_exception=intno < 32)  # W1 + W13
 
     @_guarded
     def _h_in(self, uc, port, size, _ud):
@@ -392,10 +424,13 @@ class UnicornEngine(Engine):
         eip = self.uc.reg_read(X.UC_X86_REG_EIP)
         res = SliceResult()
         t0 = time.monotonic()
+        self._running = True
         try:
             self.uc.emu_start(eip, _UNTIL, timeout=max(1, int(timeout_us)))  # W7
         except UcError as e:
             res.error = str(e)
+        finally:
+            self._running = False
         if self._hook_error is not None:
             err, self._hook_error = self._hook_error, None
             raise err
@@ -420,6 +455,8 @@ class UnicornEngine(Engine):
 
     # -- registers ----------------------------------------------------------------------------------
     def reg(self, name: str):
+        if name == "eip" and self._pending_eip is not None:  # W13
+            return self._pending_eip
         c = self._c
         if c is not None:
             mask = _SCALAR_MASK.get(name)
@@ -433,6 +470,12 @@ class UnicornEngine(Engine):
         return v
 
     def set_reg(self, name: str, value) -> None:
+        if name == "eip" and self._running:  # W13
+            if self._in_intr:
+                self._pending_eip = value & 0xFFFFFFFF
+                return
+            self._stopped = True  # an instruction/code hook moved EIP: end the slice here
+            self.uc.emu_stop()
         if name in _PLAIN_WRITE and self._c is not None:  # W12
             self._c.write(_REGS[name], value)
             return
@@ -451,7 +494,16 @@ class UnicornEngine(Engine):
         """A function reading the scalar registers `names` in one call (W12)."""
         if self._c is None or any(n not in _SCALAR_MASK for n in names):
             return super().reader(names)
-        return self._c.reader(tuple(names))
+        read_all = self._c.reader(tuple(names))
+        if "eip" not in names:
+            return read_all
+        i = names.index("eip")
+
+        def read_with_pending() -> tuple[int, ...]:  # W13
+            vals, p = read_all(), self._pending_eip
+            return vals if p is None else vals[:i] + (p,) + vals[i + 1 :]
+
+        return read_with_pending
 
     def cpl(self) -> int:
         # In protected mode CPL == CS.RPL (QEMU keeps them equal on every transition, and so do we).
@@ -465,6 +517,9 @@ class UnicornEngine(Engine):
             if hasattr(ctx.context, "value")
             else ctypes.cast(ctx.context, ctypes.c_void_p).value
         )
+        if self._pending_eip is not None:  # W13
+            ctypes.c_uint32.from_address(base + self.off_eip).value = self._pending_eip
+            self._pending_eip = None
         if clear_exception:  # W1
             ctypes.memmove(base + self.off_exc, b"\xff\xff\xff\xff", 4)
         if cpl is not None:  # W2
