@@ -68,7 +68,20 @@ def test_bad_option_rom_signature(native):
 
 def test_bad_vmi_signature(native):
     problems = _corrupt(native, H["vrom_signature"].offset, b"cVMI")
-    assert problems == ["bad VMI signature: +0x8 holds b'cVMI', not b'cVmi'"]
+    assert problems == ["bad VMI signature: +0x8 holds b'cVMI', not b'cVmi'",
+                        "this is not a VMI ROM (perhaps another option ROM): a guest skips it; its VMI "
+                        "fields were not checked"]
+
+
+def test_neither_signature_is_one_sentence(native):
+    img = bytearray(native.data)
+    img[0:2] = b"MZ"
+    img[8:12] = b"\0\0\0\0"
+    assert check_rom(fix_checksum(img)) == [
+        "not a VMI ROM, not even an option ROM: it starts with 4d 5a, not 55 aa, and +0x8 holds "
+        "b'\\x00\\x00\\x00\\x00', not b'cVmi' (nothing else was checked)"]
+    assert check_rom(b"hello\n") == ["not a VMI ROM: the file has only 6 bytes (a VMI header alone is 144) "
+                                     "and starts with 68 65 6c 6c 6f 0a, not the option-ROM signature 55 aa"]
 
 
 def test_wrong_major(native):
@@ -102,9 +115,9 @@ def test_truncated_and_oversized(native):
     assert check_rom(native.data + bytes(512)) == \
         ["oversized: the file has 1536 bytes but rom_length says the image is 1024 (512 bytes too many)"]
     assert check_rom(b"") == ["the file is empty"]
-    big = check_rom(bytes(256 * 512))
-    assert any(p.startswith("oversized: the file has 131072 bytes; an option ROM holds at most 130560")
-               for p in big)
+    big = check_rom(native.data + bytes(255 * 512))
+    assert big[0] == "oversized: the file has 131584 bytes; an option ROM holds at most 130560", big
+    assert check_rom(bytes(256 * 512))[0].startswith("not a VMI ROM, not even an option ROM")
 
 
 def test_get_reloc_answer_out_of_range():
@@ -194,7 +207,8 @@ def unchecked_regions(rom) -> list[tuple[int, int, str]]:
 
     - PCI fields no guest or BIOS rule reads: VPD pointer, structure revision, class code,
       ROM version (only printed), reserved;
-    - the text (not the NUL) of the PnP manufacturer/product strings (only printed);
+    - the PnP manufacturer/product strings, NUL included (only printed; a NUL made printable joins
+      the next string, which is NUL-terminated too);
     - alignment gaps between the structures, and the zero padding up to the checksum byte.
     Everything else is protected: the header and code by the CRC-32 and execution, the PnP
     header by its own checksum, the PCI fields and the license by explicit rules.
@@ -207,7 +221,8 @@ def unchecked_regions(rom) -> list[tuple[int, int, str]]:
                       "rom_version_min", "rom_version_maj", "reserved"):
             regions.append((pci + f.offset, pci + f.offset + f.size, "PCI " + f.name))
     for s in ("rom_manufacturer", "rom_product"):
-        regions.append((sym[s], img.index(b"\0", sym[s]), s + " text"))
+        # the text and its NUL: a NUL turned printable only joins the next string, still printed only
+        regions.append((sym[s], img.index(b"\0", sym[s]) + 1, s + " text"))
     claimed = [(0, H.size), (pci, pci + abi.PCI_HEADER.size),
                (sym["pnp_header"], sym["pnp_header"] + abi.PNP_HEADER.size),
                (sym["rom_manufacturer"], img.index(b"\0", sym["rom_product"]) + 1),

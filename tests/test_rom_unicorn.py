@@ -9,6 +9,8 @@ both identity-mapped (linear 0xC0000) and through a 4 MiB page at 0xC0000000 (li
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from unicorn import UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, Uc
 from unicorn.x86_const import (
@@ -102,7 +104,22 @@ def many_spec() -> RomSpec:
                    virtual_top=0xFC000000)
 
 
-SPECS = {**{name: v.make for name, v in VARIANTS.items()}, "many": many_spec}
+def personality_specs() -> dict[str, Callable[[], RomSpec]]:
+    """The ROM of every registered hypervisor personality that publishes one, as "hv:NAME"."""
+    from vmirom.hypervisors import registry
+
+    out: dict[str, Callable[[], RomSpec]] = {}
+    for name in registry.names():
+        if registry.create(name).rom_spec() is not None:
+            out[f"hv:{name}"] = lambda name=name: registry.create(name).rom_spec()
+    return out
+
+
+SPECS = {**{name: v.make for name, v in VARIANTS.items()}, "many": many_spec, **personality_specs()}
+
+
+def test_some_personality_publishes_a_rom():
+    assert "hv:vmi" in SPECS
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))

@@ -20,6 +20,7 @@ from .sandbox import ALT_BASE, BASE, RomSandbox
 from .spec import RomError
 
 MAX_SIZE = abi.ROM_MAX_BLOCKS * abi.ROM_BLOCK
+OPTION_ROM_MAGIC = abi.OPTION_ROM_SIGNATURE.to_bytes(2, "little")
 MAX_RELOC_MESSAGES = 12
 
 
@@ -39,12 +40,29 @@ def check_rom(data: bytes) -> list[str]:
     if not data:
         return ["the file is empty"]
     try:
-        info = read_rom(data)
+        info = read_rom(data, execute=False)
     except RomError as e:
-        return [f"truncated: {e}"]
+        if data[:2] == OPTION_ROM_MAGIC:
+            return [f"truncated: {e}"]
+        return [f"not a VMI ROM: the file has only {len(data)} bytes (a VMI header alone is "
+                f"{abi.ROM_HEADER.size}) and starts with {data[:8].hex(' ')}, not the option-ROM "
+                "signature 55 aa"]
+    signatures = _signature_rules(info)
+    if info.vrom_signature != abi.VMI_SIGNATURE:
+        # Without "cVmi" a guest skips the image silently: its other bytes are not VMI fields,
+        # and listing what they would mean as such only buries the real answer.
+        if info.rom_signature != abi.OPTION_ROM_SIGNATURE:
+            got = info.vrom_signature.to_bytes(4, "little")
+            return [f"not a VMI ROM, not even an option ROM: it starts with {data[:2].hex(' ')}, not "
+                    f"55 aa, and +0x8 holds {got!r}, not b'cVmi' (nothing else was checked)"]
+        return signatures + _size_rules(info) + [
+            "this is not a VMI ROM (perhaps another option ROM): a guest skips it; its VMI fields "
+            "were not checked"]
+    info = read_rom(data)
     problems: list[str] = []
     problems += _size_rules(info)
     image = data[:info.image_size] if 0 < info.image_size <= len(data) else data
+    problems += signatures
     problems += _header_rules(info)
     problems += _pci_rules(info)
     problems += _license_rules(info)
@@ -84,7 +102,7 @@ def _size_rules(info: RomInfo) -> list[str]:
     return out
 
 
-def _header_rules(info: RomInfo) -> list[str]:
+def _signature_rules(info: RomInfo) -> list[str]:
     out = []
     if info.rom_signature != abi.OPTION_ROM_SIGNATURE:
         got = info.rom_signature.to_bytes(2, "little").hex(" ")
@@ -93,6 +111,11 @@ def _header_rules(info: RomInfo) -> list[str]:
         got = info.vrom_signature.to_bytes(4, "little")
         out.append(f"bad VMI signature: +0x{abi.ROM_HEADER['vrom_signature'].offset:x} holds {got!r}, "
                    "not b'cVmi'")
+    return out
+
+
+def _header_rules(info: RomInfo) -> list[str]:
+    out = []
     if info.api_major != abi.API_MAJOR:
         out.append(f"wrong major API version: the ROM says {info.api_major}.{info.api_minor}, "
                    f"guests accept only {abi.API_MAJOR}.x")

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import click
 
-from vmirom import abi
 from vmirom.abi import RelocType
 
 from .spec import RomError, RomSpec
@@ -74,7 +73,7 @@ def build_cmd(hypervisor: str | None, variant: str | None, output: str) -> None:
         Path(output).write_bytes(image.data)
     except OSError as e:
         raise click.ClickException(f"cannot write {output}: {e.strerror or e}") from None
-    counts = Counter(image.reloc(n)[0].name for n in range(abi.NUM_CALLS))
+    counts = Counter(image.reloc(n)[0].name for n in range(spec.covered_calls()))
     problems = check_rom(image.data)
     click.echo(f"wrote {output}: {len(image.data)} bytes, API {spec.api_major}.{spec.api_minor}, "
                f"{spec.manufacturer} {spec.product}; "
