@@ -11,7 +11,10 @@ from vmirom import __version__
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vmirom")
 def main() -> None:
-    """vmirom: VMI 3.0 ROMs, a virtual machine monitor and a guest kernel for 32-bit x86."""
+    """vmirom: VMI 3.0 ROMs, a virtual machine monitor and a guest kernel for 32-bit x86.
+
+    Start with `vmirom demo` (the same kernel on every hypervisor personality); see README.md
+    and docs/ for the rest."""
 
 
 @main.group()
@@ -21,7 +24,8 @@ def abi() -> None:
 
 @abi.command("calls")
 def abi_calls() -> None:
-    """List every VMI call with its registers and clobbers."""
+    """List every VMI call: number, name, input and output registers, clobbers, and the API
+    version (3.0, or the minor version of an extension) that introduced it."""
     from rich.console import Console
     from rich.table import Table
 
@@ -41,7 +45,8 @@ def abi_calls() -> None:
 @abi.command("header")
 @click.option("--check", is_flag=True, help="Only report whether the committed header is stale.")
 def abi_header(check: bool) -> None:
-    """Write guest/include/vmi_abi.h from the ABI data."""
+    """Write guest/include/vmi_abi.h, the C header the guest kernel includes, from the ABI
+    data in vmirom.abi (the one source of truth; tests fail when the header is stale)."""
     from vmirom.abi import cheader
 
     if check:

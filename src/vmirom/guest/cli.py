@@ -13,14 +13,24 @@ from .build import BuildError, build_kernel, kernel_path
 
 @click.group()
 def guest() -> None:
-    """The reference guest kernel (guest/)."""
+    """The reference guest kernel (guest/): build it, find it, boot it on real QEMU.
+
+    \b
+      vmirom guest build                        make -C guest (kernel, user programs, initrd)
+      vmirom guest qemu --cmdline vmi=debug     boot on qemu-system-i386, no ROM
+      vmirom guest qemu --rom native.rom        SeaBIOS loads the ROM; the kernel binds to it
+
+    Kernel command line: vmi=off, vmi=debug, exit_after=TICKS, init=PROG."""
 
 
 @guest.command("build")
 @click.option("--force", is_flag=True, help="Rebuild from scratch.")
 @click.option("-v", "--verbose", is_flag=True, help="Show the compiler's output.")
 def guest_build(force: bool, verbose: bool) -> None:
-    """Build guest/build/kernel.elf (and print its path)."""
+    """Build guest/build/kernel.elf (and the initrd) and print the kernel's path.
+
+    Installs nothing: if gcc, binutils, make or the 32-bit libgcc is missing it stops and names
+    the Debian package to install (`make test` / scripts/setup.sh install them)."""
     try:
         click.echo(build_kernel(force=force, verbose=verbose))
     except BuildError as e:
@@ -46,7 +56,10 @@ def guest_path() -> None:
 @click.option("--events", is_flag=True, help="Print only the parsed VMIROM-JSON events.")
 def guest_qemu(kernel: str | None, option_rom: str | None, initrd: str | None, cmdline: str,
                timeout: float, events: bool) -> None:
-    """Boot the kernel on real QEMU (qemu-system-i386 -kernel) and show its console."""
+    """Boot the kernel on real QEMU (qemu-system-i386 -kernel) and show its console.
+
+    The exit status is 0 only if the guest shut down cleanly (e.g. after exit_after=TICKS);
+    without exit_after or init the kernel idles until --timeout."""
     from .qemu import QemuError, run_kernel
 
     try:
@@ -71,7 +84,10 @@ def guest_qemu(kernel: str | None, option_rom: str | None, initrd: str | None, c
 @click.argument("kernel", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def inspect(kernel: str, as_json: bool) -> None:
-    """List every VMI call site recorded in KERNEL (an ELF), with its native code."""
+    """List every VMI call site recorded in KERNEL's .vmi_sites section.
+
+    For each site: address, call, length, clobbers and the native code (capstone); then a
+    summary per call.  KERNEL must be a linked 32-bit i386 ELF, e.g. `vmirom guest path`."""
     from .inspect import InspectError, read_sites, summary
 
     try:

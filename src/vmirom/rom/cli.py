@@ -15,7 +15,15 @@ from .spec import RomError, RomSpec
 
 @click.group("rom")
 def rom() -> None:
-    """Build, show and check VMI 3.x option-ROM images."""
+    """Build, show and check VMI 3.x option-ROM images.
+
+    \b
+      vmirom rom build -o native.rom              all-native ROM, loadable by QEMU/SeaBIOS
+      vmirom rom build --hypervisor vmi -o v.rom  the ROM a hypervisor personality publishes
+      vmirom rom check v.rom                      validate (exit status 0 only if valid)
+      vmirom rom show v.rom                       header, get_reloc answers, stub code
+
+    Layout and decisions: docs/abi.md."""
 
 
 def _hypervisor_spec(name: str) -> RomSpec:
@@ -45,14 +53,19 @@ def _read(path: str) -> bytes:
 
 @rom.command("build")
 @click.option("--hypervisor", "hypervisor", metavar="NAME",
-              help="Build the ROM this hypervisor personality publishes.")
+              help="Build the ROM this hypervisor personality publishes (e.g. vmi; an unknown "
+                   "name lists the registered ones).")
 @click.option("--variant", metavar="NAME",
               help="A built-in ROM (see `vmirom rom variants`); default: native.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Where to write the image.")
 def build_cmd(hypervisor: str | None, variant: str | None, output: str) -> None:
-    """Build a ROM image.  Without options: the all-native ROM (NONE/NOP answers) that real
-    QEMU/SeaBIOS can load with `-option-rom`."""
+    """Build a ROM image and write it to FILE (-o).
+
+    Without --hypervisor/--variant: the all-native ROM (every answer NONE, or NOP for the calls
+    that only inform a hypervisor) that real QEMU/SeaBIOS can load with `-option-rom`.  The
+    image is checked after building; a deliberately malformed variant is written anyway and its
+    problems are listed on stderr."""
     from . import build_rom, check_rom
     from .variants import variant as get_variant
 
@@ -97,8 +110,13 @@ def variants_cmd() -> None:
 @rom.command("check")
 @click.argument("file", type=click.Path(dir_okay=False))
 def check_cmd(file: str) -> None:
-    """Validate FILE with the guest's rules plus the checksum; list every violation.
-    Exit status 0 only for a valid ROM."""
+    """Validate FILE as a VMI 3.x ROM and list every violation in plain words.
+
+    Checks what a guest checks (55 AA, "cVmi", major version 3, a PCI header, a GPL license),
+    what a BIOS needs (size and rom_length, the 8-bit checksum, a 16-bit init entry that just
+    returns, PCI/PnP structures), and runs vmi_init and get_reloc on an x86 CPU (Unicorn) with
+    the ROM at two addresses: every answer must be in range, position independent and match the
+    ROM's own table.  Exit status 0 only for a valid ROM, 1 otherwise."""
     from . import check_rom, read_rom
 
     data = _read(file)
@@ -119,7 +137,8 @@ def check_cmd(file: str) -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--no-disasm", is_flag=True, help="Leave out the stub disassembly.")
 def show_cmd(file: str, no_disasm: bool) -> None:
-    """Show FILE's header fields, its per-call get_reloc answers and its stubs' code."""
+    """Show FILE: header fields, PCI/PnP data, what get_reloc answers for every call (executed,
+    not read from a table) and a disassembly of every stub, then the problems `rom check` finds."""
     from .show import show
 
     data = _read(file)
