@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 import pty
+import re
 import select
 import subprocess
 import time
+import tty
 from pathlib import Path
 
 import pytest
@@ -85,6 +87,7 @@ class Serial:
 
     def __init__(self, cmd: list[str]) -> None:
         self.master, slave = pty.openpty()
+        tty.setraw(slave)      # no ONLCR: the guest's own "\r\n" would otherwise arrive as "\r\r\n"
         self.proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=subprocess.DEVNULL,
                                      close_fds=True)
         os.close(slave)
@@ -104,8 +107,9 @@ class Serial:
                     chunk = b""
                 if not chunk and self.proc.poll() is not None:
                     raise AssertionError(f"QEMU exited; console:\n{self.text[-2000:]}")
-                # the kernel writes "\r\n"; the two bytes may arrive in different reads
-                self.text = (self.text + chunk.decode("utf-8", errors="replace")).replace("\r\n", "\n")
+                # the kernel writes "\r\n"; the bytes may arrive in different reads, so normalise the
+                # whole text, not the chunk
+                self.text = re.sub(r"\r+\n", "\n", self.text + chunk.decode("utf-8", errors="replace"))
         at = self.text.index(needle) + len(needle)
         seen, self.text = self.text[:at], self.text[at:]
         return seen
