@@ -108,6 +108,35 @@ def test_native_rom_found_where_seabios_put_it(kernel: Kernel, tmp_path: Path) -
     assert f"at {rom['addr']:05x}" in res.console
 
 
+def test_the_users_way_rom_build_then_guest_qemu(kernel: Kernel, tmp_path: Path) -> None:
+    """Exactly what a user types: `vmirom rom build -o F` (the default, all-native ROM) then
+    `vmirom guest qemu --rom F --events`; the kernel binds, asks every call, patches nothing."""
+    import json
+
+    from click.testing import CliRunner
+
+    from vmirom.cli import main
+
+    rom = tmp_path / "native.rom"
+    res = CliRunner().invoke(main, ["rom", "build", "-o", str(rom)])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["guest", "qemu", "--kernel", str(kernel.path), "--rom", str(rom),
+                                    "--cmdline", "exit_after=10", "--events", "--timeout", "60"])
+    assert _sha(kernel.path) == kernel.sha256
+    assert res.exit_code == 0, res.output
+    events = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    v = find_event(events, "vmi")
+    assert v is not None and v["status"] == "bound", res.output
+    assert (v["rom"]["manufacturer"], v["rom"]["product"]) == ("vmirom", "native")
+    from vmirom.rom.variants import NATIVE_NOPS
+    assert v["counts"] == {"NONE": abi.NUM_CALLS - len(NATIVE_NOPS), "CALL_REL": 0, "JUMP_REL": 0,
+                           "NOP": len(NATIVE_NOPS)}
+    assert v["patched"] == 0                      # the NOP calls are table calls, no inline sites
+    assert_text(kernel, v, changed=False)
+    down = last_event(events, "shutdown")
+    assert down is not None and down["status"] == 0 and down["ticks"] >= 10
+
+
 def test_rom_announcing_3_0_is_not_asked_for_extensions(kernel: Kernel, tmp_path: Path) -> None:
     res = boot(kernel, "exit_after=5", RomSpec(api_minor=0), tmp_path)
     assert_clean(res, 5)

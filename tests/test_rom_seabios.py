@@ -68,10 +68,18 @@ def _boot_until_bios_gives_up(rom: Path, tmp: Path, timeout: float = 60.0) -> tu
     return text, dumps
 
 
-@pytest.mark.parametrize("variant", ["native", "sti-cli-call"])
+def _spec(name: str):
+    if name.startswith("hv:"):      # a hypervisor personality's ROM (hypercall stubs, API 3.0)
+        from vmirom.hypervisors import registry
+
+        return registry.create(name[3:]).rom_spec()
+    return VARIANTS[name].make()
+
+
+@pytest.mark.parametrize("variant", ["native", "sti-cli-call", "hv:vmi"])
 def test_seabios_runs_our_option_rom(tmp_path, variant):
-    image = build_rom(VARIANTS[variant].make())
-    rom = tmp_path / f"{variant}.rom"
+    image = build_rom(_spec(variant))
+    rom = tmp_path / f"{variant.replace(':', '-')}.rom"
     rom.write_bytes(image.data)
     text, dumps = _boot_until_bios_gives_up(rom, tmp_path)
     ours = [seg for seg, dump in dumps.items() if dump == image.data]
