@@ -155,7 +155,9 @@ class FullVirt(Personality):
         hi = max(e for _, e in self._code_ranges)
         ram, size = m.memory.ram, m.memory.size
         pse = bool(m.engine.reg("cr4") & 0x10)
-        mapping: dict[int, int] = {}
+        # physical page -> EVERY linear page that maps it (the boot directory maps the kernel twice:
+        # identity and higher half; keeping only the first alias left the higher half unhooked)
+        mapping: dict[int, list[int]] = {}
         if cr3 + 4096 > size:
             return
         pdes = struct.unpack_from("<1024I", ram, cr3)
@@ -167,20 +169,22 @@ class FullVirt(Personality):
                 if base < hi and base + (1 << 22) > lo:
                     for pg in pages:
                         if base <= pg < base + (1 << 22):
-                            mapping[pg] = (i << 22) | (pg - base)
+                            mapping.setdefault(pg, []).append((i << 22) | (pg - base))
                 continue
             pt = pde & 0xFFFFF000
             if pt + 4096 > size:
                 continue
             for j, pte in enumerate(struct.unpack_from("<1024I", ram, pt)):
                 if pte & 1 and lo <= (pte & 0xFFFFF000) < hi and (pte & 0xFFFFF000) in pages:
-                    mapping.setdefault(pte & 0xFFFFF000, (i << 22) | (j << 12))
+                    mapping.setdefault(pte & 0xFFFFF000, []).append((i << 22) | (j << 12))
+        wanted = STRICT_HOOKED if self.strict else DEFAULT_HOOKED
         new: dict[int, int] = {}
-        for pg, lin in mapping.items():
-            for phys in pages[pg]:
-                new[lin + (phys - pg)] = phys
+        for pg, lins in mapping.items():
+            for lin in lins:
+                for phys in pages[pg]:
+                    if self.sites[phys] in wanted and lin + (phys - pg) not in self.hooked:
+                        new[lin + (phys - pg)] = phys
         self.scan_seconds += time.perf_counter() - t0
-        new = {lin: phys for lin, phys in new.items() if lin not in self.hooked}
         if new:
             # Hooks and the translation-cache flush they need must not happen while the engine runs
             # a translation block (we are inside a #GP hook): end the slice, install in before_slice.
