@@ -17,7 +17,7 @@ from typing import Any
 from vmirom.bench import stats
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
-SCHEMA_ID = "vmirom-bench/1"
+SCHEMA_ID = "vmirom-bench/2"
 REPO = Path(__file__).resolve().parents[3]
 
 
@@ -188,8 +188,22 @@ def fmt_ratio(r: float | None) -> str:
     return "-" if r is None else f"×{r:.2f}"
 
 
+def _cell(r: dict[str, Any] | None, baseline: bool) -> str:
+    if r is None:
+        return "failed"
+    mark = "ᵍ" if r.get("time_source") == "guest" else ""
+    return f"{fmt_time(r['ns_per_iter'])}{mark}" + ("" if baseline else f" {fmt_ratio(r['ratio'])}")
+
+
+def _kinds(r: dict[str, Any]) -> str:
+    """Exits per iteration by kind, largest first ("3.0 softint, 1.0 hypercall")."""
+    ks = sorted(((v, k) for k, v in (r.get("exits_per_iter") or {}).items() if v and v >= 0.05),
+                reverse=True)
+    return ", ".join(f"{v:.1f} {k}" for v, k in ks[:3]) + (" …" if len(ks) > 3 else "")
+
+
 def tables(doc: dict[str, Any]) -> list[Any]:
-    """rich Tables: per-test medians with ratios to bare (guest clock), host-side figures, site cost."""
+    """rich Tables: per-test medians with ratios to bare, host-side figures, site cost."""
     from rich.table import Table
 
     summary = doc["summary"]
@@ -198,55 +212,54 @@ def tables(doc: dict[str, Any]) -> list[Any]:
     by = {(r["test"], r["target"]): r for r in summary}
     n = max((r["n"] for r in summary), default=0)
 
-    t1 = Table(title=f"Guest time per iteration (median of {n} repeats) and ratio to bare")
+    t1 = Table(title=f"Time per iteration (median of {n} repeat{'s' if n != 1 else ''}) and ratio to bare")
     t1.add_column("test")
     for tg in targets:
         t1.add_column(tg, justify="right")
     for test in tests:
-        row = [test]
-        for tg in targets:
-            r = by.get((test, tg))
-            if r is None:
-                row.append("failed")
-                continue
-            ns = r["guest_ns_per_iter"] if r["guest_ns_per_iter"] is not None else r["host_ns_per_iter"]
-            mark = "" if r["guest_ns_per_iter"] is not None else "ʰ"
-            row.append(f"{fmt_time(ns)}{mark}" + ("" if tg == stats.BASELINE else
-                                                  f" {fmt_ratio(r['guest_ratio'] or r['host_ratio'])}"))
-        t1.add_row(*row)
-    t1.caption = "ʰ = no guest timestamps for this test: host wall time"
-
-    t2 = Table(title="Host side: wall time per iteration, exits per iteration, "
-                     "share of time outside the guest")
-    t2.add_column("test")
+        t1.add_row(test, *[_cell(by.get((test, tg)), tg == stats.BASELINE) for tg in targets])
+    geo = ["geomean ratio"]
     for tg in targets:
+        g = stats.geomean(by[t, tg]["ratio"] for t in tests if (t, tg) in by)
+        geo.append("" if tg == stats.BASELINE else fmt_ratio(g))
+    t1.add_row(*geo, style="bold")
+    t1.caption = ("VMM targets: host time of the test window (probe); ᵍ = the guest's own clock "
+                  "(QEMU, whose console reaches the host buffered)")
+
+    t2 = Table(title="VMM: guest clock per iteration, exits per iteration (top kinds), "
+                     "share of wall time outside the guest")
+    t2.add_column("test")
+    vmm = [tg for tg in targets if any(by.get((t, tg), {}).get("exits_total_per_iter") is not None
+                                       for t in tests)]
+    for tg in vmm:
         t2.add_column(tg, justify="right")
     for test in tests:
         row = [test]
-        for tg in targets:
+        for tg in vmm:
             r = by.get((test, tg))
             if r is None:
                 row.append("failed")
                 continue
-            ex = r["exits_total_per_iter"]
-            share = r["outside_share"]
-            row.append(f"{fmt_time(r['host_ns_per_iter'])} {fmt_ratio(r['host_ratio'])}"
+            ex, share = r["exits_total_per_iter"], r["outside_share"]
+            row.append(f"guest {fmt_time(r['guest_ns_per_iter'])}"
                        + (f"\n{ex:.1f} exits" if ex is not None else "")
-                       + (f" {share:.0%} out" if share is not None else ""))
+                       + (f", {share:.0%} out" if share is not None else "")
+                       + (f"\n{_kinds(r)}" if r.get("exits_per_iter") else ""))
         t2.add_row(*row)
-    out = [t1, t2]
+    out = [t1, t2] if vmm else [t1]
     if doc.get("site_cost"):
         t3 = Table(title="Cost of the VMI call sites with no ROM: kernel with sites / native build")
-        for c in ("test", "platform", "guest ratio", "host ratio"):
+        for c in ("test", "platform", "ratio", "guest clock", "host clock"):
             t3.add_column(c, justify="left" if c in ("test", "platform") else "right")
         for r in doc["site_cost"]:
-            t3.add_row(r["test"], r["platform"], fmt_ratio(r["guest_ratio"]), fmt_ratio(r["host_ratio"]))
+            t3.add_row(r["test"], r["platform"], fmt_ratio(r.get("ratio")), fmt_ratio(r["guest_ratio"]),
+                       fmt_ratio(r["host_ratio"]))
         out.append(t3)
     return out
 
 
 def markdown_table(doc: dict[str, Any]) -> str:
-    """The main table as Markdown (for docs/performance.md)."""
+    """The main table as Markdown (for docs/performance.md): primary time, ratio to bare, exits."""
     summary = doc["summary"]
     tests = stats.ordered(r["test"] for r in summary)
     targets = stats.ordered(r["target"] for r in summary)
@@ -256,16 +269,35 @@ def markdown_table(doc: dict[str, Any]) -> str:
         cells = []
         for tg in targets:
             r = by.get((test, tg))
-            if r is None:
-                cells.append("failed")
-                continue
-            ns = r["guest_ns_per_iter"] if r["guest_ns_per_iter"] is not None else r["host_ns_per_iter"]
-            ratio = r["guest_ratio"] if r["guest_ns_per_iter"] is not None else r["host_ratio"]
-            ex = r["exits_total_per_iter"]
-            cells.append(fmt_time(ns) + ("" if tg == stats.BASELINE else f" ({fmt_ratio(ratio)})")
-                         + (f"<br>{ex:.1f} exits" if ex is not None else ""))
+            ex = None if r is None else r["exits_total_per_iter"]
+            cells.append(_cell(r, tg == stats.BASELINE) + (f"<br>{ex:.1f} exits" if ex is not None else ""))
         lines.append(f"| {test} | " + " | ".join(cells) + " |")
+    geo = []
+    for tg in targets:
+        g = stats.geomean(by[t, tg]["ratio"] for t in tests if (t, tg) in by)
+        geo.append("" if tg == stats.BASELINE else fmt_ratio(g))
+    lines.append("| **geomean ratio** | " + " | ".join(geo) + " |")
     return "\n".join(lines)
+
+
+def markdown_site_cost(doc: dict[str, Any]) -> str:
+    rows = ["| test | platform | ratio | guest clock | host clock |", "|---|---|---|---|---|"]
+    for r in doc.get("site_cost", []):
+        rows.append(f"| {r['test']} | {r['platform']} | {fmt_ratio(r.get('ratio'))} | "
+                    f"{fmt_ratio(r['guest_ratio'])} | {fmt_ratio(r['host_ratio'])} |")
+    return "\n".join(rows)
+
+
+def markdown_exits(doc: dict[str, Any]) -> str:
+    """Per VMM target and test: exits per iteration by kind and the share of time outside the guest."""
+    rows = ["| test | target | exits/iter | by kind | outside guest |", "|---|---|---|---|---|"]
+    for r in doc["summary"]:
+        if r["exits_total_per_iter"] is None:
+            continue
+        share = r["outside_share"]
+        rows.append(f"| {r['test']} | {r['target']} | {r['exits_total_per_iter']:.1f} | {_kinds(r)} | "
+                    + ("-" if share is None else f"{share:.0%}") + " |")
+    return "\n".join(rows)
 
 
 # -- the chart ------------------------------------------------------------------------------------------
@@ -286,7 +318,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
         xs, ys = [], []
         for j, test in enumerate(tests):
             r = by.get((test, tg))
-            v = None if r is None else (r["guest_ratio"] if r["guest_ratio"] is not None else r["host_ratio"])
+            v = None if r is None else r["ratio"]
             if v is not None:
                 xs.append(j + (i - (len(targets) - 1) / 2) * width)
                 ys.append(v)

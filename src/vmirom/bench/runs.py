@@ -115,15 +115,32 @@ class BootResult:
                 "errors": self.errors, "handler_profile": self.handler_profile}
 
 
+def primary_time(platform: str, guest_per_iter: float | None, guest_unit: str | None,
+                 host_ns_per_iter: float | None) -> tuple[float | None, str | None]:
+    """The figure a record is compared by, and where it comes from ("host" or "guest").
+
+    On the VMM the probe's host clock brackets the test window to the nanosecond, and guest time
+    *is* host time there (the virtual clock runs with the host's while the vCPU runs), while the
+    guest's own clock can be as coarse as a timer tick.  On QEMU the host only sees console lines
+    arrive on a pipe (buffered, millisecond-grained), so the guest's clock is the better figure
+    (the pseudo tests have no guest figure: host time it is)."""
+    if platform == QEMU and guest_per_iter is not None:
+        return (guest_per_iter, "guest") if guest_unit == "ns" else (None, None)
+    return (host_ns_per_iter, "host") if host_ns_per_iter is not None else (None, None)
+
+
 def _record(target: Target, repeat: int, test: str, iterations: int, *, guest_total: float | None,
             guest_unit: str | None, delta: Delta | None, host_ns: int | None) -> dict[str, Any]:
     it = max(1, iterations)
+    guest_per_iter = guest_total / it if guest_total is not None else None
+    host_per_iter = host_ns / it if host_ns is not None else None
+    ns, source = primary_time(target.platform, guest_per_iter, guest_unit, host_per_iter)
     rec: dict[str, Any] = {
         "test": test, "target": target.name, "platform": target.platform, "kernel": target.kernel,
         "repeat": repeat, "status": "ok", "error": None, "iterations": iterations,
-        "guest_total": guest_total, "guest_unit": guest_unit,
-        "guest_per_iter": guest_total / it if guest_total is not None else None,
-        "host_ns": host_ns, "host_ns_per_iter": host_ns / it if host_ns is not None else None,
+        "ns_per_iter": ns, "time_source": source,
+        "guest_total": guest_total, "guest_unit": guest_unit, "guest_per_iter": guest_per_iter,
+        "host_ns": host_ns, "host_ns_per_iter": host_per_iter,
         "exits": None, "exits_detail": None, "exits_per_iter": {}, "exits_total_per_iter": None,
         "slices": None, "handler_ns_per_iter": None, "outside_share": None,
     }

@@ -44,6 +44,9 @@ def ordered(values: Iterable[str]) -> list[str]:
 def summarize(records: list[dict[str, Any]], baseline: str = BASELINE) -> list[dict[str, Any]]:
     """One row per (test, target): medians over repeats and ratios to `baseline` for the same test.
 
+    `ratio` compares the primary figures (`ns_per_iter`: host time on the VMM, the guest's clock on
+    QEMU, see runs.primary_time); `guest_ratio` and `host_ratio` compare like with like.
+
     Exits per iteration are medians per kind; `exits_total_per_iter` is the median of each record's
     total (not the sum of the per-kind medians)."""
     good = _ok(records)
@@ -58,6 +61,8 @@ def summarize(records: list[dict[str, Any]], baseline: str = BASELINE) -> list[d
             kinds = ordered(k for r in rs for k in r.get("exits_per_iter", {}))
             med[test, target] = {
                 "test": test, "target": target, "n": len(rs),
+                "ns_per_iter": median(r.get("ns_per_iter") for r in rs),
+                "time_source": rs[0].get("time_source"),
                 "guest_unit": rs[0].get("guest_unit"),
                 "guest_ns_per_iter": median(r.get("guest_per_iter") for r in rs
                                             if r.get("guest_unit") == "ns"),
@@ -70,6 +75,7 @@ def summarize(records: list[dict[str, Any]], baseline: str = BASELINE) -> list[d
     rows = []
     for (test, _target), row in med.items():
         base = med.get((test, baseline))
+        row["ratio"] = ratio(row["ns_per_iter"], base["ns_per_iter"] if base else None)
         row["guest_ratio"] = ratio(row["guest_ns_per_iter"], base["guest_ns_per_iter"] if base else None)
         row["host_ratio"] = ratio(row["host_ns_per_iter"], base["host_ns_per_iter"] if base else None)
         rows.append(row)
@@ -86,6 +92,7 @@ def site_cost(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if a is None or b is None:
                 continue
             out.append({"test": test, "platform": with_sites,
+                        "ratio": ratio(a["ns_per_iter"], b["ns_per_iter"]),
                         "guest_ratio": ratio(a["guest_ns_per_iter"], b["guest_ns_per_iter"]),
                         "host_ratio": ratio(a["host_ns_per_iter"], b["host_ns_per_iter"])})
     return out
