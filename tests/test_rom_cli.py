@@ -143,3 +143,20 @@ def test_every_command_has_help(path: tuple[str, ...]) -> None:
     assert res.exit_code == 0 and res.output.startswith("Usage: ")
     # a real description, not just the usage line
     assert len(res.output.split("\n\n")[1].strip()) > 20, res.output
+
+
+def test_readme_commands_table_names_every_command() -> None:
+    """The README's Commands table stays complete: every leaf command appears as `vmirom ...`."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme[readme.index("## Commands"):readme.index("## Docs")]
+    leaves = [p for p in _commands(main) if not isinstance(_lookup(p), click.Group)]
+    missing = [" ".join(p) for p in leaves if f"`vmirom {' '.join(p)}" not in table]
+    assert not missing, f"README Commands table lacks: {missing}"
+
+
+def _lookup(path: tuple[str, ...]) -> click.Command:
+    cmd: click.Command = main
+    for name in path:
+        assert isinstance(cmd, click.Group)
+        cmd = cmd.commands[name]
+    return cmd
