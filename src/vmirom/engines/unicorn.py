@@ -33,6 +33,14 @@ W7  `emu_start(count=N)` installs an internal per-instruction hook (very slow), 
 W9  A native `hlt` at ring 0 just ends emu_start (no hook): detected after the slice (see run_slice).
 W8  A Python exception inside a hook must not unwind through C: every hook catches everything, stores
     it, and stops the engine; `run_slice` re-raises it afterwards.
+W11 No `until` address.  At the end of every `emu_start`, Unicorn drops the translation at `until - 1`
+    and, to find it, walks the guest page tables for that LINEAR address.  When the guest has not
+    mapped it (until=0xffffffff: never mapped) the walk is a real #PF inside QEMU: it writes CR2
+    (measured: 0xfffffffe after any slice, however it ended), the error code and old_exception.  A
+    slice boundary between a #PF delivery and the guest's `mov %cr2` showed the guest a bogus fault
+    address (user processes killed at random, kernels jumping into data).  With
+    UC_CTL_UC_USE_EXITS on and an empty exit set, emu_start has no exit address at all and nothing
+    is walked; slices end only by timeout or stop().
 W12 The binding's `reg_read`/`reg_write` cost 2-7 us each (type dispatch, a fresh ctypes object per
     call); hypercall handlers read several registers per exit.  Scalar registers therefore go through
     direct C calls of `uc_reg_read`/`uc_reg_write` (a second CDLL handle on the same library, no
@@ -118,7 +126,7 @@ _SCALAR_MASK = {
 }
 #: registers whose write has no side effect beyond the value (no descriptor load, no TLB/mode change)
 _PLAIN_WRITE = frozenset(("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eip", "eflags"))
-_UNTIL = 0xFFFFFFFF  # an address the guest is not expected to reach; slices end by time
+_NO_UNTIL = 0  # ignored: the engine runs with an empty exit set (W11); slices end by time or stop()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -177,7 +185,7 @@ class _Probe:
         uc.emu_stop()
 
     def run(self) -> None:
-        self.uc.emu_start(self.CODE, _UNTIL, timeout=200_000)
+        self.uc.emu_start(self.CODE, 0xFFFFFFFF, timeout=200_000)  # no paging here: W11 does not apply
 
 
 def _words(blob: bytes) -> list[int]:
@@ -337,6 +345,7 @@ class UnicornEngine(Engine):
         self._running = False  # W13: inside emu_start (hooks may be running)
         self._pending_eip: int | None = None  # W13: EIP written in an INTR hook, not yet in env
         self.uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        self.uc.ctl_exits_enabled(True)  # W11: no `until`, so no page walk at the end of a slice
         self._ctx = self.uc.context_save()
         self._hooks: EngineHooks | None = None
         self._hook_error: BaseException | None = None
@@ -420,13 +429,14 @@ class UnicornEngine(Engine):
         self._hook_error = None
         # W1 again: a slice cut by the timeout between QEMU raising a fault and our hook seeing it
         # leaves old_exception set; the retried instruction would then be reported as #DF.
+        # (Cheap insurance since W11 removed the exit-time walk that used to set it every slice.)
         self._poke_context(clear_exception=True)
         eip = self.uc.reg_read(X.UC_X86_REG_EIP)
         res = SliceResult()
         t0 = time.monotonic()
         self._running = True
         try:
-            self.uc.emu_start(eip, _UNTIL, timeout=max(1, int(timeout_us)))  # W7
+            self.uc.emu_start(eip, _NO_UNTIL, timeout=max(1, int(timeout_us)))  # W7, W11
         except UcError as e:
             res.error = str(e)
         finally:
