@@ -233,3 +233,19 @@ def test_bad_get_reloc_answer_refuses_the_rom(kernel: Kernel, tmp_path: Path, ca
     assert v is not None and v["status"] == "native", res.console
     assert reason in v["reason"] and call in v["reason"] and v["patched"] == 0
     assert_text(kernel, v, changed=False)
+
+
+@pytest.mark.parametrize("content", [b"not a kernel\n", b"\x7fELF" + bytes(60)], ids=["text", "bad-elf"])
+def test_guest_qemu_reports_a_kernel_qemu_refuses(tmp_path: Path, content: bytes) -> None:
+    """QEMU exits with 1 when it refuses a kernel -- the same code as a guest's clean status 0 at
+    port 0xF4; the run must not pass for a clean boot."""
+    from click.testing import CliRunner
+
+    from vmirom.cli import main
+
+    bad = tmp_path / "bad.elf"
+    bad.write_bytes(content)
+    res = run_kernel(bad, timeout=30)
+    assert res.qemu_error and res.exit_status is None and not res.clean
+    out = CliRunner().invoke(main, ["guest", "qemu", "--kernel", str(bad), "--timeout", "30"])
+    assert out.exit_code == 1 and f"QEMU could not boot {bad}" in out.output, out.output

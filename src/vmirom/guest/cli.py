@@ -67,6 +67,8 @@ def guest_qemu(kernel: str | None, option_rom: str | None, initrd: str | None, c
         res = run_kernel(path, cmdline=cmdline, option_rom=option_rom, initrd=initrd, timeout=timeout)
     except (BuildError, QemuError) as e:
         raise click.ClickException(str(e)) from e
+    if res.qemu_error:
+        raise click.ClickException(f"QEMU could not boot {path}: {res.qemu_error}")
     if events:
         for ev in res.events:
             click.echo(json.dumps(ev))

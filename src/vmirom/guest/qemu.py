@@ -43,9 +43,21 @@ class QemuResult:
     events: list[dict[str, Any]] = field(default_factory=list)
 
     @property
+    def qemu_error(self) -> str | None:
+        """QEMU's own complaint when it refused to start the guest (e.g. "invalid kernel header").
+
+        QEMU exits with code 1 then, which is also what a guest's status 0 at port 0xF4 gives
+        ((0 << 1) | 1).  What tells them apart: a refused guest never printed anything, and QEMU
+        said why on stderr."""
+        if self.returncode != 1 or self.console.strip():
+            return None
+        lines = [ln.strip() for ln in self.stderr.splitlines() if ln.strip()]
+        return lines[-1] if lines else None
+
+    @property
     def exit_status(self) -> int | None:
         """The status the guest wrote to port 0xF4, or None if it did not exit that way."""
-        if self.timed_out or self.returncode is None or self.returncode % 2 == 0:
+        if self.timed_out or self.returncode is None or self.returncode % 2 == 0 or self.qemu_error:
             return None
         return self.returncode >> 1
 
