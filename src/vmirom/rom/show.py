@@ -23,6 +23,8 @@ def disassemble(image: bytes, start: int, end: int, base: int = BASE, max_insns:
     lines, furthest = [], start
     for insn in md.disasm(image[start:end], base + start):
         off = insn.address - base
+        if insn.mnemonic == "int3" and lines and off >= furthest:
+            break           # 0xCC alignment padding after a stub that does not return (JUMP_REL)
         lines.append(f"{off:#06x}  {insn.bytes.hex():<16} {insn.mnemonic} {insn.op_str}".rstrip())
         if insn.mnemonic.startswith("j") and insn.op_str.startswith("0x"):
             furthest = max(furthest, int(insn.op_str, 16) - base)
