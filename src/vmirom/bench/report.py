@@ -111,6 +111,12 @@ def validate(doc: Any) -> list[str]:
     return [f"{'/'.join(str(p) for p in e.absolute_path) or '$'}: {e.message}" for e in v.iter_errors(doc)]
 
 
+def validate_record(record: Any) -> list[str]:
+    """Problems of one record against the schema's record definition ([] = valid)."""
+    schema = load_schema()
+    return _validate(record, schema["$defs"]["record"], schema, "$")
+
+
 _TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
 
 
@@ -188,6 +194,12 @@ def fmt_ratio(r: float | None) -> str:
     return "-" if r is None else f"×{r:.2f}"
 
 
+def _axes(doc: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Tests and targets in run order, from the records (so a target whose every run failed shows)."""
+    rows = doc["records"] or doc["summary"]
+    return stats.ordered(r["test"] for r in rows), stats.ordered(r["target"] for r in rows)
+
+
 def _cell(r: dict[str, Any] | None, baseline: bool) -> str:
     if r is None:
         return "failed"
@@ -207,8 +219,7 @@ def tables(doc: dict[str, Any]) -> list[Any]:
     from rich.table import Table
 
     summary = doc["summary"]
-    tests = stats.ordered(r["test"] for r in summary)
-    targets = stats.ordered(r["target"] for r in summary)
+    tests, targets = _axes(doc)
     by = {(r["test"], r["target"]): r for r in summary}
     n = max((r["n"] for r in summary), default=0)
 
@@ -261,8 +272,7 @@ def tables(doc: dict[str, Any]) -> list[Any]:
 def markdown_table(doc: dict[str, Any]) -> str:
     """The main table as Markdown (for docs/performance.md): primary time, ratio to bare, exits."""
     summary = doc["summary"]
-    tests = stats.ordered(r["test"] for r in summary)
-    targets = stats.ordered(r["target"] for r in summary)
+    tests, targets = _axes(doc)
     by = {(r["test"], r["target"]): r for r in summary}
     lines = ["| test | " + " | ".join(targets) + " |", "|---" * (len(targets) + 1) + "|"]
     for test in tests:

@@ -1,0 +1,239 @@
+"""The bench harness's own logic, without booting anything: pairing console lines into test
+windows, the record fields derived from a window, medians/ratios, the site-cost pairs, the JSON
+document against schema.json (with jsonschema and with the built-in fallback validator), and the
+tables, Markdown and chart produced from a document.
+
+The VMM-side counters these records carry are checked against real boots in test_bench_vmm.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vmirom.bench import probe, report, runs, stats
+from vmirom.bench.probe import ConsoleLine, Snapshot
+
+SCHEMA = json.loads(report.SCHEMA_PATH.read_text())
+
+
+def snap(wall: int, guest: int = 0, handler: int = 0, kinds: dict[str, int] | None = None) -> Snapshot:
+    return Snapshot(wall, guest, handler, dict(kinds or {}), {f"{k}:x": v for k, v in (kinds or {}).items()})
+
+
+def line(event: dict[str, Any] | None, start: Snapshot, end: Snapshot) -> ConsoleLine:
+    text = "" if event is None else "VMIROM-JSON " + json.dumps(event)
+    return ConsoleLine(text, start, end, event)
+
+
+# -- windows ---------------------------------------------------------------------------------------
+def test_window_runs_from_end_of_start_line_to_first_byte_of_result_line() -> None:
+    lines = [
+        line({"event": "bench_start", "test": "null_syscall"}, snap(100), snap(150, 40, 5, {"io": 2})),
+        line(None, snap(160), snap(170)),                                         # a human line in between
+        line({"event": "bench", "test": "null_syscall", "iterations": 10, "t0": 0, "t1": 1000, "unit": "ns"},
+             snap(1150, 500, 300, {"io": 2, "softint": 13, "slice": 4}), snap(1400, 600, 350, {"io": 9})),
+    ]
+    windows, errors = probe.bench_windows(lines)
+    assert errors == []
+    (w,) = windows
+    assert w.test == "null_syscall"
+    assert w.delta.wall_ns == 1000 and w.delta.guest_ns == 460 and w.delta.handler_ns == 295
+    assert w.delta.kinds == {"softint": 13, "slice": 4}         # zero differences are dropped
+    assert w.delta.outside_share == pytest.approx(1 - 460 / 1000)
+
+
+def test_unpaired_lines_and_errors() -> None:
+    lines = [
+        line({"event": "bench", "test": "orphan", "iterations": 1, "t0": 0, "t1": 1}, snap(0), snap(1)),
+        line({"event": "bench_start", "test": "fork_exit"}, snap(2), snap(3)),
+        line({"event": "bench_error", "test": "fork_exit", "error": "fork: out of memory"}, snap(4), snap(5)),
+    ]
+    windows, errors = probe.bench_windows(lines)
+    assert windows == []
+    assert errors == [{"event": "bench_error", "test": "fork_exit", "error": "fork: out of memory"}]
+
+
+def test_console_sink_splits_lines_and_parses_events() -> None:
+    seen: list[ConsoleLine] = []
+    p = probe.Probe(seen.append)
+    p.console_sink(b"hello\r\nVMIROM-JSON {\"event\":\"bench_start\",\"test\":\"cpu_loop\"}")
+    p.console_sink(b"\nVMIROM-JSON {\"event\":\"bench\",\"test\":\"cpu_loop\",broken\n")
+    assert [ln.text for ln in seen][0] == "hello"
+    assert seen[1].event == {"event": "bench_start", "test": "cpu_loop"}
+    assert seen[2].event is None                                    # garbled JSON: no event, no error
+    assert all(ln.end.wall_ns >= ln.start.wall_ns for ln in seen)
+
+
+# -- records ---------------------------------------------------------------------------------------
+def _window_lines(test: str, n: int, wall: int, t0: int, t1: int, kinds: dict[str, int]) -> list[ConsoleLine]:
+    return [line({"event": "bench_start", "test": test}, snap(0), snap(10)),
+            line({"event": "bench", "test": test, "iterations": n, "t0": t0, "t1": t1, "unit": "ns"},
+                 snap(10 + wall, wall // 2, wall // 4, kinds), snap(20 + wall))]
+
+
+def test_vmm_record_uses_the_probe_clock_and_per_iteration_exits() -> None:
+    t = runs.Target("vmi", "vmi", "vmi")
+    lines = _window_lines("null_syscall", 100, 50_000, 1_000, 31_000, {"softint": 103, "hypercall": 210,
+                                                                          "slice": 7, "delivery": 103})
+    (rec,), msgs = runs.records_from_lines(t, 2, lines, ("null_syscall",))
+    assert msgs == []
+    assert rec["status"] == "ok" and rec["repeat"] == 2 and rec["iterations"] == 100
+    assert rec["host_ns"] == 50_000 and rec["host_ns_per_iter"] == 500
+    assert rec["guest_total"] == 30_000 and rec["guest_per_iter"] == 300
+    assert rec["ns_per_iter"] == 500 and rec["time_source"] == "host"
+    # "slice" and "delivery" are bookkeeping, not exits
+    assert rec["exits"] == {"softint": 103, "hypercall": 210} and rec["slices"] == 7
+    assert rec["exits_per_iter"] == {"softint": 1.03, "hypercall": 2.1}
+    assert rec["exits_total_per_iter"] == pytest.approx(3.13)
+    assert report.validate_record(rec) == []
+
+
+def test_qemu_record_uses_the_guest_clock_and_has_no_exits() -> None:
+    t = runs.Target("qemu", "qemu", "vmi")
+    lines = _window_lines("fork_exit", 20, 5_000_000, 0, 2_000_000, {})
+    (rec,), _ = runs.records_from_lines(t, 0, lines, ("fork_exit",), host_only=True)
+    assert rec["ns_per_iter"] == 100_000 and rec["time_source"] == "guest"
+    assert rec["exits"] is None and rec["exits_per_iter"] == {} and rec["outside_share"] is None
+
+
+def test_missing_and_failed_tests_become_error_records() -> None:
+    t = runs.Target("bare", "bare", "vmi")
+    err = {"event": "bench_error", "test": "fork_exec", "error": "exec true: ENOENT"}
+    lines = [line(err, snap(0), snap(1))]
+    recs, msgs = runs.records_from_lines(t, 0, lines, ("fork_exec",))
+    assert msgs == ["fork_exec: exec true: ENOENT"]
+    assert recs[0]["status"] == "error" and recs[0]["error"] == "exec true: ENOENT"
+    assert recs[0]["ns_per_iter"] is None
+
+
+def test_target_parsing() -> None:
+    assert runs.Target.parse("bare@native") == runs.Target("bare@native", "bare", "native")
+    assert runs.Target.parse("qemu") == runs.Target("qemu", "qemu", "vmi")
+    with pytest.raises(runs.BenchError, match="no-such"):
+        runs.Target.parse("no-such")
+
+
+def test_workload_command_lines() -> None:
+    w = runs.Workload(("null_syscall", "build"), ("idle",), scale=20, idle_ticks=7)
+    assert w.bench_cmdline() == "init=bench,-s,20,null_syscall,build"
+    assert runs.Workload(("cpu_loop",), iterations=5, scale=20).bench_cmdline() == "init=bench,-n,5,cpu_loop"
+    assert w.idle_cmdline() == "exit_after=7"
+
+
+# -- statistics ------------------------------------------------------------------------------------
+def rec(target: str, test: str, repeat: int, ns: float | None, *, status: str = "ok",
+        exits: dict[str, float] | None = None) -> dict[str, Any]:
+    platform, _, native = target.partition("@")
+    t = runs.Target(target, platform, "native" if native else "vmi")
+    r = runs._record(t, repeat, test, 10, guest_total=None if ns is None else ns * 10, guest_unit="ns",
+                     delta=None, host_ns=None if ns is None else int(ns * 10))
+    r["status"] = status
+    if exits is not None:
+        r["exits_per_iter"] = exits
+        r["exits_total_per_iter"] = sum(exits.values())
+    return r
+
+
+def test_summary_medians_and_ratios_to_bare() -> None:
+    records = [rec("bare", "t", i, ns) for i, ns in enumerate((100, 300, 200))]
+    records += [rec("vmi", "t", i, ns, exits={"hypercall": h}) for i, (ns, h) in
+                enumerate(((500, 2.0), (700, 4.0), (600, 3.0)))]
+    records += [rec("vmi", "t", 3, 1e9, status="error")]        # failed records do not count
+    rows = {r["target"]: r for r in stats.summarize(records)}
+    assert rows["bare"]["ns_per_iter"] == 200 and rows["bare"]["ratio"] == 1.0
+    assert rows["vmi"]["n"] == 3 and rows["vmi"]["ns_per_iter"] == 600 and rows["vmi"]["ratio"] == 3.0
+    assert rows["vmi"]["exits_per_iter"] == {"hypercall": 3.0} and rows["vmi"]["exits_total_per_iter"] == 3.0
+
+
+def test_no_baseline_no_ratio_and_site_cost_pairs() -> None:
+    records = [rec("vmi", "t", 0, 50), rec("qemu", "t", 0, 40), rec("qemu@native", "t", 0, 32)]
+    rows = stats.summarize(records)
+    assert all(r["ratio"] is None for r in rows)
+    (sc,) = stats.site_cost(rows)
+    assert sc["platform"] == "qemu" and sc["ratio"] == pytest.approx(1.25)
+
+
+def test_helpers() -> None:
+    assert stats.median([None, 3, 1, None, 2]) == 2 and stats.median([None]) is None
+    assert stats.ratio(1, 0) is None and stats.ratio(None, 1) is None and stats.ratio(3, 2) == 1.5
+    assert stats.geomean([2, 8, None, 0]) == pytest.approx(4)
+    assert stats.ordered("abacb") == ["a", "b", "c"]
+
+
+# -- the document and its schema -------------------------------------------------------------------
+def make_doc(records: list[dict[str, Any]]) -> dict[str, Any]:
+    env = report.environment({"kernel": Path(__file__), "native_kernel": None})
+    boots = [runs.BootResult("bare", 0, "init=bench", "exit", 0, "guest exited with status 0", 1.5,
+                             handler_profile={"io": {"calls": 3, "ns": 30, "mean_ns": 10.0}}).as_json()]
+    return report.document(command="vmirom bench --quick", config={"targets": ["bare"], "tests": ["t"],
+                                                                    "repeat": 1}, env=env, boots=boots,
+                           records=records)
+
+
+@pytest.fixture
+def doc() -> dict[str, Any]:
+    records = [rec(tg, test, r, ns) for r in range(2) for tg, ns in
+               (("bare", 100), ("vmi", 300), ("bare@native", 90), ("qemu", 10), ("qemu@native", 9))
+               for test in ("null_syscall", "cpu_loop")]
+    records.append(runs.error_record(runs.Target("fullvirt", "fullvirt", "vmi"), 0, "cpu_loop", "timeout"))
+    return make_doc(records)
+
+
+def test_document_is_valid_and_describes_its_environment(doc: dict[str, Any]) -> None:
+    assert report.validate(doc) == []
+    assert doc["schema"] == SCHEMA["properties"]["schema"]["const"]
+    assert doc["environment"]["files"]["kernel"]["sha256"] == report.sha256(Path(__file__))
+    assert doc["environment"]["python"] and doc["environment"]["cpu"]
+    assert {(r["test"], r["platform"]) for r in doc["site_cost"]} == {
+        (t, p) for t in ("null_syscall", "cpu_loop") for p in ("bare", "qemu")}
+
+
+@pytest.mark.parametrize("break_it, where", [
+    (lambda d: d.pop("environment"), "environment"),
+    (lambda d: d["records"][0].update(kernel="other"), "records/0/kernel"),
+    (lambda d: d["records"][0].update(outside_share=1.5), "records/0/outside_share"),
+    (lambda d: d["records"][0].pop("exits_per_iter"), "records/0"),
+    (lambda d: d["records"][0].update(exits={"io": "3"}), "records/0/exits"),
+    (lambda d: d["records"][0].update(surprise=1), "records/0"),
+    (lambda d: d["config"].update(repeat=0), "config/repeat"),
+    (lambda d: d.update(schema="vmirom-bench/0"), "schema"),
+])
+def test_schema_rejects_malformed_documents(doc: dict[str, Any], break_it: Any, where: str) -> None:
+    break_it(doc)
+    problems = report.validate(doc)
+    assert problems and any(where.split("/")[0] in p for p in problems), problems
+    # the fallback validator (no jsonschema installed) agrees that it is broken
+    assert report._validate(doc, SCHEMA, SCHEMA, "$")
+
+
+def test_fallback_validator_accepts_what_jsonschema_accepts(doc: dict[str, Any]) -> None:
+    assert report._validate(doc, SCHEMA, SCHEMA, "$") == []
+    assert report._validate(json.loads(json.dumps(doc)), SCHEMA, SCHEMA, "$") == []
+
+
+def test_schema_is_itself_valid_json_schema() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+
+
+# -- tables, Markdown, chart -----------------------------------------------------------------------
+def test_tables_markdown_and_chart(doc: dict[str, Any], tmp_path: Path) -> None:
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    for t in report.tables(doc):
+        console.print(t)
+    text = console.export_text()
+    assert "×3.00" in text                               # vmi / bare
+    assert "geomean ratio" in text and "failed" in text  # fullvirt's cpu_loop failed
+    md = report.markdown_table(doc)
+    assert md.splitlines()[0] == "| test | bare | vmi | bare@native | qemu | qemu@native | fullvirt |"
+    assert "| null_syscall | 100 ns | 300 ns ×3.00 |" in md
+    assert "| qemu | ×1.11 |" in report.markdown_site_cost(doc)
+    png = report.plot(doc, tmp_path / "chart.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    svg = report.plot(doc, tmp_path / "chart.svg")
+    assert b"<svg" in svg.read_bytes()[:400]

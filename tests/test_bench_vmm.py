@@ -1,0 +1,175 @@
+"""The bench harness on real boots of the reference kernel: the exits it attributes to each test
+window are exactly what the benchmark's own operations predict, on every personality; the pseudo
+tests count one timer interrupt per tick; and `vmirom bench --quick --json` (the CI configuration)
+writes a document that validates against schema.json.
+
+No timing is asserted anywhere: only counts, structure and consistency."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vmirom.bench import report, runs
+from vmirom.guest.build import build_kernel
+from vmirom.guest.initrd import INITRD_PATH, build_user_space
+
+N = 8                                          # iterations of every test (bench -n)
+PERSONALITIES = ("bare", "fullvirt", "vmi")
+TESTS = ("null_syscall", "pipe_latency", "fork_exit", "fork_exec", "page_fault", "prot_fault",
+         "mmap_munmap", "cpu_loop")
+
+#: System calls inside every test window besides the loop's own: the window opens at the newline of
+#: the bench_start line (its write() was entered before) and closes at the first byte of the result
+#: line, so it holds SYS_clock for t0, SYS_clock for t1 and the write() of the result line.
+WINDOW_SYSCALLS = 3
+#: System calls per iteration, from guest/user/bench.c
+SYSCALLS_PER_ITER = {
+    "null_syscall": 1,      # getpid
+    "pipe_latency": 4,      # parent write + read, child read + write
+    "fork_exit": 3,         # fork, child exit, wait
+    "fork_exec": 4,         # fork, exec, exit, wait
+    "page_fault": 0,
+    "prot_fault": 0,
+    "mmap_munmap": 2,       # mmap, munmap
+    "cpu_loop": 0,
+}
+#: Another process may be scheduled inside the window when a tick preempts the measuring one: in
+#: prot_fault the parent, between fork and its wait() (one syscall, one copy-on-write fault of its
+#: stack); in pipe_latency the child, re-entering read() after its last reply
+OTHER_PROCESS = {"prot_fault": (1, 1), "pipe_latency": (1, 0)}       # (syscalls, faults)
+#: Page faults per iteration: one per page touched (demand-zero, copy-on-write, or the one page
+#: each 64 KiB mapping gets), two per fork+exit (the parent's and the child's first stack writes
+#: after fork make their shared stack page private)
+FAULTS_PER_ITER = {"page_fault": 1, "prot_fault": 1, "mmap_munmap": 1, "fork_exit": 2, "fork_exec": 2}
+
+
+@pytest.fixture(scope="module")
+def kernels() -> runs.Kernels:
+    kernel = build_kernel()
+    build_user_space()
+    return runs.Kernels(kernel, None, INITRD_PATH)
+
+
+@pytest.fixture(scope="module", params=PERSONALITIES)
+def boot(request: pytest.FixtureRequest, kernels: runs.Kernels) -> runs.BootResult:
+    workload = runs.Workload(TESTS, iterations=N, timeout_s=120)
+    b = runs.run_boot(runs.Target.parse(request.param), 0, kernels, workload)
+    assert b.fate == "exit" and b.exit_status == 0, (b.fate, b.message, b.console_tail)
+    return b
+
+
+def by_test(b: runs.BootResult) -> dict[str, dict[str, Any]]:
+    recs = {r["test"]: r for r in b.records}
+    assert set(recs) == set(TESTS)
+    bad = {t: r["error"] for t, r in recs.items() if r["status"] != "ok"}
+    assert not bad, bad
+    return recs
+
+
+def detail(r: dict[str, Any], key: str) -> int:
+    return (r["exits_detail"] or {}).get(key, 0)
+
+
+def test_every_record_is_valid_and_per_iteration(boot: runs.BootResult) -> None:
+    for test, r in by_test(boot).items():
+        assert report.validate_record(r) == [], test
+        assert r["iterations"] == N and r["time_source"] == "host"
+        assert r["ns_per_iter"] == r["host_ns_per_iter"] == pytest.approx(r["host_ns"] / N)
+        total = sum(r["exits"].values())
+        assert r["exits_total_per_iter"] == pytest.approx(total / N)
+        assert r["exits_per_iter"] == pytest.approx({k: v / N for k, v in r["exits"].items()})
+        assert 0 <= r["outside_share"] <= 1
+        assert 0 <= r["handler_ns_per_iter"] * N <= r["host_ns"]
+
+
+def test_system_calls_match_the_benchmark_loops(boot: runs.BootResult) -> None:
+    """Every int $0x80 the guest executes is one exit into the VMM's delivery path."""
+    for test, r in by_test(boot).items():
+        expected = SYSCALLS_PER_ITER[test] * N + WINDOW_SYSCALLS
+        slack = OTHER_PROCESS.get(test, (0, 0))[0]
+        got = detail(r, "softint:0x80")
+        assert expected <= got <= expected + slack, (boot.target, test, r["exits_detail"])
+
+
+def test_page_faults_match_the_pages_touched(boot: runs.BootResult) -> None:
+    for test, r in by_test(boot).items():
+        faults = detail(r, "exception:14")
+        if test in FAULTS_PER_ITER:
+            expected, slack = FAULTS_PER_ITER[test] * N, OTHER_PROCESS.get(test, (0, 0))[1]
+            assert expected <= faults <= expected + slack, (boot.target, test, r["exits_detail"])
+        else:   # at most the first touch of a page the loop's code or stack had not used yet
+            assert faults <= 1, (boot.target, test, r["exits_detail"])
+
+
+def test_every_kernel_entry_from_user_mode_changes_ring(boot: runs.BootResult) -> None:
+    """A ring change is counted per delivery from ring 3: system calls, user faults and the timer
+    interrupts that hit user mode; so it lies between syscalls+faults and that plus the interrupts."""
+    for test, r in by_test(boot).items():
+        entries = detail(r, "softint:0x80") + detail(r, "exception:14")
+        assert entries <= detail(r, "delivery:ring_change") <= entries + detail(r, "interrupt:32"), test
+
+
+def test_personality_specific_exits(boot: runs.BootResult) -> None:
+    for test, r in by_test(boot).items():
+        d, kinds = r["exits_detail"], set(r["exits"])
+        if boot.target == "bare":       # no hypervisor: only devices, traps and interrupts exit
+            assert kinds <= {"softint", "exception", "interrupt", "io", "halt"}, (test, d)
+        elif boot.target == "vmi":      # every return to user mode goes through the ROM's IRET
+            assert detail(r, "hypercall:IRET") >= detail(r, "delivery:ring_change"), (test, d)
+            # the kernel reads CR2 through the ROM once per page fault
+            assert detail(r, "hypercall:GetCR2") == detail(r, "exception:14"), (test, d)
+            assert "emulate" not in kinds and "site" not in kinds, (test, d)
+        elif boot.target == "fullvirt":  # iret is a sensitive instruction caught at its site
+            assert detail(r, "site:iret") >= detail(r, "delivery:ring_change"), (test, d)
+            assert "hypercall" not in kinds, (test, d)
+    if boot.target == "vmi":            # the ROM's clock: one GetCycleCounter per SYS_clock
+        assert all(detail(r, "hypercall:GetCycleCounter") == 2 for r in by_test(boot).values())
+
+
+@pytest.mark.parametrize("personality", PERSONALITIES)
+def test_pseudo_tests_count_one_timer_interrupt_per_tick(personality: str, kernels: runs.Kernels) -> None:
+    workload = runs.Workload((), ("boot", "idle"), idle_ticks=12, timeout_s=120)
+    b = runs.run_boot(runs.Target.parse(personality), 0, kernels, workload, pseudo=True)
+    assert b.fate == "exit", b.message
+    recs = {r["test"]: r for r in b.records}
+    assert recs["boot"]["status"] == "ok" and recs["boot"]["iterations"] == 1
+    assert recs["boot"]["host_ns"] > 0 and recs["boot"]["exits_total_per_iter"] > 0
+    idle = recs["idle"]
+    assert idle["status"] == "ok" and 1 <= idle["iterations"] <= 12
+    assert detail(idle, "interrupt:32") == idle["iterations"]
+
+
+def test_bench_quick_json_validates(tmp_path: Path) -> None:
+    """The CI configuration end to end: every target, the JSON document, the chart."""
+    out, chart = tmp_path / "out.json", tmp_path / "chart.png"
+    cli = "import sys; from vmirom.cli import main; sys.argv[0] = 'vmirom'; main()"
+    proc = subprocess.run([sys.executable, "-c", cli, "bench", "--quick", "--json", str(out),
+                           "--plot", str(chart), "--timeout", "120"],
+                          capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    doc = json.loads(out.read_text())
+    assert report.validate(doc) == []
+    cfg = doc["config"]
+    assert cfg["quick"] and cfg["repeat"] == 1
+    targets, tests = cfg["targets"], cfg["tests"]
+    assert {"bare", "fullvirt", "vmi"} <= set(targets)
+    # one record per test x target x repeat, none failed
+    assert sorted((r["target"], r["test"]) for r in doc["records"]) == sorted(
+        (tg, t) for tg in targets for t in tests)
+    failed = [(r["target"], r["test"], r["error"]) for r in doc["records"] if r["status"] != "ok"]
+    assert not failed
+    assert {r["target"] for r in doc["summary"]} == set(targets)
+    assert all(r["ratio"] is not None for r in doc["summary"])
+    if "bare@native" in targets:
+        assert {r["platform"] for r in doc["site_cost"]} >= {"bare"}
+    assert doc["environment"]["files"]["kernel"]["sha256"] == report.sha256(Path(
+        doc["environment"]["files"]["kernel"]["path"]))
+    assert chart.read_bytes()[:4] == b"\x89PNG"
+    assert "geomean ratio" in proc.stdout and "wrote" in proc.stdout
