@@ -273,6 +273,8 @@ class Machine:
             if vector == p.hypercall_vector and p.is_hypercall(self.vcpu):
                 p.hypercall(self.vcpu)
                 return
+            if self._irq_first(vector):
+                return
             if vector >= 32 or vector in (BP, OF):
                 self.metrics.count(f"softint:{vector:#x}")
                 self.delivery.software(vector)
@@ -291,6 +293,43 @@ class Machine:
             self.delivery.exception(f.vector, f.error_code, f.cr2)
         except TripleFault as e:
             self.stop("triple_fault", f"triple fault: {e}")
+
+    def _irq_first(self, vector: int) -> bool:
+        """Take a due hardware interrupt at this exit, before the instruction that caused it.
+
+        Why: a real CPU recognizes a pending interrupt at every instruction boundary where IF=1.  We
+        only look between slices, and Unicorn notices its slice timeout mostly right after a hook has
+        returned, i.e. at the entry of the guest's handler, where an interrupt gate just cleared IF.
+        A syscall-bound user loop (IF=1 only for a few instructions between `iret` and `int $0x80`)
+        then almost never saw its timer tick.  An exit is an instruction boundary the VMM does see:
+        if IF=1 and an interrupt is due, deliver it with the return address AT the trapping
+        instruction (a fault's EIP already is; `int n`/`int3`/`into` are rewound), so the
+        instruction runs again after the handler's `iret`, exactly as if the interrupt came first.
+        """
+        eng = self.engine
+        if not eng.reg("eflags") & IF:
+            return False
+        self.update_timers()
+        if self.pic.pending_vector() is None:
+            return False
+        if vector >= 32 or vector in (BP, OF):
+            eip = eng.reg("eip")
+            start = self._soft_int_start(eip, vector)
+            if start is None:
+                return False  # cannot prove where the instruction began: deliver it, IRQ later
+            eng.set_reg("eip", start)
+        self.metrics.count("irq_before_exit")
+        return self.deliver_pending_interrupt()
+
+    def _soft_int_start(self, eip: int, vector: int) -> int | None:
+        """Address of the `int n` (CD nn), `int3` (CC) or `into` (CE) that ended at `eip`."""
+        user = self.engine.cpl() == 3
+        two = self.paging.read_code((eip - 2) & 0xFFFFFFFF, 2, user=user)
+        if len(two) == 2 and two[0] == 0xCD and two[1] == vector:
+            return (eip - 2) & 0xFFFFFFFF
+        if len(two) == 2 and (vector, two[1]) in ((BP, 0xCC), (OF, 0xCE)):
+            return (eip - 1) & 0xFFFFFFFF
+        return None
 
     def _io_allowed(self) -> bool:
         return self.personality.io_permitted(self.vcpu)
