@@ -39,10 +39,15 @@ SYSCALLS_PER_ITER = {
     "mmap_munmap": 2,       # mmap, munmap
     "cpu_loop": 0,
 }
-#: Another process may be scheduled inside the window when a tick preempts the measuring one: in
-#: prot_fault the parent, between fork and its wait() (one syscall, one copy-on-write fault of its
-#: stack); in pipe_latency the child, re-entering read() after its last reply
-OTHER_PROCESS = {"prot_fault": (1, 1), "pipe_latency": (1, 0)}       # (syscalls, faults)
+#: Another process may run inside a window.  Without a tick: in pipe_latency the child, re-entering
+#: read() after its last reply.  When a timer tick preempts the measuring process: a parent still
+#: on its way to wait() (init in the first test, bench itself in prot_fault), one syscall and at
+#: most one copy-on-write fault of its stack -- so the bounds below add one of each per tick.
+OTHER_PROCESS = {"pipe_latency": (1, 0)}       # (syscalls, faults) with no tick
+
+
+def slack(r: dict[str, Any], test: str, which: int) -> int:
+    return OTHER_PROCESS.get(test, (0, 0))[which] + detail(r, "interrupt:32")
 #: Page faults per iteration: one per page touched (demand-zero, copy-on-write, or the one page
 #: each 64 KiB mapping gets), two per fork+exit (the parent's and the child's first stack writes
 #: after fork make their shared stack page private)
@@ -92,19 +97,18 @@ def test_system_calls_match_the_benchmark_loops(boot: runs.BootResult) -> None:
     """Every int $0x80 the guest executes is one exit into the VMM's delivery path."""
     for test, r in by_test(boot).items():
         expected = SYSCALLS_PER_ITER[test] * N + WINDOW_SYSCALLS
-        slack = OTHER_PROCESS.get(test, (0, 0))[0]
         got = detail(r, "softint:0x80")
-        assert expected <= got <= expected + slack, (boot.target, test, r["exits_detail"])
+        assert expected <= got <= expected + slack(r, test, 0), (boot.target, test, r["exits_detail"])
 
 
 def test_page_faults_match_the_pages_touched(boot: runs.BootResult) -> None:
     for test, r in by_test(boot).items():
         faults = detail(r, "exception:14")
         if test in FAULTS_PER_ITER:
-            expected, slack = FAULTS_PER_ITER[test] * N, OTHER_PROCESS.get(test, (0, 0))[1]
-            assert expected <= faults <= expected + slack, (boot.target, test, r["exits_detail"])
+            expected = FAULTS_PER_ITER[test] * N
+            assert expected <= faults <= expected + slack(r, test, 1), (boot.target, test, r["exits_detail"])
         else:   # at most the first touch of a page the loop's code or stack had not used yet
-            assert faults <= 1, (boot.target, test, r["exits_detail"])
+            assert faults <= 1 + slack(r, test, 1), (boot.target, test, r["exits_detail"])
 
 
 def test_every_kernel_entry_from_user_mode_changes_ring(boot: runs.BootResult) -> None:
@@ -119,7 +123,8 @@ def test_personality_specific_exits(boot: runs.BootResult) -> None:
     for test, r in by_test(boot).items():
         d, kinds = r["exits_detail"], set(r["exits"])
         if boot.target == "bare":       # no hypervisor: only devices, traps and interrupts exit
-            assert kinds <= {"softint", "exception", "interrupt", "io", "halt"}, (test, d)
+            # (irq_before_exit: a due timer tick taken at a trap, the trapping instruction replayed)
+            assert kinds <= {"softint", "exception", "interrupt", "io", "halt", "irq_before_exit"}, (test, d)
         elif boot.target == "vmi":      # every return to user mode goes through the ROM's IRET
             assert detail(r, "hypercall:IRET") >= detail(r, "delivery:ring_change"), (test, d)
             # the kernel reads CR2 through the ROM once per page fault
