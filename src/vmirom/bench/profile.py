@@ -1,0 +1,76 @@
+"""Where the VMM's own time goes: one benchmark boot in this process, twice -- once plain (the
+probe's per-hook handler times: calls, total, mean per exit kind) and once under cProfile (the
+Python functions behind them).  For docs/performance.md; not part of `vmirom bench`, because
+cProfile multiplies the cost of every Python call and would distort the benchmark itself.
+
+    python -m vmirom.bench.profile vmi -n 200 null_syscall fork_exit page_fault
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import sys
+from pathlib import Path
+
+from vmirom.bench import runs
+
+
+def handler_table(profile: dict[str, dict[str, float]]) -> str:
+    """The probe's handler profile as Markdown: per hook, calls, share of handler time, mean."""
+    total = profile.get("_total", {})
+    rows = {k: v for k, v in profile.items() if not k.startswith("_")}
+    spent = sum(v["ns"] for v in rows.values()) or 1
+    out = ["| exit hook | calls | handler time | share | mean per call |", "|---|---|---|---|---|"]
+    for k, v in sorted(rows.items(), key=lambda kv: -kv[1]["ns"]):
+        out.append(f"| {k} | {int(v['calls'])} | {v['ns'] / 1e6:.1f} ms | {v['ns'] / spent:.0%} | "
+                   f"{v['mean_ns'] / 1e3:.1f} µs |")
+    wall = total.get("wall_ns")
+    if wall:
+        out.append(f"\nwall {wall / 1e6:.0f} ms, of which in exit handlers {total['handler_ns'] / wall:.0%} "
+                   f"({total.get('exits')} exits)")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m vmirom.bench.profile", description=__doc__.split("\n\n")[0])
+    ap.add_argument("target", help="personality (bare, fullvirt, vmi ...)")
+    ap.add_argument("tests", nargs="*", default=["null_syscall", "pipe_latency", "fork_exit", "page_fault"])
+    ap.add_argument("-n", "--iterations", type=int, default=100)
+    ap.add_argument("--top", type=int, default=25, help="functions to list [25]")
+    ap.add_argument("--kernel", type=Path, default=None)
+    ap.add_argument("--initrd", type=Path, default=None)
+    a = ap.parse_args(argv)
+    from vmirom.guest.build import build_kernel
+    from vmirom.guest.initrd import INITRD_PATH
+
+    try:
+        target = runs.Target.parse(a.target)
+        if target.platform == runs.QEMU:
+            raise runs.BenchError("QEMU runs outside this process: nothing to profile")
+        unknown = [t for t in a.tests if t not in runs.GUEST_TESTS]
+        if unknown:
+            raise runs.BenchError(f"unknown tests {unknown}; known: {', '.join(runs.GUEST_TESTS)}")
+        kernels = runs.Kernels(a.kernel or build_kernel(), None, a.initrd or INITRD_PATH)
+    except Exception as e:  # noqa: BLE001 - one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    workload = runs.Workload(tuple(a.tests), iterations=a.iterations, timeout_s=600)
+    plain = runs.run_boot_here(target, 0, kernels, workload)
+    print(f"# {a.target}: bench -n {a.iterations} {' '.join(a.tests)} -> {plain.fate} ({plain.message})\n")
+    print(handler_table(plain.handler_profile))
+    prof = cProfile.Profile()
+    prof.enable()
+    runs.run_boot_here(target, 0, kernels, workload)
+    prof.disable()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).strip_dirs().sort_stats("tottime").print_stats(a.top)
+    print(f"\n## cProfile (same boot again; times inflated by the profiler), top {a.top} by own time\n")
+    print(buf.getvalue().strip())
+    return 0 if plain.fate == "exit" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
