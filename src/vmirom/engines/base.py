@@ -110,7 +110,8 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def run_slice(self, timeout_us: int) -> SliceResult:
-        """Run from the current EIP for at most `timeout_us` of wall-clock time (or until stop())."""
+        """Run from the current EIP for at most `timeout_us` of guest time - the CPU time of the
+        calling thread, see `vmirom.machine.clock` - or until stop()."""
 
     @abc.abstractmethod
     def stop(self) -> None:

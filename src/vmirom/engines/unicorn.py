@@ -28,8 +28,9 @@ W13 Stale EIP after a hook wrote EIP: `uc_reg_write(EIP)` inside a hook sets Uni
     code hook (the write must leave the current block) the slice ends right after the write.
 W5  `in`/`out` never check IOPL in Unicorn: the machine checks CPL <= IOPL itself (hook side).
 W6  `ud2` / invalid opcodes arrive at UC_HOOK_INSN_INVALID, not INTR 6; `sysenter` at an INSN hook.
-W7  `emu_start(count=N)` installs an internal per-instruction hook (very slow), so slices are bounded
-    by wall-clock `timeout` only.
+W7  `emu_start(count=N)` installs an internal per-instruction hook (very slow), and `timeout=`
+    starts a thread per slice that polls the wall clock with usleep(2): slices are ended instead by
+    one persistent `SliceTimer` thread on the vCPU thread's CPU time (see vmirom.engines.slicetimer).
 W9  A native `hlt` at ring 0 just ends emu_start (no hook): detected after the slice (see run_slice).
 W8  A Python exception inside a hook must not unwind through C: every hook catches everything, stores
     it, and stops the engine; `run_slice` re-raises it afterwards.
@@ -56,7 +57,6 @@ import ctypes
 import functools
 import mmap
 import struct
-import time
 from collections.abc import Callable
 
 from unicorn import (
@@ -84,6 +84,7 @@ from unicorn import (
 from unicorn import x86_const as X
 
 from vmirom.engines.base import Engine, EngineError, EngineHooks, SliceResult
+from vmirom.engines.slicetimer import SliceTimer
 
 _REGS = {
     "eax": X.UC_X86_REG_EAX,
@@ -350,6 +351,7 @@ class UnicornEngine(Engine):
         self._hooks: EngineHooks | None = None
         self._hook_error: BaseException | None = None
         self._stopped = False
+        self._timer = SliceTimer(self.uc.emu_stop)  # W7
         self._ram_ptr = 0
         self._ram: mmap.mmap | None = None
         self._ram_buf = None
@@ -433,21 +435,22 @@ class UnicornEngine(Engine):
         self._poke_context(clear_exception=True)
         eip = self.uc.reg_read(X.UC_X86_REG_EIP)
         res = SliceResult()
-        t0 = time.monotonic()
         self._running = True
+        self._timer.arm(int(timeout_us) * 1000)  # W7
         try:
-            self.uc.emu_start(eip, _NO_UNTIL, timeout=max(1, int(timeout_us)))  # W7, W11
+            self.uc.emu_start(eip, _NO_UNTIL)  # W11
         except UcError as e:
             res.error = str(e)
         finally:
+            timed_out = self._timer.disarm()
             self._running = False
         if self._hook_error is not None:
             err, self._hook_error = self._hook_error, None
             raise err
         res.stopped = self._stopped
-        if not res.stopped and res.error is None and (time.monotonic() - t0) * 1e6 < 0.9 * timeout_us:
+        if not res.stopped and not timed_out and res.error is None:
             # W9: a native `hlt` (ring 0) silently ends emu_start with EIP after it; no hook exists
-            # for it.  A slice that ended early, by itself, right after an F4 byte, is a halt.
+            # for it.  A slice that ended by itself (no stop, no timer), right after an F4 byte, is a halt.
             res.halted = self._after_hlt()
         return res
 
@@ -584,3 +587,4 @@ class UnicornEngine(Engine):
 
     def close(self) -> None:
         self._hooks = None
+        self._timer.close()

@@ -1,23 +1,42 @@
 """Virtual time.
 
-Guest time runs with the host's monotonic clock while the vCPU runs, and jumps forward while the
-guest halts (the VMM skips idle time to the next timer deadline instead of sleeping), so an idle
-guest does not cost wall-clock time.  All devices read time from here, in nanoseconds.
+Guest time is the CPU time of the thread that runs the vCPU (Unicorn's work plus the VMM's exit
+handling), and it jumps forward while the guest halts (the VMM skips idle time to the next timer
+deadline instead of sleeping), so an idle guest costs no wall-clock time.  All devices read time
+from here, in nanoseconds.
+
+Why CPU time and not the host's wall clock: this VMM runs on shared hosts.  With wall-clock time,
+every moment the VMM process waited for a CPU was guest time in which the PIT's periods went by
+unseen (missed periods collapse into one interrupt), so the guest lost ticks and its clock, its
+scheduling and every benchmark figure depended on what other users were running.  The engine cuts
+its slices by the same clock (`vmirom.engines.slicetimer`).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 
 
 class VirtualClock:
     def __init__(self) -> None:
-        self._t0 = time.monotonic_ns()
+        self._clk: int | None = None
+        self._thread: int | None = None
+        self._base = 0
         self._skipped = 0
+
+    def _cpu_ns(self) -> int:
+        """CPU time of the vCPU thread: the first thread to ask (the one running the VM).  Reads
+        from another thread (rare: tests, tools) see that same thread's clock."""
+        if self._clk is None:
+            self._thread = threading.get_ident()
+            self._clk = time.pthread_getcpuclockid(self._thread)
+            self._base = time.clock_gettime_ns(self._clk)
+        return time.clock_gettime_ns(self._clk) - self._base
 
     def now_ns(self) -> int:
         """Nanoseconds of guest time since power-on."""
-        return time.monotonic_ns() - self._t0 + self._skipped
+        return self._cpu_ns() + self._skipped
 
     def skip_to(self, ns: int) -> None:
         """Advance guest time to `ns` at once (used when the guest halts until a deadline)."""
