@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, ClassVar
 from vmirom.hypervisors.base import Personality
 from vmirom.machine.emulate import (
     CR0_PG,
+    CR4_VALID,
     DEFAULT_HOOKED,
     STRICT_HOOKED,
     GuestControl,
@@ -89,7 +90,10 @@ class FullVirt(Personality):
             self._scanned = True
             eng = self.machine.engine
             # the guest's view starts as the Multiboot entry state the machine set up
-            self.ctl.cr0, self.ctl.cr3, self.ctl.cr4 = eng.reg("cr0"), eng.reg("cr3"), eng.reg("cr4")
+            # (CR4: Unicorn starts with OSFXSR|FSGSBASE|OSXSAVE; the two high ones are reserved on a
+            # 32-bit P6-class CPU, and a guest writing back what it read would take #GP)
+            self.ctl.cr0, self.ctl.cr3 = eng.reg("cr0"), eng.reg("cr3")
+            self.ctl.cr4 = eng.reg("cr4") & CR4_VALID
             self.ctl.gdtr, self.ctl.idtr = tuple(eng.reg("gdtr")), tuple(eng.reg("idtr"))
             self._scan_boot_image()
         if self._pending:

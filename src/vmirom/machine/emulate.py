@@ -39,7 +39,7 @@ from vmirom.machine.faults import GP, NP, UD, GuestFault, VmError
 __all__ = [
     "CpuAccess", "GuestControl", "Decoded", "Operand", "TrapEmulator", "UnsupportedGuestOperation",
     "decode", "scan_code", "SENSITIVE_KINDS", "DEFAULT_HOOKED", "STRICT_HOOKED",
-    "CR0_PE", "CR0_TS", "CR0_ET", "CR0_WP", "CR0_PG", "IF_MASK", "IOPL_MASK",
+    "CR0_PE", "CR0_TS", "CR0_ET", "CR0_WP", "CR0_PG", "CR4_VALID", "IF_MASK", "IOPL_MASK",
 ]
 
 IF_MASK = 0x200
@@ -298,11 +298,13 @@ class TrapStats:
     cache_hits: int = 0
     cache_misses: int = 0
     cache_stale: int = 0              # an address whose bytes changed since it was decoded
-    seconds: float = 0.0
+    seconds: float = 0.0              # time inside handle_gp (the #GP exits only; hooks are not timed)
+    gp_exits: int = 0                 # handle_gp calls (emulated, reflected or retried)
     descriptors_compressed: int = 0
 
     @property
     def traps(self) -> int:
+        """#GP exits plus scanned-site hook calls."""
         return sum(self.by_kind.values())
 
     @property
@@ -315,8 +317,9 @@ class TrapStats:
                 "decode_cache": {"hits": self.cache_hits, "misses": self.cache_misses,
                                  "stale": self.cache_stale, "hit_rate": round(self.hit_rate, 4)},
                 "descriptors_compressed": self.descriptors_compressed,
-                "handler_seconds": round(self.seconds, 6),
-                "us_per_trap": round(self.seconds / self.traps * 1e6, 2) if self.traps else None}
+                "gp_exits": self.gp_exits,
+                "gp_handler_seconds": round(self.seconds, 6),
+                "us_per_gp": round(self.seconds / self.gp_exits * 1e6, 2) if self.gp_exits else None}
 
 
 class TrapEmulator:
@@ -377,6 +380,7 @@ class TrapEmulator:
         """The guest took #GP.  Emulate the instruction if the guest kernel was entitled to it and
         step over it; otherwise raise GuestFault for the machine to deliver.  Returns the kind."""
         t0 = time.perf_counter()
+        self.stats.gp_exits += 1
         try:
             return self._handle_gp()
         finally:
