@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+import vmm_guests
 from vmirom.engines.unicorn import UnicornEngine
 from vmirom.guest.build import BUILD_DIR, build_kernel
 from vmirom.guest.console import parse_events
@@ -143,3 +144,24 @@ def test_fullvirt_selftest(kernel: Path, tmp_path: Path, hv: str) -> None:
     assert summary and summary[-1]["failed"] == 0 and not failed, doc["console"][-3000:]
     assert summary[-1]["passed"] >= 20
     assert (doc["fate"], doc["exit_status"]) == ("exit", 0)
+
+
+# -- a kernel that believes it runs at ring 0 ---------------------------------------------------------------
+CLASSIC_CHECKS = ["cli", "sti", "popf IF=0", "popf IF=1", "iret with an RPL-0 CS", "smsw", "sgdt/sidt", "str",
+                  "mov cr3", "ring 3 -> kernel on ss0:esp0", "user cli is #GP(0)"]
+
+
+@pytest.mark.parametrize("hv", ["bare", "fullvirt", "fullvirt-strict"])
+def test_classic_ring0_kernel(tmp_path: Path, hv: str) -> None:
+    """tests/guests/fullvirt_classic.S never looks at CS: DPL-0 GDT, RPL-0 selectors (mov ss, ljmp,
+    hand-built iret frames), ss0:esp0 only in its TSS.  Each of its checks is a bit of the exit status."""
+    elf = vmm_guests.build("fullvirt_classic", tmp_path)
+    doc = vmirom_run(tmp_path, hv, elf, "")
+    assert doc["fate"] == "exit", doc["message"]
+    failed = [name for bit, name in enumerate(CLASSIC_CHECKS) if doc["exit_status"] >> bit & 1]
+    assert doc["exit_status"] == 0 and not failed, failed
+    assert '"event":"classic","fails":"00000000"' in doc["console"]
+    if hv != "bare":
+        traps = doc["personality"]["fullvirt"]["traps"]["by_kind"]
+        assert traps["hook:popf"] >= 2 and traps["iret"] >= 1 and traps["mov_ss"] >= 1, traps
+        assert doc["personality"]["fullvirt"]["traps"]["descriptors_compressed"] >= 2

@@ -38,7 +38,7 @@ from vmirom.machine.emulate import (
     decode,
     scan_code,
 )
-from vmirom.machine.faults import DF, GP
+from vmirom.machine.faults import DF, GP, GuestFault
 
 if TYPE_CHECKING:
     from vmirom.machine.machine import Machine
@@ -47,6 +47,41 @@ if TYPE_CHECKING:
 #: how many distinct page directories are walked to find the kernel's linear aliases (the kernel
 #: mappings are set up by the first few; every later process shares them)
 ALIAS_WALK_LIMIT = 6
+
+
+class RingStacks(dict):
+    """`machine.kernel_stacks` for a de-privileged kernel: where a user -> kernel transition switches
+    its stack to.  The CPU takes SS:ESP of the *target* ring from the TSS, i.e. ss1:esp1 at ring 1.  A
+    kernel that knows it runs at ring 1 (the reference kernel) fills those; a kernel that believes it
+    is at ring 0 fills only ss0:esp0 and rewrites esp0 with plain stores at every context switch.
+    So, read at delivery time (no shadow TSS to keep in sync): ss1:esp1 when ss1 is a real selector,
+    else ss0:esp0 with the selector's RPL raised to the kernel ring (the descriptor's DPL is
+    compressed like every kernel descriptor).  Explicit entries (set by a personality) win."""
+
+    def __init__(self, machine: Machine, ring: int) -> None:
+        super().__init__()
+        self.machine = machine
+        self.ring = ring
+
+    def get(self, ring, default=None):  # noqa: ANN001, ANN201 - dict.get signature
+        v = super().get(ring)
+        if v is not None or ring != self.ring:
+            return default if v is None else v
+        eng = self.machine.engine
+        sel, base, limit = eng.reg("tr")[:3]
+        if sel & ~3 == 0 or limit < 8 * ring + 11:
+            return default                   # no usable TSS: the delivery code raises #TS itself
+        try:
+            read = self.machine.paging.read
+            esp0, ss0 = struct.unpack("<II", read(base + 4, 8))
+            esp_r, ss_r = struct.unpack("<II", read(base + 4 + 8 * ring, 8))
+        except GuestFault:
+            return default
+        if ss_r & 0xFFFC:
+            return default                   # the kernel filled its own ring's stack: native rule
+        if ss0 & 0xFFFC:
+            return (ss0 & 0xFFFC) | ring, esp0
+        return default
 
 
 class FullVirt(Personality):
@@ -79,6 +114,7 @@ class FullVirt(Personality):
     def attach(self, machine: Machine) -> None:
         super().attach(machine)
         self.emu = TrapEmulator(machine.vcpu, self.ctl)
+        machine.kernel_stacks = RingStacks(machine, self.kernel_ring)
 
     def io_permitted(self, vcpu: VCpu) -> bool:
         """in/out permission.  The kernel runs with IOPL 0 (so cli/sti trap), but its I/O is entitled:
