@@ -56,13 +56,19 @@ def _u32(v: int) -> int:
 
 
 class Vmi(Personality):
-    """VMI 3.0, version 1: every operation is a hypercall (see module docstring)."""
+    """VMI 3.0, version 1: every operation is a hypercall (see module docstring).
+
+    Subclasses (e.g. a third-party plugin) choose their ROM per operation with class attributes only:
+    `rom_manufacturer`, `rom_product`, `rom_version`, `api_minor`, `native_calls` (sites keep the
+    native instruction, which traps at ring 1 and is emulated, or needs no hypervisor), `nop_calls`
+    (sites are removed); every other call this class handles becomes an `int $0x82` stub."""
 
     name = "vmi"
     description = "de-privileging hypervisor, VMI 3.0 ROM, every op a hypercall"
     kernel_ring = 1
     iopl = 0
     hypercall_vector = HYPERCALL_VECTOR
+    rom_manufacturer = "vmirom"
     rom_product = "vmi hypercall ROM"
     rom_version = (1, 0)
     api_minor = 0
@@ -139,7 +145,7 @@ class Vmi(Personality):
             elif c.number in self.dispatch:
                 entries[c.number] = CallEntry.call(STUB)
         return RomSpec(
-            manufacturer="vmirom",
+            manufacturer=self.rom_manufacturer,
             product=self.rom_product,
             rom_version=self.rom_version,
             api_minor=self.api_minor,
