@@ -15,6 +15,10 @@ Exit status of `vmirom run` (the guest's fate):
     6  the guest halted with nothing that could wake it
     7  another VM-level error (wrote to the ROM, touched memory outside RAM, engine error, reboot)
     8  the engine crashed (the child process died)
+
+With no KERNEL argument (or KERNEL = the built reference kernel) the built initrd
+(guest/build/initrd.cpio) is passed as the first Multiboot module, so `vmirom run --cmdline
+init=selftest` just works; `--no-initrd` boots without it.
 """
 
 from __future__ import annotations
@@ -82,6 +86,70 @@ def _binding(console: str) -> dict | None:
     if shut is not None:
         out["shutdown"] = shut
     return out
+
+
+def outcome(console: str) -> dict:
+    """What the guest reported on its console, in a form that must be IDENTICAL on every hypervisor
+    for the same kernel, initrd and command line (no timings, no tick counts that depend on speed):
+    selftest summary, init's exit status, the idle run's tick budget, the shutdown status."""
+    try:
+        from vmirom.guest.console import last_event, parse_events
+    except ImportError:
+        return {"text": "?"}
+    ev = parse_events(console)
+    out: dict = {}
+    parts: list[str] = []
+    st = last_event(ev, "selftest_summary")
+    if st is not None:
+        out["selftest"] = {k: st.get(k) for k in ("passed", "failed", "total")}
+        parts.append(f"checks passed {st.get('passed')}/{st.get('total')}")
+    init = last_event(ev, "init_exit")
+    if init is not None:
+        out["init"] = {"program": init.get("program"), "status": init.get("status")}
+        parts.append(f"{init.get('program')} exited {init.get('status')}")
+    idle = last_event(ev, "idle")
+    if idle is not None and init is None:
+        out["idle_ticks"] = idle.get("ticks")
+        parts.append(f"idled {idle.get('ticks')} ticks")
+    shut = last_event(ev, "shutdown")
+    if shut is not None:
+        out["shutdown_status"] = shut.get("status")
+        parts.append(f"shutdown {shut.get('status')}")
+    exc = last_event(ev, "exception")
+    if exc is not None:
+        out["kernel_exception"] = exc.get("vector")
+        parts.append(f"kernel exception {exc.get('vector')}")
+    out["text"] = ", ".join(parts) or "no result on the console"
+    return out
+
+
+def hypervisor_work(metrics: dict, top: int = 3) -> dict:
+    """How the hypervisor got involved, from the exit counters: hypercalls (by VMI call) and
+    trap-and-emulate work (emulated privileged instructions + hooked sensitive-instruction sites)."""
+    kinds = metrics.get("kinds") or {}
+    detail = metrics.get("detail") or {}
+
+    def by(prefixes: tuple[str, ...]) -> dict[str, int]:
+        d = {k.split(":", 1)[1]: v for k, v in detail.items() if k.split(":", 1)[0] in prefixes}
+        return dict(sorted(d.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    hc, em = by(("hypercall",)), by(("emulate", "site"))
+    work = {
+        "hypercalls": kinds.get("hypercall", 0),
+        "hypercalls_by_call": hc,
+        "trap_and_emulate": kinds.get("emulate", 0) + kinds.get("site", 0),
+        "trap_and_emulate_by_kind": em,
+    }
+    parts = []
+    for label, n, d in (
+        ("hypercalls", work["hypercalls"], hc),
+        ("trap-and-emulate", work["trap_and_emulate"], em),
+    ):
+        if n:
+            tops = ", ".join(f"{k} {v}" for k, v in list(d.items())[:top])
+            parts.append(f"{n} {label} ({tops})" if tops else f"{n} {label}")
+    work["text"] = "; ".join(parts) or "none (privileged instructions run natively)"
+    return work
 
 
 def run_in_process(req: RunRequest) -> dict:
@@ -157,6 +225,9 @@ def run_in_process(req: RunRequest) -> dict:
         "boot_s": round(time.monotonic() - t0 - result.run_time_s, 4),
     }
     out["binding"] = _binding(result.console)
+    out["outcome"] = outcome(result.console)
+    out["hypervisor_work"] = hypervisor_work(result.metrics)
+    out["initrd"] = req.initrd
     machine.close()
     return out
 
@@ -268,7 +339,10 @@ def print_summary(res: dict, console) -> None:
     t.add_row("ROM", f"{rom['product']} API {rom['api']} ROM {rom['rom_version']}" if rom else "none")
     t.add_row("binding", _binding_text(res))
     t.add_row("fate", f"{res.get('fate')}: {res.get('message', '')}")
+    t.add_row("result", (res.get("outcome") or {}).get("text", "-"))
+    t.add_row("hypervisor work", (res.get("hypervisor_work") or {}).get("text", "-"))
     t.add_row("kernel", f"{res.get('kernel')} (sha256 {str(res.get('kernel_sha256', '?'))[:16]}...)")
+    t.add_row("initrd", str(res.get("initrd") or "none"))
     t.add_row("run time", f"{res.get('run_time_s', 0):.3f} s")
     m = res.get("metrics") or {}
     t.add_row("exits", f"{m.get('total_exits', 0)} total")
@@ -291,6 +365,27 @@ def _default_kernel() -> str:
         raise click.ClickException(f"cannot build the reference kernel: {e}") from None
 
 
+def _reference_initrd(kernel: str, explicit: str | None, no_initrd: bool, kernel_given: bool) -> str | None:
+    """The initrd to pass: the explicit one; none with --no-initrd; the built reference initrd when the
+    kernel is the reference kernel (default or named); otherwise none."""
+    if no_initrd:
+        return None
+    if explicit:
+        return explicit
+    try:
+        from vmirom.guest.build import KERNEL_PATH
+        from vmirom.guest.initrd import INITRD_PATH
+    except ImportError:
+        return None
+    if kernel_given:
+        try:
+            if Path(kernel).resolve() != KERNEL_PATH.resolve():
+                return None
+        except OSError:
+            return None
+    return str(INITRD_PATH) if INITRD_PATH.is_file() else None
+
+
 def _write_json(path: str, doc) -> None:
     try:
         Path(path).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
@@ -305,7 +400,12 @@ def _write_json(path: str, doc) -> None:
     "--timeout", "timeout_s", type=float, default=60.0, show_default=True, help="wall-clock budget in seconds"
 )
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the summary as JSON here")
-@click.option("--initrd", type=click.Path(dir_okay=False), help="first Multiboot module (cpio archive)")
+@click.option(
+    "--initrd",
+    type=click.Path(dir_okay=False),
+    help="first Multiboot module (cpio archive); default: the built initrd with the reference kernel",
+)
+@click.option("--no-initrd", is_flag=True, help="boot without an initrd")
 @click.option(
     "--ram", "ram_mb", type=click.IntRange(2, 3072), default=128, show_default=True, help="MiB of RAM"
 )
@@ -317,6 +417,7 @@ def run(
     timeout_s: float,
     json_path: str | None,
     initrd: str | None,
+    no_initrd: bool,
     ram_mb: int,
     quiet: bool,
     kernel: str | None,
@@ -335,7 +436,12 @@ def run(
     if timeout_s <= 0:
         click.echo("Error: --timeout must be positive", err=True)
         sys.exit(EXIT_CODES["refused"])
+    if initrd and no_initrd:
+        click.echo("Error: --initrd and --no-initrd exclude each other", err=True)
+        sys.exit(EXIT_CODES["refused"])
+    given = kernel is not None
     kernel = kernel or _default_kernel()
+    initrd = _reference_initrd(kernel, initrd, no_initrd, given)
     req = RunRequest(hypervisor, kernel, cmdline, timeout_s, initrd, ram_mb, echo=not quiet)
     res = run_isolated(req)
     console = Console(width=max(Console().width, 100))
@@ -349,75 +455,171 @@ def run(
     sys.exit(code)
 
 
+def run_on_qemu(kernel: str, cmdline: str, initrd: str | None, timeout_s: float, digest: str) -> dict:
+    """Boot the same kernel on real QEMU (qemu-system-i386 -kernel) and describe it like a VMM run."""
+    from vmirom.guest.qemu import QemuError, run_kernel
+
+    base = {"hypervisor": "qemu", "kernel": kernel, "cmdline": cmdline, "initrd": initrd}
+    try:
+        q = run_kernel(kernel, cmdline=cmdline, initrd=initrd, timeout=timeout_s)
+    except QemuError as e:
+        return {
+            **base,
+            "fate": "refused",
+            "exit_status": None,
+            "message": str(e),
+            "run_time_s": 0.0,
+            "metrics": {},
+            "console": "",
+        }
+    if q.timed_out:
+        fate, msg = "timeout", f"QEMU did not finish within {timeout_s:g} s"
+    elif q.exit_status is not None:
+        fate, msg = "exit", f"guest exited with status {q.exit_status}"
+    else:
+        fate, msg = "vm_error", f"QEMU stopped with code {q.returncode} (triple fault or crash)"
+    boot = next((e for e in q.events if e.get("event") == "boot"), {})
+    return {
+        **base,
+        "fate": fate,
+        "exit_status": q.exit_status,
+        "message": msg,
+        "run_time_s": round(q.elapsed, 4),
+        "kernel_sha256": digest,
+        "metrics": {},
+        "console": q.console,
+        "personality": {
+            "name": "qemu",
+            "description": "real QEMU (TCG), no ROM",
+            "kernel_ring": boot.get("ring", "?"),
+            "rom": None,
+        },
+        "binding": _binding(q.console),
+        "outcome": outcome(q.console),
+        "hypervisor_work": {"text": "n/a (QEMU: a real PC, no VMM exits counted)"},
+    }
+
+
+def _fate_text(r: dict) -> str:
+    if r.get("fate") == "exit" and r.get("exit_status") == 0:
+        return "exit 0"
+    st = r.get("exit_status")
+    return f"{r.get('fate')} {st if st is not None else ''}".strip()
+
+
 @click.command("demo")
 @click.option(
-    "--cmdline", default="exit_after=50", show_default=True, help="kernel command line for every run"
+    "--cmdline", default="init=selftest", show_default=True, help="kernel command line for every run"
 )
-@click.option("--timeout", "timeout_s", type=float, default=120.0, show_default=True)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=float,
+    default=120.0,
+    show_default=True,
+    help="wall-clock budget per run in seconds",
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write all results as JSON here")
 @click.option("--hypervisor", "-H", "only", multiple=True, help="limit to these personalities")
+@click.option(
+    "--initrd",
+    type=click.Path(dir_okay=False),
+    help="initrd for every run; default: the built initrd with the reference kernel",
+)
+@click.option("--no-initrd", is_flag=True, help="boot without an initrd")
+@click.option(
+    "--qemu/--no-qemu",
+    "with_qemu",
+    default=None,
+    help="also boot on real qemu-system-i386 (default: when it is installed)",
+)
 @click.argument("kernel", required=False, type=click.Path(dir_okay=False))
 def demo(
-    cmdline: str, timeout_s: float, json_path: str | None, only: tuple[str, ...], kernel: str | None
+    cmdline: str,
+    timeout_s: float,
+    json_path: str | None,
+    only: tuple[str, ...],
+    initrd: str | None,
+    no_initrd: bool,
+    with_qemu: bool | None,
+    kernel: str | None,
 ) -> None:
-    """Boot the SAME kernel file on every registered hypervisor personality and compare them side by
-    side: binding, exits by kind, run time."""
+    """Boot the SAME kernel file on every registered hypervisor personality (and on real QEMU when it
+    is installed) and compare them side by side: ROM and binding, the guest's own result (by default
+    the user-space selftest: "checks passed N/N"), run time, and how each hypervisor got involved
+    (no ROM / trap-and-emulate counts / hypercall counts by VMI call).  Exit status 0 when every run
+    exited cleanly with the same console result."""
     from rich.console import Console
     from rich.table import Table
 
-    from vmirom.hypervisors import get, names
+    from vmirom.hypervisors import UnknownHypervisor, get, names
 
-    console = Console(width=max(Console().width, 150))
+    console = Console(width=max(Console().width, 160))
+    if initrd and no_initrd:
+        raise click.UsageError("--initrd and --no-initrd exclude each other")
+    given = kernel is not None
     kernel = kernel or _default_kernel()
+    initrd = _reference_initrd(kernel, initrd, no_initrd, given)
     try:
         digest = hashlib.sha256(Path(kernel).read_bytes()).hexdigest()
     except OSError as e:
         raise click.ClickException(f"cannot read kernel {kernel}: {e.strerror or e}") from None
     selected = list(only) or names()
-    console.print(f"[bold]kernel[/bold] {kernel}  sha256 {digest[:16]}...  cmdline {cmdline!r}")
-    results = []
     for name in selected:
+        if name == "qemu":
+            continue
         try:
             get(name)
-        except KeyError as e:
+        except UnknownHypervisor as e:
             raise click.ClickException(str(e)) from None
+    if with_qemu is None:
+        from vmirom.guest.qemu import qemu_available
+
+        with_qemu = qemu_available() and (not only or "qemu" in only)
+    selected = [n for n in selected if n != "qemu"]
+    console.print(f"[bold]kernel[/bold] {kernel}  sha256 {digest[:16]}...")
+    console.print(f"[bold]initrd[/bold] {initrd or 'none'}  [bold]cmdline[/bold] {cmdline!r}")
+    results = []
+    for name in selected:
         console.print(f"booting on [bold]{name}[/bold] ...")
-        results.append(run_isolated(RunRequest(name, kernel, cmdline, timeout_s, echo=False)))
-    t = Table(title="One kernel binary, every hypervisor personality")
+        results.append(run_isolated(RunRequest(name, kernel, cmdline, timeout_s, initrd, echo=False)))
+    if with_qemu:
+        console.print("booting on [bold]qemu[/bold] (qemu-system-i386) ...")
+        results.append(run_on_qemu(kernel, cmdline, initrd, timeout_s, digest))
+    t = Table(title="One kernel binary, every hypervisor")
     for col, kw in (
         ("hypervisor", {"style": "bold"}),
         ("ring", {}),
         ("ROM", {}),
         ("binding", {}),
         ("fate", {}),
+        ("result", {}),
         ("run time", {"justify": "right"}),
         ("exits", {"justify": "right"}),
-        ("exits by kind", {}),
+        ("hypervisor work", {}),
     ):
         t.add_column(col, **kw)
     for r in results:
         p = r.get("personality") or {}
         rom = p.get("rom")
         m = r.get("metrics") or {}
-        fate = (
-            "exit 0"
-            if r.get("fate") == "exit" and r.get("exit_status") == 0
-            else f"{r.get('fate')} {r.get('exit_status') if r.get('exit_status') is not None else ''}".strip()
-        )
         t.add_row(
             r.get("hypervisor", "?"),
             str(p.get("kernel_ring", "?")),
             f"{rom['product']} {rom['api']}" if rom else "none",
             _binding_text(r),
-            fate,
+            _fate_text(r),
+            (r.get("outcome") or {}).get("text", "-"),
             f"{r.get('run_time_s', 0):.2f} s",
-            str(m.get("total_exits", 0)),
-            _kinds_text(m.get("kinds", {})),
+            str(m.get("total_exits", "-")) if m else "-",
+            (r.get("hypervisor_work") or {}).get("text", "-"),
         )
     console.print(t)
-    same = {r.get("kernel_sha256") for r in results if r.get("kernel_sha256")}
+    same_file = {r.get("kernel_sha256") for r in results} == {digest}
+    texts = {(r.get("outcome") or {}).get("text") for r in results}
     console.print(
-        f"same kernel file on every run: {'yes' if same == {digest} else 'NO'} (sha256 {digest[:16]}...)"
+        f"same kernel file on every run: {'yes' if same_file else 'NO'} (sha256 {digest[:16]}...); "
+        f"same console result everywhere: {'yes' if len(texts) == 1 else 'NO'}"
     )
     if json_path:
         _write_json(
@@ -426,13 +628,15 @@ def demo(
                 "kernel": kernel,
                 "sha256": digest,
                 "cmdline": cmdline,
+                "initrd": initrd,
+                "same_result": len(texts) == 1,
                 "results": [
                     {k: v for k, v in r.items() if k not in ("console", "traceback")} for r in results
                 ],
             },
         )
     bad = [r for r in results if exit_code(r) != 0]
-    if bad:
-        for r in bad:
-            console.print(f"[red]{r.get('hypervisor')}: {r.get('fate')}: {r.get('message')}[/red]")
+    for r in bad:
+        console.print(f"[red]{r.get('hypervisor')}: {r.get('fate')}: {r.get('message')}[/red]")
+    if bad or len(texts) != 1 or not same_file:
         sys.exit(1)
