@@ -68,6 +68,8 @@ class SliceTimer:
     def _ensure_thread(self) -> None:
         # threads do not survive fork(): (re)start in the process that runs the vCPU
         if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+            if self._pid != os.getpid():
+                self._cv = threading.Condition()  # the parent's lock may have been held at fork()
             self._pid = os.getpid()
             self._closed = False
             self._thread = threading.Thread(target=self._run, name="vmirom-slice-timer", daemon=True)
