@@ -126,7 +126,7 @@ def test_fullvirt_boot_twenty_times(kernel: Path, tmp_path: Path) -> None:
     consoles = set()
     for _ in range(20):
         doc = vmirom_run(tmp_path, "fullvirt", kernel, "exit_after=50")
-        assert (doc["fate"], doc["exit_status"]) == ("exit", 0), doc["console"][-2000:]
+        assert (doc["fate"], doc["exit_status"]) == ("exit", 0), (doc["message"], doc["console"][-2000:])
         consoles.add(normalised(doc["console"]))
     assert len(consoles) == 1
 
