@@ -72,6 +72,15 @@ class Personality:
     def hypercall(self, vcpu: VCpu) -> None:
         """Handle a hypercall (registers as the stub left them).  Raise GuestFault to inject a fault."""
 
+    def load_virtual_if(self) -> None:
+        """Called before the machine reads EFLAGS.IF (to deliver an interrupt, halt, or push a frame).
+        A personality that keeps the kernel's interrupt flag outside EFLAGS (e.g. a virtual IF word in
+        memory shared with its ROM) copies it into EFLAGS.IF here.  Default: EFLAGS.IF is the flag."""
+
+    def save_virtual_if(self) -> None:
+        """Called after the machine entered an interrupt/exception handler (which may have cleared
+        EFLAGS.IF): the counterpart of `load_virtual_if`.  Default: nothing."""
+
     def on_exception(self, vcpu: VCpu, vector: int, error_code: int) -> bool:
         """A guest exception before delivery: return True if handled (e.g. an emulated privileged
         instruction), False to deliver it to the guest."""

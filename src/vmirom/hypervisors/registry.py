@@ -20,6 +20,7 @@ _BUILTINS = (
     "vmirom.hypervisors.bare",
     "vmirom.hypervisors.fullvirt",
     "vmirom.hypervisors.vmi",
+    "vmirom.hypervisors.vmi2",
     "vmirom.hypervisors.hwassist",
 )
 _registry: dict[str, type[Personality]] = {}

@@ -64,6 +64,7 @@ class Delivery:
     def _deliver(self, vector: int, err: int | None, *, software: bool, external: bool) -> None:
         m = self.m
         eng = m.engine
+        m.personality.load_virtual_if()  # the frame's IF is the kernel's (possibly virtual) flag
         ext = 1 if external else 0
         idt_base, idt_limit = eng.reg("idtr")
         if vector * 8 + 7 > idt_limit:
@@ -111,6 +112,7 @@ class Delivery:
         eng.set_reg("esp", top)
         eng.set_reg("eflags", new_flags)
         eng.set_reg("eip", offset)
+        m.personality.save_virtual_if()
 
     def _code_dpl(self, sel: int, ext: int) -> int:
         m = self.m

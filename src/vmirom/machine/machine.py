@@ -242,6 +242,7 @@ class Machine:
     def wait_for_interrupt(self) -> bool:
         """The guest halted: skip guest time to the next wake-up.  False (and a fate) if nothing can
         ever wake it."""
+        self.personality.load_virtual_if()
         if not self.engine.reg("eflags") & IF:
             self.stop("halt_dead", "the guest halted with interrupts disabled: nothing can wake it")
             return False
@@ -258,6 +259,7 @@ class Machine:
     def deliver_pending_interrupt(self) -> bool:
         """If the guest's IF is set and the PIC has an interrupt, deliver it now (also called from hooks
         when the guest re-enables interrupts)."""
+        self.personality.load_virtual_if()
         if not self.engine.reg("eflags") & IF or self.pic.pending_vector() is None:
             return False
         vector = self.pic.acknowledge()
@@ -307,6 +309,7 @@ class Machine:
         instruction runs again after the handler's `iret`, exactly as if the interrupt came first.
         """
         eng = self.engine
+        self.personality.load_virtual_if()
         if not eng.reg("eflags") & IF:
             return False
         self.update_timers()
