@@ -119,9 +119,9 @@ def primary_time(platform: str, guest_per_iter: float | None, guest_unit: str | 
                  host_ns_per_iter: float | None) -> tuple[float | None, str | None]:
     """The figure a record is compared by, and where it comes from ("host" or "guest").
 
-    On the VMM the probe's host clock brackets the test window to the nanosecond, and guest time
-    *is* host time there (the virtual clock runs with the host's while the vCPU runs), while the
-    guest's own clock can be as coarse as a timer tick.  On QEMU the host only sees console lines
+    On the VMM the probe's host clock brackets the test window to the nanosecond and sees every
+    cost of the VMM, while the guest's own clock is virtual (the vCPU thread's CPU time) and, without
+    a ROM clock, only as fine as ticks refined by the TSC.  On QEMU the host only sees console lines
     arrive on a pipe (buffered, millisecond-grained), so the guest's clock is the better figure
     (the pseudo tests have no guest figure: host time it is)."""
     if platform == QEMU and guest_per_iter is not None:
