@@ -1,90 +1,96 @@
-"""Ending time slices by the CPU time of the thread that runs the vCPU.
+"""Ending time slices without Unicorn's `timeout=` thread and without the Python GIL.
 
-Why not Unicorn's own `emu_start(timeout=...)`: for every call it creates a thread that polls the
-host's wall clock with `usleep(2)` and is joined at the end of the slice.  On a shared 2-core host
-that thread competes with the emulator for the CPU, a slice ended by a hook still waits for the
-join, and - worse - the guest's time ran with the host's wall clock: while the VMM was descheduled
-by other users' work the PIT's periods went by unseen and collapsed into one tick, so the guest's
-clock (and every benchmark figure computed from it) depended on the load of the host.
+Why not `emu_start(timeout=...)`: for every call Unicorn creates a thread that polls the wall clock
+with `usleep(2)` and joins it at the end of the slice; on a shared 2-core host that poller competes
+with the emulator for the CPU.  Why not a Python thread: it needs the GIL each time it wakes up, and
+when the host is loaded the vCPU thread then waits for that thread to be scheduled (measured:
+hundreds of µs per GIL hand-over, at every slice).
 
-So guest time is the CPU time of the vCPU thread (`vmirom.machine.clock`), and slices are cut by
-one persistent thread that sleeps until the vCPU thread has used its budget of CPU time, then calls
-the engine's stop function.  No polling: it sleeps for the remaining budget (CPU time never runs
-faster than wall time), re-reads the vCPU thread's CPU clock, and sleeps again if needed.
+So a POSIX timer (`timer_create(CLOCK_MONOTONIC, SIGEV_THREAD)`) calls the C function
+`uc_emu_stop(uc)` directly when it expires: no Python, no GIL, no polling, two system calls per
+slice (arm, disarm).  Guest time itself is the vCPU thread's CPU time (`vmirom.machine.clock`);
+CPU time never runs faster than the monotonic clock, so a slice armed for the time left before
+the next guest timer deadline never overshoots it (under host load slices just get shorter).
+A late expiry can at worst end the NEXT slice early, which only costs one more slice.
 """
 
 from __future__ import annotations
 
-import os
-import threading
-import time
-from collections.abc import Callable
+import ctypes
+import ctypes.util
+
+CLOCK_MONOTONIC = 1
+SIGEV_THREAD = 2
 
 
-def thread_cpu_clock() -> int:
-    """The clock id of the calling thread's CPU-time clock (for `time.clock_gettime_ns`)."""
-    return time.pthread_getcpuclockid(threading.get_ident())
+class _Sigevent(ctypes.Structure):
+    """struct sigevent (Linux, 64 bytes): value, signo, notify, then the SIGEV_THREAD function."""
+
+    _fields_ = [
+        ("sigev_value", ctypes.c_void_p),
+        ("sigev_signo", ctypes.c_int),
+        ("sigev_notify", ctypes.c_int),
+        ("sigev_function", ctypes.c_void_p),
+        ("sigev_attributes", ctypes.c_void_p),
+        ("_pad", ctypes.c_int * 8),
+    ]
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    try:
+        libc.timer_create  # noqa: B018 - glibc >= 2.34 has it in libc; older ones in librt
+        return libc
+    except AttributeError:
+        return ctypes.CDLL(ctypes.util.find_library("rt") or "librt.so.1", use_errno=True)
 
 
 class SliceTimer:
-    """Calls `stop()` once the thread that called `arm` has used `budget_ns` of CPU time, unless
-    `disarm` came first.  A stop can never reach a later slice: `disarm` and the firing decision
-    take the same lock."""
+    """One-shot timer that calls the C function `stop_fn(arg)` (`uc_emu_stop(uc)`) after `arm`'s
+    budget, unless `disarm` came first."""
 
-    def __init__(self, stop: Callable[[], None]) -> None:
-        self._stop = stop
-        self._cv = threading.Condition()
-        self._clk: int | None = None
-        self._clk_thread: int | None = None
-        self._deadline: int | None = None
-        self._fired = False
-        self._closed = False
-        self._thread: threading.Thread | None = None
-        self._pid = 0
+    def __init__(self, stop_fn: int, arg: int) -> None:
+        self._lib = _libc()
+        self._lib.timer_create.argtypes = [ctypes.c_int, ctypes.POINTER(_Sigevent), ctypes.c_void_p]
+        self._lib.timer_settime.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_int,
+            ctypes.POINTER(_Itimerspec),
+            ctypes.POINTER(_Itimerspec),
+        ]
+        self._lib.timer_delete.argtypes = [ctypes.c_void_p]
+        ev = _Sigevent()
+        ev.sigev_value = arg
+        ev.sigev_notify = SIGEV_THREAD
+        ev.sigev_function = stop_fn
+        self._timer = ctypes.c_void_p()
+        if self._lib.timer_create(CLOCK_MONOTONIC, ctypes.byref(ev), ctypes.byref(self._timer)) != 0:
+            raise OSError(ctypes.get_errno(), "timer_create failed")
+        self._arm = _Itimerspec()
+        self._off = _Itimerspec()
+        self._old = _Itimerspec()
 
     def arm(self, budget_ns: int) -> None:
-        """Start a slice of `budget_ns` nanoseconds of the calling thread's CPU time."""
-        self._ensure_thread()
-        tid = threading.get_ident()
-        if self._clk_thread != tid:
-            self._clk, self._clk_thread = thread_cpu_clock(), tid
-        with self._cv:
-            self._deadline = time.clock_gettime_ns(self._clk) + max(1, int(budget_ns))
-            self._fired = False
-            self._cv.notify()
+        """Start a slice of at most `budget_ns` nanoseconds."""
+        budget_ns = max(1000, int(budget_ns))
+        self._arm.it_value.tv_sec, self._arm.it_value.tv_nsec = divmod(budget_ns, 1_000_000_000)
+        self._lib.timer_settime(self._timer, 0, ctypes.byref(self._arm), None)
 
     def disarm(self) -> bool:
-        """End the slice; True when the timer had fired (the slice was cut by its budget)."""
-        with self._cv:
-            self._deadline = None
-            return self._fired
+        """End the slice; True when the timer had already expired (the slice was cut by it)."""
+        self._lib.timer_settime(self._timer, 0, ctypes.byref(self._off), ctypes.byref(self._old))
+        left = self._old.it_value
+        return left.tv_sec == 0 and left.tv_nsec == 0
 
     def close(self) -> None:
-        with self._cv:
-            self._closed = True
-            self._cv.notify()
-
-    # -- the timer thread -----------------------------------------------------------------------------
-    def _ensure_thread(self) -> None:
-        # threads do not survive fork(): (re)start in the process that runs the vCPU
-        if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
-            if self._pid != os.getpid():
-                self._cv = threading.Condition()  # the parent's lock may have been held at fork()
-            self._pid = os.getpid()
-            self._closed = False
-            self._thread = threading.Thread(target=self._run, name="vmirom-slice-timer", daemon=True)
-            self._thread.start()
-
-    def _run(self) -> None:
-        with self._cv:
-            while not self._closed:
-                if self._deadline is None:
-                    self._cv.wait()
-                    continue
-                left = self._deadline - time.clock_gettime_ns(self._clk)
-                if left > 0:
-                    self._cv.wait(left / 1e9)
-                    continue
-                self._deadline = None
-                self._fired = True
-                self._stop()
+        if self._timer is not None:
+            self._lib.timer_delete(self._timer)
+            self._timer = None

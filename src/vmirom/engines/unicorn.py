@@ -30,7 +30,7 @@ W5  `in`/`out` never check IOPL in Unicorn: the machine checks CPL <= IOPL itsel
 W6  `ud2` / invalid opcodes arrive at UC_HOOK_INSN_INVALID, not INTR 6; `sysenter` at an INSN hook.
 W7  `emu_start(count=N)` installs an internal per-instruction hook (very slow), and `timeout=`
     starts a thread per slice that polls the wall clock with usleep(2): slices are ended instead by
-    one persistent `SliceTimer` thread on the vCPU thread's CPU time (see vmirom.engines.slicetimer).
+    a POSIX timer whose expiry calls `uc_emu_stop` in C (see vmirom.engines.slicetimer).
 W9  A native `hlt` at ring 0 just ends emu_start (no hook): detected after the slice (see run_slice).
 W8  A Python exception inside a hook must not unwind through C: every hook catches everything, stores
     it, and stops the engine; `run_slice` re-raises it afterwards.
@@ -318,6 +318,14 @@ class _CRegs:
         return read_all
 
 
+def _slice_timer(uc: Uc) -> SliceTimer:
+    """W7: a POSIX timer that calls the library's own `uc_emu_stop(uc)` in C (no GIL needed)."""
+    from unicorn.unicorn_py3.unicorn import uclib  # the binding's loaded library
+
+    lib = ctypes.CDLL(uclib._name)
+    return SliceTimer(ctypes.cast(lib.uc_emu_stop, ctypes.c_void_p).value, uc._uch.value)
+
+
 def _guarded(method):
     """W8: never let a Python exception unwind through Unicorn's C frames."""
 
@@ -351,7 +359,7 @@ class UnicornEngine(Engine):
         self._hooks: EngineHooks | None = None
         self._hook_error: BaseException | None = None
         self._stopped = False
-        self._timer = SliceTimer(self.uc.emu_stop)  # W7
+        self._timer = _slice_timer(self.uc)  # W7
         self._ram_ptr = 0
         self._ram: mmap.mmap | None = None
         self._ram_buf = None
