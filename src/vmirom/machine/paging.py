@@ -31,6 +31,7 @@ class Walk:
     phys: int | None  # physical address, None if not present
     writable: bool = True  # W at every level
     user: bool = True  # U at every level
+    cr0: int = 0  # CR0 at the time of the walk (for the WP check), when paging is on
 
 
 class Paging:
@@ -39,13 +40,19 @@ class Paging:
     def __init__(self, memory: GuestMemory, engine: Engine) -> None:
         self.mem = memory
         self.engine = engine
+        # CR0, CR3, CR4 in one engine call (every hypercall with a pointer walks the page tables)
+        reader = getattr(engine, "reader", None)
+        self._crs = reader(("cr0", "cr3", "cr4")) if reader is not None else None
 
     def walk(self, linear: int) -> Walk:
         linear &= 0xFFFFFFFF
-        cr0 = self.engine.reg("cr0")
+        if self._crs is not None:
+            cr0, cr3, cr4 = self._crs()
+        else:
+            cr0, cr3, cr4 = (self.engine.reg(r) for r in ("cr0", "cr3", "cr4"))
         if not cr0 & CR0_PG:
             return Walk(linear)
-        cr3 = self.engine.reg("cr3") & 0xFFFFF000
+        cr3 &= 0xFFFFF000
         mem = self.mem
         pde_addr = cr3 + ((linear >> 22) << 2)
         if pde_addr + 4 > mem.size:
@@ -53,15 +60,15 @@ class Paging:
         pde = struct.unpack_from("<I", mem.ram, pde_addr)[0]
         if not pde & P:
             return Walk(None)
-        if pde & PS and self.engine.reg("cr4") & CR4_PSE:
-            return Walk((pde & 0xFFC00000) | (linear & 0x3FFFFF), bool(pde & RW), bool(pde & US))
+        if pde & PS and cr4 & CR4_PSE:
+            return Walk((pde & 0xFFC00000) | (linear & 0x3FFFFF), bool(pde & RW), bool(pde & US), cr0)
         pte_addr = (pde & 0xFFFFF000) + (((linear >> 12) & 0x3FF) << 2)
         if pte_addr + 4 > mem.size:
             return Walk(None)
         pte = struct.unpack_from("<I", mem.ram, pte_addr)[0]
         if not pte & P:
             return Walk(None)
-        return Walk((pte & 0xFFFFF000) | (linear & 0xFFF), bool(pde & pte & RW), bool(pde & pte & US))
+        return Walk((pte & 0xFFFFF000) | (linear & 0xFFF), bool(pde & pte & RW), bool(pde & pte & US), cr0)
 
     def error_code(self, linear: int, *, write: bool, user: bool, fetch: bool = False) -> int:
         """The #PF error code the CPU would push for this access (the engine does not expose it)."""
@@ -79,7 +86,7 @@ class Paging:
         ok = w.phys is not None
         if ok and user and not w.user:
             ok = False
-        if ok and write and not w.writable and (user or self.engine.reg("cr0") & CR0_WP):
+        if ok and write and not w.writable and (user or w.cr0 & CR0_WP):
             ok = False
         if not ok:
             err = (
