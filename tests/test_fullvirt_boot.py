@@ -119,6 +119,7 @@ def test_fullvirt_boots_are_identical_and_match_bare(kernel: Path, tmp_path: Pat
             n for k, n in fv["scan"]["sites_found"].items()
             if k in (("popf", "iret", "pushf") if hv.endswith("strict") else ("popf", "iret")))
         assert doc["metrics"]["detail"].get("site:iret", 0) > 0
+        assert int(fv["virtual"]["cr4"], 16) & ~0x7FF == 0    # no reserved CR4 bits in the guest's view
 
 
 @pytest.mark.slow

@@ -140,6 +140,8 @@ def test_cli_sti_toggle_the_virtual_if_and_step():
     assert emu.handle_gp() == "sti"
     assert cpu.regs["eflags"] & IF_MASK and cpu.regs["eip"] == CODE + 2
     assert cpu.counts["emulate:cli"] == 1 and cpu.counts["emulate:sti"] == 1
+    st = emu.stats.as_dict()
+    assert st["gp_exits"] == 2 and st["us_per_gp"] is not None and st["by_kind"] == {"cli": 1, "sti": 1}
 
 
 def test_user_mode_gp_is_reflected_not_emulated():
