@@ -422,17 +422,23 @@ class Vmi2(Vmi):
             return
         if count > BATCH_MAX:
             raise GuestFault(GP, 0)
-        raw = self._memory.read(self.shared + SH_BATCH, 8 * count)
-        live_as = False
-        for ptr, flags in struct.iter_unpack("<II", raw):
+        mem = self._memory
+        words = memoryview(mem.read(self.shared + SH_BATCH, 8 * count)).cast("I")
+        pages: dict[int, int] = {}  # linear page -> physical page: one walk per page-table page
+        live_as = 0
+        for i in range(0, 2 * count, 2):
+            ptr, flags = words[i], words[i + 1]
             if ptr & 3:
                 raise GuestFault(GP, 0)
-            try:
-                phys = self._paging.translate(ptr, write=True, user=False)
-            except GuestFault:
-                raise GuestFault(GP, 0) from None
-            self._check_entry(self._memory.u32(phys))
-            live_as |= bool(flags & abi.PAGE_CURRENT_AS)
+            page = pages.get(ptr >> 12)
+            if page is None:
+                try:
+                    page = self._paging.translate(ptr & ~0xFFF, write=True, user=False)
+                except GuestFault:
+                    raise GuestFault(GP, 0) from None
+                pages[ptr >> 12] = page
+            self._check_entry(mem.u32(page | (ptr & 0xFFF)))
+            live_as |= flags & abi.PAGE_CURRENT_AS
         self.batched += count
         self.batch_flushes += 1
         if live_as:
