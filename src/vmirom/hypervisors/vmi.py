@@ -41,6 +41,36 @@ CR4_ALLOWED = 0x7FF & ~0x3  # no VME/PVI
 CR0_ALLOWED = 0x3F | (1 << 16) | (1 << 18) | (1 << 29) | (1 << 30) | (1 << 31)
 
 
+#: VMI operations grouped the way kernel work is usually discussed (issue 5: "how many CR3 loads, PTE
+#: writes, page-table allocations, interrupt-flag changes ..." per benchmark test).  Keys of the
+#: machine's exit counters are "hypercall:<VMI call name>"; `operation_counts` folds them into these.
+OPERATION_GROUPS: dict[str, tuple[str, ...]] = {
+    "cr3_loads": ("SetCR3",),
+    "pte_writes": ("SetPxE", "SetPxELong", "UpdatePxE", "UpdatePxELong"),
+    "page_table_allocations": ("AllocatePage",),
+    "page_releases": ("ReleasePage",),
+    "tlb_flushes": ("InvalPage", "FlushTLB"),
+    "interrupt_flag_changes": ("DisableInterrupts", "EnableInterrupts", "SetInterruptMask"),
+    "interrupt_flag_reads": ("GetInterruptMask",),
+    "irets": ("IRET", "SYSEXIT"),
+    "kernel_stack_updates": ("UpdateKernelStack",),
+    "cr2_reads": ("GetCR2",),
+    "lazy_mode_changes": ("SetLazyMode",),
+    "halts": ("Halt",),
+    "timer": ("GetCycleCounter", "SetAlarm", "CancelAlarm"),
+}
+
+
+def operation_counts(detail: dict[str, int]) -> dict[str, int]:
+    """Fold exit counters ("hypercall:SetCR3": n, ...) - e.g. a bench test window's `exits_detail` - into
+    OPERATION_GROUPS counts; hypercalls outside every group are summed under "other"."""
+    by_call = {k.split(":", 1)[1]: v for k, v in detail.items() if k.startswith("hypercall:")}
+    out = {g: sum(by_call.get(c, 0) for c in calls) for g, calls in OPERATION_GROUPS.items()}
+    grouped = {c for calls in OPERATION_GROUPS.values() for c in calls}
+    out["other"] = sum(v for c, v in by_call.items() if c not in grouped)
+    return out
+
+
 def handles(name: str):
     """Mark a method as the handler of VMI call `name`."""
 
