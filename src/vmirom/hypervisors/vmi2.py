@@ -33,8 +33,11 @@ binary gets faster because the ROM makes fewer exits.  What changes against `vmi
 Everything the VMM reads from the shared page is untrusted: the virtual-IF word must be 0 or 0x200
 (anything else stops the VM with fate "bad_shared_state", a clean report), the pending word is never
 read (the VMM recomputes it from the PIC), the batch count and records are range-checked.
-`vmi_init` is a hypercall: it initialises the shared page and makes the virtual flag live; until
-then (and for a kernel that refuses the ROM) EFLAGS.IF stays the flag and native cli/sti trap.
+The VMM initialises the shared page before the first guest instruction (flag clear, as EFLAGS.IF is
+at the Multiboot entry) and keeps the word equal to the flag from then on, also while the kernel
+still uses native cli/sti (they trap and are emulated; the emulation writes the word too), so a
+kernel that binds late, or refuses the ROM, sees one consistent flag.  `vmi_init` is the default
+(returns 0, no exit).
 """
 
 from __future__ import annotations
@@ -58,13 +61,11 @@ SHARED_SIZE = SH_BATCH + 8 * BATCH_MAX
 
 #: pseudo call numbers for hypercall sites that are not a call's own (past every real call)
 IRQ_WINDOW = 1000
-INIT = 1001
 #: ROM labels of the `int $0x82` sites and what they mean to the VMM
 _SITE_LABELS = {
     "v2_hc_sti": IRQ_WINDOW,
     "v2_hc_setmask": IRQ_WINDOW,
     "v2_hc_iret": "IRET",
-    "v2_hc_init": INIT,
     "v2_hc_setpxe": "SetPxE",
     "v2_hc_lazy": "SetLazyMode",
     "v2_hc_flush": "FlushDeferred",
@@ -203,7 +204,6 @@ v2_hc_flush:
     "GetCR4": "call 1f\n1:  popl %eax\n movl (V2_CR4 - 1b)(%eax), %eax\n ret",
     "GetCycleFrequency": "movl $1000000000, %eax\n xorl %edx, %edx\n ret",
 }
-_INIT_ASM = "v2_hc_init:\n int $0x82\n ret"
 
 
 class BadSharedState(Exception):
@@ -225,8 +225,7 @@ class Vmi2(Vmi):
     def __init__(self) -> None:
         super().__init__()
         self.dispatch[IRQ_WINDOW] = self.irq_window
-        self.dispatch[INIT] = self.rom_init
-        self.live = False  # the virtual flag is in use (vmi_init ran)
+        self.live = False  # the shared page is initialised (before the first guest instruction)
         self.shared = 0  # guest-physical address of the shared page
         self.batched = 0  # page-table updates that arrived in batches
         self.batch_flushes = 0
@@ -244,7 +243,6 @@ class Vmi2(Vmi):
             spec.entries[num] = entry
         spec.entries[abi.call("SYSEXIT").number] = CallEntry.jump(NORETURN_STUB)
         spec.common_asm = _COMMON
-        spec.init_asm = _INIT_ASM
         spec.data_size = SHARED_SIZE
         return spec
 
@@ -270,7 +268,7 @@ class Vmi2(Vmi):
         call = self._pending_call
         if call >= IRQ_WINDOW:  # a site that is not a VMI call of its own
             self.calls_seen += 1
-            self._metrics.count("hypercall:irq_window" if call == IRQ_WINDOW else "hypercall:vmi_init")
+            self._metrics.count("hypercall:irq_window")
             self.dispatch[call](vcpu)
             return
         super().hypercall(vcpu)
@@ -344,13 +342,13 @@ class Vmi2(Vmi):
         self._u32w(SH_CR2, eng.reg("cr2"))
 
     # -- handlers ---------------------------------------------------------------------------------
-    def rom_init(self, vcpu: VCpu) -> None:
-        """vmi_init: set up the shared page from the CPU's state and make the virtual flag live."""
-        self._memory.write(self.shared, bytes(SHARED_SIZE))
-        self._u32w(SH_VIF, vcpu.get("eflags") & IF)
-        self._publish_crs(vcpu)
-        self.live = True
-        vcpu.set("eax", 0)
+    def before_slice(self) -> None:
+        if not self.live:  # once, before the first guest instruction (the kernel is loaded by now)
+            vcpu = self.machine.vcpu
+            self._memory.write(self.shared, bytes(SHARED_SIZE))
+            self._u32w(SH_VIF, vcpu.get("eflags") & IF)
+            self._publish_crs(vcpu)
+            self.live = True
 
     def irq_window(self, vcpu: VCpu) -> None:
         """The kernel set its flag while an interrupt was held back: deliver it now."""
