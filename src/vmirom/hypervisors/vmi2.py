@@ -56,8 +56,8 @@ SH_LAZY = 0x08  # the lazy mode (ROM-private)
 SH_COUNT = 0x0C  # records in the batch log
 SH_CR0, SH_CR2, SH_CR3, SH_CR4 = 0x10, 0x14, 0x18, 0x1C  # shadows written by the VMM
 SH_BATCH = 0x40  # batch log: {u32 entry pointer, u32 SetPxE flags} records
-BATCH_MAX = 256
-SHARED_SIZE = SH_BATCH + 8 * BATCH_MAX
+SHARED_SIZE = 4096  # one page
+BATCH_MAX = (SHARED_SIZE - SH_BATCH) // 8  # 504 records; a full log is flushed by the next SetPxE
 
 #: pseudo call numbers for hypercall sites that are not a call's own (past every real call)
 IRQ_WINDOW = 1000
