@@ -14,6 +14,19 @@ import struct
 from pathlib import Path
 
 import pytest
+from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_32, Uc
+from unicorn.x86_const import (
+    UC_X86_REG_CS,
+    UC_X86_REG_DS,
+    UC_X86_REG_EAX,
+    UC_X86_REG_EBX,
+    UC_X86_REG_ECX,
+    UC_X86_REG_EDX,
+    UC_X86_REG_EIP,
+    UC_X86_REG_ESP,
+    UC_X86_REG_GDTR,
+    UC_X86_REG_SS,
+)
 
 from vmirom import abi
 from vmirom.guest.build import BUILD_DIR, build_kernel
@@ -228,3 +241,115 @@ def test_selftest_passes_and_vmi2_exits_less(kernel: Path) -> None:
     assert all(v2["detail"].get(f"hypercall:{c}", 0) == 0 for c in IF_CALLS)
     # the user-space work is the same: system calls and page faults
     assert v2["detail"]["softint:0x80"] == pytest.approx(v1["detail"]["softint:0x80"], rel=0.05)
+
+
+# -- the vmi2 stubs on their own (the held-back-interrupt path is rare in real boots) ------------------
+class StubCpu:
+    """The vmi2 ROM at 0xC0000 on a flat ring-0 Unicorn CPU (no VMM): runs one stub, records an
+    `int $0x82` instead of handling it."""
+
+    ROM, STACK, RET = 0xC0000, 0x8000, 0x9000
+
+    def __init__(self) -> None:
+        self.rom = Vmi2().rom_image()
+        self.shared = self.ROM + self.rom.data_offset
+        uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        uc.mem_map(0, 1 << 20)
+        uc.mem_write(self.ROM, self.rom.data)
+        uc.mem_write(0x1000, bytes(8) + bytes.fromhex("ffff0000009acf00ffff00000092cf00"))
+        uc.mem_write(self.RET, b"\xf4")
+        uc.reg_write(UC_X86_REG_GDTR, (0, 0x1000, 23, 0))
+        uc.reg_write(UC_X86_REG_CS, 0x08)
+        uc.reg_write(UC_X86_REG_SS, 0x10)
+        uc.reg_write(UC_X86_REG_DS, 0x10)
+        self.hypercalls: list[int] = []
+        uc.hook_add(UC_HOOK_INTR, self._intr)
+        self.uc = uc
+
+    def _intr(self, uc, intno: int, _user) -> None:
+        self.hypercalls.append(uc.reg_read(UC_X86_REG_EIP) - 2 - self.ROM)
+        uc.emu_stop()
+
+    def word(self, off: int, value: int | None = None) -> int:
+        if value is not None:
+            self.uc.mem_write(self.shared + off, value.to_bytes(4, "little"))
+        return int.from_bytes(self.uc.mem_read(self.shared + off, 4), "little")
+
+    def call(self, name: str, eax: int = 0, edx: int = 0, ecx: int = 0, frame: bytes | None = None) -> dict:
+        uc = self.uc
+        self.hypercalls.clear()
+        esp = self.STACK - 4
+        uc.mem_write(esp, self.RET.to_bytes(4, "little"))
+        if frame is not None:  # IRET is a jump: the frame is on top of the stack
+            esp = self.STACK - len(frame)
+            uc.mem_write(esp, frame)
+        regs = {UC_X86_REG_EAX: eax, UC_X86_REG_EDX: edx, UC_X86_REG_ECX: ecx, UC_X86_REG_EBX: 0xB0B}
+        for r, v in {**regs, UC_X86_REG_ESP: esp}.items():
+            uc.reg_write(r, v)
+        uc.emu_start(self.ROM + self.rom.stub_offset(abi.call(name).number), self.RET, count=200)
+        return {"eip": uc.reg_read(UC_X86_REG_EIP), "eax": uc.reg_read(UC_X86_REG_EAX),
+                "ebx": uc.reg_read(UC_X86_REG_EBX), "esp": uc.reg_read(UC_X86_REG_ESP),
+                "hypercalls": list(self.hypercalls)}
+
+
+def test_vmi2_interrupt_flag_stubs_exit_only_when_an_interrupt_is_pending() -> None:
+    cpu = StubCpu()
+    sym = cpu.rom.symbols
+    cpu.word(SH_VIF, IF := 0x200)
+    r = cpu.call("DisableInterrupts", eax=0x1234)
+    assert (cpu.word(SH_VIF), r["eax"], r["hypercalls"], r["eip"]) == (0, 0x1234, [], cpu.RET)
+    assert cpu.call("GetInterruptMask")["eax"] == 0
+    r = cpu.call("EnableInterrupts", eax=0x1234)
+    assert (cpu.word(SH_VIF), r["eax"], r["hypercalls"], r["eip"]) == (IF, 0x1234, [], cpu.RET)
+    assert cpu.call("GetInterruptMask")["eax"] == IF
+    cpu.word(SH_VIF, 0)
+    cpu.word(SH_PENDING, 1)  # the VMM held an interrupt back
+    assert cpu.call("EnableInterrupts")["hypercalls"] == [sym["v2_hc_sti"]]
+    cpu.word(SH_VIF, 0)
+    assert cpu.call("SetInterruptMask", eax=IF)["hypercalls"] == [sym["v2_hc_setmask"]]
+    r = cpu.call("SetInterruptMask", eax=0)  # disabling never exits and keeps EAX
+    assert (cpu.word(SH_VIF), r["hypercalls"], r["eax"]) == (0, [], 0)
+    cpu.word(SH_PENDING, 0)
+    r = cpu.call("SetInterruptMask", eax=IF | 0x46)
+    assert (cpu.word(SH_VIF), r["hypercalls"], r["eax"]) == (IF, [], IF | 0x46)
+
+
+def test_vmi2_iret_stub_returns_in_the_guest_to_the_kernel_ring() -> None:
+    cpu = StubCpu()
+    sym = cpu.rom.symbols
+    kernel_frame = struct.pack("<III", cpu.RET, 0x08, 0x202)  # this sandbox's kernel runs at ring 0
+    cpu.word(SH_VIF, 0)
+    r = cpu.call("IRET", frame=kernel_frame)
+    assert (r["hypercalls"], r["eip"], cpu.word(SH_VIF)) == ([], cpu.RET, 0x200)
+    r = cpu.call("IRET", frame=struct.pack("<III", cpu.RET, 0x08, 0x2))
+    assert (r["hypercalls"], cpu.word(SH_VIF)) == ([], 0)
+    cpu.word(SH_PENDING, 1)  # enabling with an interrupt held back: the VMM finishes the iret
+    assert cpu.call("IRET", frame=kernel_frame)["hypercalls"] == [sym["v2_hc_iret"]]
+    user_frame = struct.pack("<IIIII", 0x1000, 0x1B, 0x202, 0x2000, 0x23)
+    assert cpu.call("IRET", frame=user_frame)["hypercalls"] == [sym["v2_hc_iret"]]
+
+
+def test_vmi2_setpxe_stub_batches_only_in_lazy_mmu_mode() -> None:
+    cpu = StubCpu()
+    sym = cpu.rom.symbols
+    entry = 0x5000
+    r = cpu.call("SetPxE", eax=0x7003, edx=entry, ecx=abi.PAGE_PT)
+    assert r["hypercalls"] == [sym["v2_hc_setpxe"]] and r["ebx"] == 0xB0B  # not lazy: immediate
+    assert cpu.call("SetLazyMode", eax=abi.LAZY_MMU)["hypercalls"] == []
+    for i in range(3):
+        r = cpu.call("SetPxE", eax=0x7003 + (i << 12), edx=entry + 4 * i, ecx=abi.PAGE_PT | 0x10)
+        assert (r["hypercalls"], r["ebx"], r["eip"]) == ([], 0xB0B, cpu.RET)
+    assert cpu.word(SH_COUNT) == 3
+    assert struct.unpack("<3I", cpu.uc.mem_read(entry, 12)) == (0x7003, 0x8003, 0x9003)  # written in place
+    recs = struct.unpack("<6I", cpu.uc.mem_read(cpu.shared + SH_BATCH, 24))
+    assert recs == (entry, abi.PAGE_PT | 0x10, entry + 4, abi.PAGE_PT | 0x10, entry + 8, abi.PAGE_PT | 0x10)
+    assert cpu.call("SetPxE", eax=1, edx=entry + 2)["hypercalls"] == [sym["v2_hc_setpxe"]]  # misaligned
+    cpu.word(SH_COUNT, BATCH_MAX)  # full (or garbage): the VMM takes it
+    assert cpu.call("SetPxE", eax=1, edx=entry)["hypercalls"] == [sym["v2_hc_setpxe"]]
+    cpu.word(SH_COUNT, 3)
+    assert cpu.call("FlushDeferred")["hypercalls"] == [sym["v2_hc_flush"]]
+    assert cpu.call("SetLazyMode", eax=abi.LAZY_NONE)["hypercalls"] == [sym["v2_hc_lazy"]]
+    cpu.word(SH_COUNT, 0)
+    assert cpu.call("SetLazyMode", eax=abi.LAZY_NONE)["hypercalls"] == []
+    assert cpu.call("FlushDeferred")["hypercalls"] == []
+    assert cpu.call("SetLazyMode", eax=7)["hypercalls"] == [sym["v2_hc_lazy"]]  # bad mode: the VMM's #GP
