@@ -106,7 +106,8 @@ def outcome(console: str) -> dict:
     init = last_event(ev, "init_exit")
     if init is not None:
         out["init"] = {"program": init.get("program"), "status": init.get("status")}
-        parts.append(f"{init.get('program')} exited {init.get('status')}")
+        if st is None or init.get("status") != 0:  # a passing selftest already says it all
+            parts.append(f"{init.get('program')} exited {init.get('status')}")
     idle = last_event(ev, "idle")
     if idle is not None and init is None:
         out["idle_ticks"] = idle.get("ticks")
