@@ -126,7 +126,7 @@ _SCALAR_MASK = {
     n: (0xFFFF if n in _SEG_REGS else 0xFFFFFFFF) for n in _REGS if n not in _TABLE_REGS + _SEL_REGS
 }
 #: registers whose write has no side effect beyond the value (no descriptor load, no TLB/mode change)
-_PLAIN_WRITE = frozenset(("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eip", "eflags"))
+_PLAIN_WRITE = frozenset(("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eip", "eflags", "cr2"))
 _NO_UNTIL = 0  # ignored: the engine runs with an empty exit set (W11); slices end by time or stop()
 
 
@@ -267,6 +267,9 @@ class _CRegs:
         self.read_fn = lib.uc_reg_read
         self.write_fn = lib.uc_reg_write
         self.batch_fn = lib.uc_reg_read_batch
+        self.wbatch_fn = lib.uc_reg_write_batch
+        self.ctx_save = lib.uc_context_save
+        self.ctx_restore = lib.uc_context_restore
         self.uch = ctypes.c_void_p(uc._uch.value)
         self.buf = ctypes.c_uint32()
         self.ref = ctypes.byref(self.buf)
@@ -296,13 +299,24 @@ class _CRegs:
 
     def reader(self, names: tuple[str, ...]) -> Callable[[], tuple[int, ...]]:
         # One slot per register, zeroed once: a selector's slot only ever receives 2 bytes, so its
-        # upper half stays 0 and no mask is needed.  struct.unpack_from reads the array in one step
-        # (iterating a ctypes array costs ~0.5 us per element).
+        # upper half stays 0 and no mask is needed.  struct.unpack_from reads the buffer in one step
+        # (iterating a ctypes array costs ~0.5 us per element).  Table registers (gdtr/idtr, and
+        # tr/ldtr) get a uc_x86_mmr slot of 24 bytes {u16 selector; u64 base; u32 limit; u32 flags}
+        # and give (base, limit), resp. (selector, base, limit, flags), flattened into the tuple.
         n = len(names)
         ids = (ctypes.c_int * n)(*(_REGS[x] for x in names))
-        vals = (ctypes.c_uint32 * n)()
-        ptrs = (ctypes.c_void_p * n)(*(ctypes.addressof(vals) + 4 * i for i in range(n)))
-        unpack = struct.Struct(f"<{n}I").unpack_from
+        fmt, offs, size = "<", [], 0
+        for x in names:
+            offs.append(size)
+            if x in _TABLE_REGS:
+                fmt, size = fmt + "8xQI4x", size + 24
+            elif x in _SEL_REGS:
+                fmt, size = fmt + "H6xQII", size + 24
+            else:
+                fmt, size = fmt + "I", size + 4
+        vals = (ctypes.c_uint8 * max(size, 1))()
+        ptrs = (ctypes.c_void_p * n)(*(ctypes.addressof(vals) + o for o in offs))
+        unpack = struct.Struct(fmt).unpack_from
         fn, uch = self.batch_fn, self.uch
 
         def read_all() -> tuple[int, ...]:
@@ -311,6 +325,23 @@ class _CRegs:
             return unpack(vals)
 
         return read_all
+
+    def writer(self, names: tuple[str, ...]) -> Callable[..., None]:
+        """A function writing the scalar registers `names` (in that order) in one uc_reg_write_batch
+        call.  No W13 handling: callers must not include EIP."""
+        n = len(names)
+        ids = (ctypes.c_int * n)(*(_REGS[x] for x in names))
+        vals = (ctypes.c_uint32 * n)()
+        ptrs = (ctypes.c_void_p * n)(*(ctypes.addressof(vals) + 4 * i for i in range(n)))
+        pack = struct.Struct(f"<{n}I").pack_into
+        fn, uch = self.wbatch_fn, self.uch
+
+        def write_all(*values: int) -> None:
+            pack(vals, 0, *values)
+            if fn(uch, ids, ptrs, n):
+                raise EngineError(f"cannot load {names}={tuple(hex(v) for v in values)}")
+
+        return write_all
 
 
 def _slice_timer(uc: Uc) -> SliceTimer:
@@ -359,6 +390,9 @@ class UnicornEngine(Engine):
         self._ram: mmap.mmap | None = None
         self._ram_buf = None
         self._c = _CRegs.make(self.uc)  # W12
+        self._pctx = self._make_pctx()  # after _ctx and _c
+        self._entered = False  # enter_handler did the INTR hook's W1/W13 context write already
+        self._w_ring = self._w_same = self._w_same_cs = None  # enter_handler's batch writers
 
     # -- setup ------------------------------------------------------------------------------------
     def attach_memory(self, ram: mmap.mmap, size: int, readonly: list[tuple[int, int]]) -> None:
@@ -396,11 +430,12 @@ class UnicornEngine(Engine):
     @_guarded
     def _h_intr(self, uc, intno, _ud):
         self._in_intr = True
+        self._entered = False
         try:
             self._hooks.on_interrupt(intno)
         finally:
             self._in_intr = False
-        if intno < 32 or self._pending_eip is not None:
+        if self._pending_eip is not None or (intno < 32 and not self._entered):
             self._poke_context(clear_exception=intno < 32)  # W1 + W13
 
     @_guarded
@@ -507,13 +542,17 @@ class UnicornEngine(Engine):
             raise EngineError(f"cannot load {name}={value!r}: {e}") from None
 
     def reader(self, names: tuple[str, ...]) -> Callable[[], tuple[int, ...]]:
-        """A function reading the scalar registers `names` in one call (W12)."""
-        if self._c is None or any(n not in _SCALAR_MASK for n in names):
+        """A function reading the registers `names` in one call (W12).  Scalars give one value each;
+        table registers are flattened into the tuple: gdtr/idtr give (base, limit), tr/ldtr give
+        (selector, base, limit, flags) (engines without this support: `reads_tables` is False)."""
+        if self._c is None or any(n not in _REGS for n in names):
             return super().reader(names)
         read_all = self._c.reader(tuple(names))
         if "eip" not in names:
             return read_all
-        i = names.index("eip")
+        i = 0  # EIP's index in the flattened tuple
+        for n in names[: names.index("eip")]:
+            i += 2 if n in _TABLE_REGS else 4 if n in _SEL_REGS else 1
 
         def read_with_pending() -> tuple[int, ...]:  # W13
             vals, p = read_all(), self._pending_eip
@@ -521,18 +560,47 @@ class UnicornEngine(Engine):
 
         return read_with_pending
 
+    @property
+    def reads_tables(self) -> bool:
+        """True when `reader()` accepts table registers (flattened, see reader)."""
+        return self._c is not None
+
     def cpl(self) -> int:
         # In protected mode CPL == CS.RPL (QEMU keeps them equal on every transition, and so do we).
         return self.reg("cs") & 3
 
     def _poke_context(self, *, cpl: int | None = None, clear_exception: bool = False) -> None:
+        p = self._pctx
+        if p is None:
+            self._poke_context_public(cpl=cpl, clear_exception=clear_exception)
+            return
+        # W12 for contexts: direct C save/restore and preset views of the three fields (the binding's
+        # context_update/context_restore and fresh from_address objects cost ~1 us each per exit)
+        save, restore, uch, ctxp, p_eip, p_exc, p_hflags = p
+        if save(uch, ctxp):
+            raise EngineError("uc_context_save failed")
+        if self._pending_eip is not None:  # W13
+            p_eip.value = self._pending_eip
+            self._pending_eip = None
+        if clear_exception:  # W1
+            p_exc.value = 0xFFFFFFFF
+        if cpl is not None:  # W2
+            p_hflags.value = (p_hflags.value & ~3) | cpl
+        if restore(uch, ctxp):
+            raise EngineError("uc_context_restore failed")
+
+    def _context_base(self) -> int:
         ctx = self._ctx
-        self.uc.context_update(ctx)
-        base = (
+        return (
             ctx.context.value
             if hasattr(ctx.context, "value")
             else ctypes.cast(ctx.context, ctypes.c_void_p).value
         )
+
+    def _poke_context_public(self, *, cpl: int | None = None, clear_exception: bool = False) -> None:
+        ctx = self._ctx
+        self.uc.context_update(ctx)
+        base = self._context_base()
         if self._pending_eip is not None:  # W13
             ctypes.c_uint32.from_address(base + self.off_eip).value = self._pending_eip
             self._pending_eip = None
@@ -543,10 +611,76 @@ class UnicornEngine(Engine):
             p.value = (p.value & ~3) | cpl
         self.uc.context_restore(ctx)
 
+    def _make_pctx(self) -> tuple | None:
+        """The direct-C context poke's pieces (None: use the binding)."""
+        c = self._c
+        if c is None:
+            return None
+        try:
+            base = self._context_base()
+            return (
+                c.ctx_save,
+                c.ctx_restore,
+                c.uch,
+                ctypes.c_void_p(base),
+                ctypes.c_uint32.from_address(base + self.off_eip),
+                ctypes.c_uint32.from_address(base + self.off_exc),
+                ctypes.c_uint32.from_address(base + self.off_hflags),
+            )
+        except Exception:  # noqa: BLE001 - unexpected binding internals: the public path
+            return None
+
     def switch_ring(self, cpl: int, cs: int, ss: int) -> None:
         self._poke_context(cpl=cpl, clear_exception=True)
         self.set_reg("ss", ss)
         self.set_reg("cs", cs)
+
+    def enter_handler(
+        self, cpl: int | None, cs: int | None, ss: int, esp: int, eflags: int, eip: int
+    ) -> None:
+        """Enter an interrupt/exception handler in as few engine calls as possible (the machine's
+        IDT delivery, the hottest exit path).  `cpl` is the new CPL for a ring change (then `ss`
+        and `cs` are loaded, their DPL must equal it) or None for the same ring (then `cs`, when
+        not None, is loaded and `ss` is ignored).  Values are 32-bit unsigned.
+
+        Inside the INTR hook, or between slices, a ring change is ONE context round trip (CPL bits of
+        hflags for W2, EIP for W13, old_exception for W1) plus one uc_reg_write_batch (SS, CS, ESP,
+        EFLAGS); a same-ring entry is one batch, its EIP going through the hook's closing context
+        write (W13) as before.  Inside an instruction or code hook (I/O, cpuid, invalid opcode) the
+        EIP write must leave the current translation block, so the general path is taken."""
+        c = self._c
+        if c is None or (self._running and not self._in_intr):
+            if cpl is not None:
+                self.switch_ring(cpl, cs, ss)
+            elif cs is not None:
+                self.set_reg("cs", cs)
+            self.set_reg("esp", esp)
+            self.set_reg("eflags", eflags)
+            self.set_reg("eip", eip)
+            return
+        if cpl is not None:
+            self._pending_eip = eip
+            self._poke_context(cpl=cpl, clear_exception=True)  # consumes _pending_eip
+            self._entered = True  # the INTR hook's closing W1/W13 write is done already
+            if self._w_ring is None:
+                self._w_ring = c.writer(("ss", "cs", "esp", "eflags"))
+            try:
+                self._w_ring(ss, cs, esp, eflags)
+            except EngineError:
+                raise EngineError(f"cannot enter ring {cpl} with cs={cs:#x} ss={ss:#x}") from None
+            return
+        if cs is None:
+            if self._w_same is None:
+                self._w_same = c.writer(("esp", "eflags"))
+            self._w_same(esp, eflags)
+        else:
+            if self._w_same_cs is None:
+                self._w_same_cs = c.writer(("cs", "esp", "eflags"))
+            self._w_same_cs(cs, esp, eflags)
+        if self._in_intr:
+            self._pending_eip = eip  # W13: written with the hook's closing context write
+        else:
+            c.write(_REGS["eip"], eip)
 
     def fault_done(self) -> None:
         self._poke_context(clear_exception=True)

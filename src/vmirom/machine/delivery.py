@@ -23,17 +23,45 @@ if TYPE_CHECKING:
 
 EFLAGS_CLEAR = 0x100 | 0x4000 | 0x10000 | 0x20000  # TF, NT, RF, VM
 IF = 0x200
+M32 = 0xFFFFFFFF
+
+#: everything one delivery needs from the engine, read in ONE batched call where the engine can
+#: (idtr/gdtr give (base, limit), tr gives (selector, base, limit, flags): 16 values)
+_NAMES = ("eip", "eflags", "cs", "ss", "esp", "cr0", "cr3", "cr4", "idtr", "gdtr", "tr")
+_U32x2 = struct.Struct("<II").unpack_from
+#: frames by word count: 3 (same ring), 4 (same ring + error), 5 (ring change), 6 (ring change + error)
+_FRAME = {n: struct.Struct(f"<{n}I") for n in (3, 4, 5, 6)}
 
 
 class Delivery:
+    """The CPU's protected-mode interrupt/exception entry, done in Python for the engine.
+
+    Hot path (every system call, page fault and timer tick goes through here): the registers come
+    from one batched engine read, the IDT gate, the code descriptor and the TSS stack are read from
+    guest RAM with `Paging.phys` (a page walk with the CPU's checks, no allocation), the frame is
+    packed straight into RAM, and the new state goes to the engine in one `enter_handler` call.
+    Nothing is cached between deliveries: the guest may rewrite its IDT, GDT, TSS or page tables
+    at any time (directly, without lidt/lgdt/ltr), and re-reading 3 x 8 bytes through a 2-level
+    walk costs about what validating a cache would.  Any access the fast walk does not clear
+    (fault, page crossing, ROM, outside RAM) is redone by the general `Paging.read/write`, which
+    raises the fault the CPU would raise."""
+
     def __init__(self, machine: Machine) -> None:
         self.m = machine
+        eng = machine.engine
+        self.paging = machine.paging
+        self.ram = machine.memory.ram
+        self._regs = eng.reader(_NAMES) if getattr(eng, "reads_tables", False) else self._regs_generic
+        enter = getattr(eng, "enter_handler", None)
+        self._enter = enter if enter is not None else self._enter_generic
 
     # -- public ------------------------------------------------------------------------------------
     def exception(self, vector: int, error_code: int = 0, cr2: int | None = None) -> None:
-        """Deliver a fault/trap the guest caused (EIP must already be the right return address)."""
+        """Deliver a fault/trap the guest caused (EIP must already be the right return address).
+        `cr2` is written to CR2 first (None: CR2 already holds the right value, e.g. a #PF the
+        engine itself reported)."""
         if cr2 is not None:
-            self.m.engine.set_reg("cr2", cr2 & 0xFFFFFFFF)
+            self.m.engine.set_reg("cr2", cr2 & M32)
         self._with_double_fault(vector, error_code if vector in HAS_ERROR_CODE else None, software=False)
 
     def software(self, vector: int) -> None:
@@ -49,7 +77,7 @@ class Delivery:
         self, vector: int, err: int | None, *, software: bool, external: bool = False
     ) -> None:
         try:
-            self._deliver(vector, err, software=software, external=external)
+            self._deliver(vector, err, software, external)
         except GuestFault as f1:
             if vector == DF:
                 raise TripleFault(f"fault while delivering a double fault ({f1})") from None
@@ -57,90 +85,129 @@ class Delivery:
             if f1.cr2 is not None:
                 self.m.engine.set_reg("cr2", f1.cr2)
             try:
-                self._deliver(DF, 0, software=False, external=False)
+                self._deliver(DF, 0, False, False)
             except GuestFault as f2:
                 raise TripleFault(f"vector {vector} -> {f1} -> double fault -> {f2}") from None
 
-    def _deliver(self, vector: int, err: int | None, *, software: bool, external: bool) -> None:
+    def _deliver(self, vector: int, err: int | None, software: bool, external: bool) -> None:
+        """One delivery.  Raises GuestFault (state untouched) when the CPU would fault on the way;
+        the caller turns that into #DF."""
         m = self.m
-        eng = m.engine
         m.personality.load_virtual_if()  # the frame's IF is the kernel's (possibly virtual) flag
+        (eip, eflags, cs, ss, esp, cr0, cr3, cr4, idt_base, idt_limit, gdt_base, gdt_limit,
+         tr_sel, tr_base, tr_limit, _tr_flags) = self._regs()  # fmt: skip
         ext = 1 if external else 0
-        idt_base, idt_limit = eng.reg("idtr")
         if vector * 8 + 7 > idt_limit:
             raise GuestFault(GP, vector * 8 + 2 + ext)
-        lo, hi = struct.unpack("<II", m.paging.read(idt_base + vector * 8, 8))
+        lo, hi = self._read8(idt_base + vector * 8, cr0, cr3, cr4)
         gtype = (hi >> 8) & 0x1F
-        if gtype not in (0x0E, 0x0F):  # 32-bit interrupt / trap gate only
+        if gtype != 0x0E and gtype != 0x0F:  # 32-bit interrupt / trap gate only
             raise GuestFault(GP, vector * 8 + 2 + ext)
-        gdpl = (hi >> 13) & 3
-        cpl = eng.cpl()
-        if software and gdpl < cpl:
+        cpl = cs & 3
+        if software and (hi >> 13) & 3 < cpl:
             raise GuestFault(GP, vector * 8 + 2)
         if not hi & 0x8000:
             raise GuestFault(NP, vector * 8 + 2 + ext)
-        sel = (lo >> 16) & 0xFFFF
+        sel = lo >> 16
         offset = (hi & 0xFFFF0000) | (lo & 0xFFFF)
-        dpl = self._code_dpl(sel, ext)
+        dpl = self._code_dpl(sel, ext, gdt_base, gdt_limit, cr0, cr3, cr4)
         if dpl > cpl:
             raise GuestFault(GP, (sel & ~3) + ext)
-        eflags = eng.reg("eflags")
-        eip = eng.reg("eip")
-        cs = eng.reg("cs")
         new_flags = eflags & ~EFLAGS_CLEAR
         if gtype == 0x0E:
             new_flags &= ~IF
+        paging = self.paging
         if dpl < cpl:
-            ss_new, esp_new = self._ring_stack(dpl, ext)
-            frame = [eip, cs, eflags, eng.reg("esp"), eng.reg("ss")]
-            if err is not None:
-                frame.insert(0, err)
-            data = struct.pack(f"<{len(frame)}I", *[v & 0xFFFFFFFF for v in frame])
-            top = (esp_new - len(data)) & 0xFFFFFFFF
-            m.paging.write(top, data, user=False)
-            eng.switch_ring(dpl, (sel & ~3) | dpl, ss_new)
-            m.metrics.count("delivery:ring_change")
+            stack = m.kernel_stacks.get(dpl)
+            if stack is None:
+                stack = self._tss_stack(dpl, ext, tr_sel, tr_base, tr_limit, cr0, cr3, cr4)
+            ss_new, esp_new = stack
+            if err is None:
+                n, words = 5, (eip, cs, eflags, esp, ss)
+            else:
+                n, words = 6, (err & M32, eip, cs, eflags, esp, ss)
+            top = (esp_new - 4 * n) & M32
+            phys = paging.phys(top, 4 * n, cr0, cr3, cr4, True, False)
+            if phys < 0:
+                paging.write(top, _FRAME[n].pack(*words), user=False)
+            else:
+                _FRAME[n].pack_into(self.ram, phys, *words)
+            self._enter(dpl, (sel & ~3) | dpl, ss_new & 0xFFFF, top, new_flags, offset)
+            metrics = m.metrics  # Metrics.count("delivery:ring_change") without the string work
+            metrics.kinds["delivery"] += 1
+            metrics.detail["delivery:ring_change"] += 1
         else:
-            frame = [eip, cs, eflags]
-            if err is not None:
-                frame.insert(0, err)
-            data = struct.pack(f"<{len(frame)}I", *[v & 0xFFFFFFFF for v in frame])
-            top = (eng.reg("esp") - len(data)) & 0xFFFFFFFF
-            m.paging.write(top, data, user=cpl == 3)
-            if (sel & ~3) != (cs & ~3):
-                eng.set_reg("cs", (sel & ~3) | cpl)
-        eng.set_reg("esp", top)
-        eng.set_reg("eflags", new_flags)
-        eng.set_reg("eip", offset)
+            if err is None:
+                n, words = 3, (eip, cs, eflags)
+            else:
+                n, words = 4, (err & M32, eip, cs, eflags)
+            top = (esp - 4 * n) & M32
+            user = cpl == 3
+            phys = paging.phys(top, 4 * n, cr0, cr3, cr4, True, user)
+            if phys < 0:
+                paging.write(top, _FRAME[n].pack(*words), user=user)
+            else:
+                _FRAME[n].pack_into(self.ram, phys, *words)
+            self._enter(
+                None, (sel & ~3) | cpl if (sel & ~3) != (cs & ~3) else None, 0, top, new_flags, offset
+            )
         m.personality.save_virtual_if()
 
-    def _code_dpl(self, sel: int, ext: int) -> int:
-        m = self.m
+    def _read8(self, linear: int, cr0: int, cr3: int, cr4: int) -> tuple[int, int]:
+        """Two dwords of a system table (IDT/GDT/TSS: supervisor reads) at a linear address."""
+        linear &= M32
+        phys = self.paging.phys(linear, 8, cr0, cr3, cr4, False, False)
+        if phys < 0:
+            return struct.unpack("<II", self.paging.read(linear, 8))  # raises the right fault
+        return _U32x2(self.ram, phys)
+
+    def _code_dpl(
+        self, sel: int, ext: int, gdt_base: int, gdt_limit: int, cr0: int, cr3: int, cr4: int
+    ) -> int:
         if sel & ~3 == 0:
             raise GuestFault(GP, ext)
         if sel & 4:
             raise GuestFault(GP, (sel & ~3) + ext)  # LDT code selectors: not supported
-        gdt_base, gdt_limit = m.engine.reg("gdtr")
         if (sel & ~7) + 7 > gdt_limit:
             raise GuestFault(GP, (sel & ~3) + ext)
-        _lo, hi = struct.unpack("<II", m.paging.read(gdt_base + (sel & ~7), 8))
+        hi = self._read8(gdt_base + (sel & ~7), cr0, cr3, cr4)[1]
         if not (hi >> 11) & 1 or not (hi >> 12) & 1:  # must be a code segment
             raise GuestFault(GP, (sel & ~3) + ext)
         if not hi & 0x8000:
             raise GuestFault(NP, (sel & ~3) + ext)
         return (hi >> 13) & 3
 
-    def _ring_stack(self, ring: int, ext: int) -> tuple[int, int]:
-        """SS:ESP for `ring` from the TSS (or a personality override, e.g. VMI UpdateKernelStack)."""
-        override = self.m.kernel_stacks.get(ring)
-        if override is not None:
-            return override
-        tr = self.m.engine.reg("tr")
-        sel, base, limit = tr[0], tr[1], tr[2]
+    def _tss_stack(
+        self, ring: int, ext: int, sel: int, base: int, limit: int, cr0: int, cr3: int, cr4: int
+    ) -> tuple[int, int]:
+        """SS:ESP for `ring` from the TSS (when no personality override exists, e.g. VMI
+        UpdateKernelStack)."""
         if sel & ~3 == 0 or limit < 8 * ring + 11:
             raise GuestFault(TS, (sel & ~3) + ext)
-        esp, ss = struct.unpack("<II", self.m.paging.read(base + 4 + 8 * ring, 8))
+        esp, ss = self._read8(base + 4 + 8 * ring, cr0, cr3, cr4)
         return ss & 0xFFFF, esp
+
+    # -- engines without the batched interface -----------------------------------------------------
+    def _regs_generic(self) -> tuple[int, ...]:
+        r = self.m.engine.reg
+        return (
+            *(r(n) for n in _NAMES[:8]),
+            *r("idtr"),
+            *r("gdtr"),
+            *tuple(r("tr"))[:4],
+        )
+
+    def _enter_generic(
+        self, cpl: int | None, cs: int | None, ss: int, esp: int, eflags: int, eip: int
+    ) -> None:
+        eng = self.m.engine
+        if cpl is not None:
+            eng.switch_ring(cpl, cs, ss)
+        elif cs is not None:
+            eng.set_reg("cs", cs)
+        eng.set_reg("esp", esp)
+        eng.set_reg("eflags", eflags)
+        eng.set_reg("eip", eip)
 
 
 def pf_is_write(machine: Machine, eip: int, cr2: int) -> bool:
