@@ -38,14 +38,18 @@ def writes_memory(machine: Machine, eip: int, cr2: int) -> bool:
     if walk.phys is not None and (walk.user or not user) and not walk.writable:
         return True
     code = machine.paging.read_code(eip, 16, user=user)
+    return code_writes(code, cr2, machine.engine.reg("esp"), machine.engine.reg("edi"))
+
+
+def code_writes(code: bytes, cr2: int, esp: int, edi: int) -> bool:
+    """Did the instruction `code` fault at `cr2` on a write?  (The engine does not say; the page walk
+    could not tell.)  A written memory operand, or an implicit stack push near ESP, means write."""
     d = _decode(code)
     if d is None:
         return False
     mnem, _size, has_w, has_r, _regs = d
     if mnem.split()[0] in _PUSHERS:
-        esp = machine.engine.reg("esp")
         return (cr2 & ~0xFFF) in ((esp - 4) & ~0xFFF, (esp - 64) & ~0xFFF, esp & ~0xFFF) or not has_r
     if has_w and has_r and mnem.startswith(("movs", "cmps")):
-        edi = machine.engine.reg("edi")
         return (cr2 & ~0xFFF) == (edi & ~0xFFF)
     return has_w

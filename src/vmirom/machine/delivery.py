@@ -16,7 +16,9 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
+from vmirom.machine.decode import code_writes
 from vmirom.machine.faults import DF, GP, HAS_ERROR_CODE, NP, PF, TS, GuestFault, TripleFault
+from vmirom.machine.paging import PFERR_P, PFERR_U, PFERR_W, RW, US
 
 if TYPE_CHECKING:
     from vmirom.machine.machine import Machine
@@ -28,6 +30,8 @@ M32 = 0xFFFFFFFF
 #: everything one delivery needs from the engine, read in ONE batched call where the engine can
 #: (idtr/gdtr give (base, limit), tr gives (selector, base, limit, flags): 16 values)
 _NAMES = ("eip", "eflags", "cs", "ss", "esp", "cr0", "cr3", "cr4", "idtr", "gdtr", "tr")
+#: what the #PF error code needs (the engine does not give it): CR2, the instruction, the stack
+_PF_NAMES = ("cr2", "eip", "cs", "esp", "edi", "cr0", "cr3", "cr4")
 _U32x2 = struct.Struct("<II").unpack_from
 #: frames by word count: 3 (same ring), 4 (same ring + error), 5 (ring change), 6 (ring change + error)
 _FRAME = {n: struct.Struct(f"<{n}I") for n in (3, 4, 5, 6)}
@@ -52,6 +56,7 @@ class Delivery:
         self.paging = machine.paging
         self.ram = machine.memory.ram
         self._regs = eng.reader(_NAMES) if getattr(eng, "reads_tables", False) else self._regs_generic
+        self._pf_regs = eng.reader(_PF_NAMES)
         enter = getattr(eng, "enter_handler", None)
         self._enter = enter if enter is not None else self._enter_generic
 
@@ -71,6 +76,21 @@ class Delivery:
     def external(self, vector: int) -> None:
         """A hardware interrupt from the PIC (or a hypervisor-injected one)."""
         self._with_double_fault(vector, None, software=False, external=True)
+
+    def page_fault(self) -> tuple[int, int]:
+        """(CR2, error code) of the #PF the engine just reported: one batched register read, one
+        page walk, and (when the walk cannot tell: not present / no access) a decode of the
+        instruction to find out whether it wrote (`pf_is_write`'s rules)."""
+        cr2, eip, cs, esp, edi, cr0, cr3, cr4 = self._pf_regs()
+        user = cs & 3 == 3
+        flags = self.paging.entry(cr2, cr0, cr3, cr4)
+        if flags and (flags & US or not user) and not flags & RW:
+            write = True  # present, reachable and read-only: only a write faults
+        else:
+            phys = self.paging.phys(eip, 16, cr0, cr3, cr4, False, user)
+            code = self.ram[phys : phys + 16] if phys >= 0 else self.paging.read_code(eip, 16, user=user)
+            write = code_writes(code, cr2, esp, edi)
+        return cr2, (PFERR_P if flags else 0) | (PFERR_W if write else 0) | (PFERR_U if user else 0)
 
     # -- the work ----------------------------------------------------------------------------------
     def _with_double_fault(

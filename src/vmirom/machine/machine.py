@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from vmirom.engines.base import EngineError
 from vmirom.machine import loader
 from vmirom.machine.clock import VirtualClock
-from vmirom.machine.delivery import Delivery, pf_is_write
+from vmirom.machine.delivery import Delivery
 from vmirom.machine.devices import DebugExit, PicPair, Pit, PortBus, Uart16550
 from vmirom.machine.faults import BP, GP, OF, PF, UD, GuestFault, TripleFault, VmError
 from vmirom.machine.memory import DEFAULT_RAM, GuestMemory
@@ -34,6 +34,10 @@ from vmirom.machine.vcpu import VCpu
 
 if TYPE_CHECKING:
     from vmirom.hypervisors.base import Personality
+
+#: metrics detail keys of the hot exits, built once (Metrics.count would format and split each time)
+_SOFTINT_KEYS = tuple(f"softint:{v:#x}" for v in range(256))
+_EXCEPTION_KEYS = tuple(f"exception:{v}" for v in range(256))
 
 ROM_BASE = 0xC0000
 BOOT_GDT = 0x800
@@ -270,6 +274,8 @@ class Machine:
 
     # -- engine hooks (EngineHooks) ----------------------------------------------------------------
     def on_interrupt(self, vector: int) -> None:
+        # The hottest exit (every system call, page fault, emulated instruction): metrics keys are
+        # precomputed, the #PF error code comes from one batched read and one walk.
         try:
             p = self.personality
             if vector == p.hypercall_vector and p.is_hypercall(self.vcpu):
@@ -277,19 +283,21 @@ class Machine:
                 return
             if self._irq_first(vector):
                 return
-            if vector >= 32 or vector in (BP, OF):
-                self.metrics.count(f"softint:{vector:#x}")
+            metrics = self.metrics
+            if vector >= 32 or vector == BP or vector == OF:
+                metrics.kinds["softint"] += 1  # Metrics.count("softint:<vector>")
+                metrics.detail[_SOFTINT_KEYS[vector]] += 1
                 self.delivery.software(vector)
                 return
-            err, cr2 = 0, None
+            err = 0
             if vector == PF:
-                cr2 = self.engine.reg("cr2")
-                write = pf_is_write(self, self.engine.reg("eip"), cr2)
-                err = self.paging.error_code(cr2, write=write, user=self.engine.cpl() == 3)
+                # CR2 is already right (read inside this hook): delivery leaves it as it is
+                _cr2, err = self.delivery.page_fault()
             if p.on_exception(self.vcpu, vector, err):
                 return  # handled by the personality (it counts e.g. "emulate:cli")
-            self.metrics.count(f"exception:{vector}")
-            self.delivery.exception(vector, err, cr2)
+            metrics.kinds["exception"] += 1  # Metrics.count("exception:<vector>")
+            metrics.detail[_EXCEPTION_KEYS[vector]] += 1
+            self.delivery.exception(vector, err)
         except GuestFault as f:
             self.metrics.count(f"exception:{f.vector}")
             self.delivery.exception(f.vector, f.error_code, f.cr2)
@@ -313,6 +321,9 @@ class Machine:
         if not eng.reg("eflags") & IF:
             return False
         self.update_timers()
+        master = self.pic.master
+        if not master.irr & ~master.imr:  # nothing can be pending (the cheap test of the usual case)
+            return False
         if self.pic.pending_vector() is None:
             return False
         if vector >= 32 or vector in (BP, OF):

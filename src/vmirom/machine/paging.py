@@ -118,6 +118,28 @@ class Paging:
                     return -1
         return phys
 
+    def entry(self, linear: int, cr0: int, cr3: int, cr4: int) -> int:
+        """The effective P/RW/US bits for `linear` (PDE & PTE; all three with paging off), 0 when not
+        present: what the #PF error code and the write/read decision need, in one walk."""
+        if not cr0 & CR0_PG:
+            return P | RW | US
+        mem = self.mem
+        pde_addr = (cr3 & 0xFFFFF000) + (((linear & 0xFFFFFFFF) >> 22) << 2)
+        if pde_addr + 4 > mem.size:
+            return 0
+        pde = _U32(mem.ram, pde_addr)[0]
+        if not pde & P:
+            return 0
+        if pde & PS and cr4 & CR4_PSE:
+            return pde & (P | RW | US)
+        pte_addr = (pde & 0xFFFFF000) + ((linear >> 10) & 0xFFC)
+        if pte_addr + 4 > mem.size:
+            return 0
+        pte = _U32(mem.ram, pte_addr)[0]
+        if not pte & P:
+            return 0
+        return pde & pte & (P | RW | US)
+
     def error_code(self, linear: int, *, write: bool, user: bool, fetch: bool = False) -> int:
         """The #PF error code the CPU would push for this access (the engine does not expose it)."""
         w = self.walk(linear)
