@@ -391,6 +391,7 @@ class UnicornEngine(Engine):
         self._ram_buf = None
         self._c = _CRegs.make(self.uc)  # W12
         self._pctx = self._make_pctx()  # after _ctx and _c
+        self._table_readers: dict[str, Callable[[], tuple[int, ...]]] = {}  # W12 for gdtr/idtr/tr/ldtr
         self._entered = False  # enter_handler did the INTR hook's W1/W13 context write already
         self._w_ring = self._w_same = self._w_same_cs = None  # enter_handler's batch writers
 
@@ -515,6 +516,11 @@ class UnicornEngine(Engine):
                 if c.read_fn(c.uch, _REGS[name], c.ref):
                     raise EngineError(f"cannot read {name}")
                 return c.buf.value & mask
+            if name in _TABLE_REGS or name in _SEL_REGS:  # W12: one batched read of a uc_x86_mmr
+                r = self._table_readers.get(name)
+                if r is None:
+                    r = self._table_readers[name] = c.reader((name,))
+                return r()
         v = self.uc.reg_read(_REGS[name])
         if name in _TABLE_REGS:
             return (v[1], v[2])

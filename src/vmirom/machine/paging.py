@@ -177,6 +177,11 @@ class Paging:
     def read(self, linear: int, size: int, *, user: bool = False, fetch: bool = False) -> bytes:
         if size < 0 or size > 1 << 24:
             raise GuestFault(GP, 0)
+        if self._crs is not None and size <= 0x1000:  # one page, no fault: the allocation-free walk
+            cr0, cr3, cr4 = self._crs()
+            phys = self.phys(linear & 0xFFFFFFFF, size, cr0, cr3, cr4, False, user)
+            if phys >= 0:
+                return self.mem.ram[phys : phys + size]
         out = bytearray()
         for lin, n in self._chunks(linear, size):
             out += self.mem.read(self.translate(lin, user=user, fetch=fetch), n)
@@ -185,6 +190,12 @@ class Paging:
     def write(self, linear: int, data: bytes, *, user: bool = False) -> None:
         if len(data) > 1 << 24:
             raise GuestFault(GP, 0)
+        if self._crs is not None and len(data) <= 0x1000:  # one page, no fault, not the ROM
+            cr0, cr3, cr4 = self._crs()
+            phys = self.phys(linear & 0xFFFFFFFF, len(data), cr0, cr3, cr4, True, user)
+            if phys >= 0:
+                self.mem.ram[phys : phys + len(data)] = data
+                return
         # translate every page first so a fault leaves memory untouched
         targets = [
             (self.translate(lin, write=True, user=user), n) for lin, n in self._chunks(linear, len(data))
