@@ -8,12 +8,13 @@ The VMM-side counters these records carry are checked against real boots in test
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from vmirom.bench import probe, report, runs, stats
+from vmirom.bench import clock, probe, report, runs, stats
 from vmirom.bench.probe import ConsoleLine, Snapshot
 
 SCHEMA = json.loads(report.SCHEMA_PATH.read_text())
@@ -93,10 +94,86 @@ def test_vmm_record_uses_the_probe_clock_and_per_iteration_exits() -> None:
 
 def test_qemu_record_uses_the_guest_clock_and_has_no_exits() -> None:
     t = runs.Target("qemu", "qemu", "vmi")
-    lines = _window_lines("fork_exit", 20, 5_000_000, 0, 2_000_000, {})
+    lines = _window_lines("fork_exit", 20, 5_000_000, 41_234_567, 43_234_567, {})
     (rec,), _ = runs.records_from_lines(t, 0, lines, ("fork_exit",), host_only=True)
-    assert rec["ns_per_iter"] == 100_000 and rec["time_source"] == "guest"
+    assert rec["ns_per_iter"] == 100_000 and rec["time_source"] == "guest" and rec["unmeasured"] == {}
     assert rec["exits"] is None and rec["exits_per_iter"] == {} and rec["outside_share"] is None
+
+
+# -- figures the guest clock cannot give ------------------------------------------------------------
+TICK = 10_000_000          # ns per tick at the guest's HZ=100
+
+
+@pytest.mark.parametrize("t0, t1, unit, why", [
+    (41_234_567, 41_600_000, "ns", None),                    # TSC-refined readings: fine-grained
+    (39_999_999, 39_999_999, "ns", "did not advance"),       # both saturated in the same tick: "0 ns"
+    (50_000_000, 50_000_000, "ns", "did not advance"),       # unrefined (no TSC rate yet)
+    (40_000_003, 39_000_001, "ns", "did not advance"),       # went backwards
+    (39_999_999, 60_123_456, "ns", "tick-grained"),          # saturated t0, 2 ticks: ±50 %
+    (40_000_000, 70_000_000, "ns", "tick-grained"),          # tick-only readings, 3 ticks
+    (39_999_999, 39_999_999 + 25 * TICK, "ns", None),        # a tick of uncertainty in 25: kept
+    (1_000, 5_000_000, "tsc", "not ns"),                     # no SYS_clock: cycles, not time
+])
+def test_clock_check(t0: int, t1: int, unit: str, why: str | None) -> None:
+    problem = clock.check(clock.Reading(t0, t1, unit), TICK)
+    assert (problem is None) if why is None else (why in (problem or "")), problem
+
+
+def test_tick_comes_from_the_bench_begin_line() -> None:
+    assert clock.tick_ns(100) == TICK and clock.tick_ns(64) == 15_625_000
+    assert clock.tick_ns(None) == clock.tick_ns(0) == clock.tick_ns("x") == TICK
+    begin = line({"event": "bench_begin", "unit": "ns", "scale": 2, "hz": 64}, snap(0), snap(1))
+    # 64 Hz: 39_999_999 is no saturated reading (that would be k * 15_625_000 - 1), 0.4 ms is a figure
+    lines = [begin] + _window_lines("null_syscall", 200, 400_000, 39_999_999, 40_399_999, {})
+    (rec,), _ = runs.records_from_lines(runs.Target("qemu", "qemu", "vmi"), 0, lines, ("null_syscall",),
+                                        host_only=True)
+    assert rec["ns_per_iter"] == 2_000 and rec["unmeasured"] == {}
+
+
+def test_a_zero_guest_time_is_unmeasured_never_zero() -> None:
+    """QEMU's null_syscall at --quick: both readings saturated in one tick, t1 == t0.  The record
+    says so, and the figure stays out of the median, the ratios, the site cost and the geomean."""
+    qemu, native = runs.Target("qemu", "qemu", "vmi"), runs.Target("qemu@native", "qemu", "native")
+    zero = _window_lines("null_syscall", 200, 4_000_000, 39_999_999, 39_999_999, {})
+    (rec,), msgs = runs.records_from_lines(qemu, 0, zero, ("null_syscall",), host_only=True)
+    assert msgs == [] and rec["status"] == "ok" and rec["iterations"] == 200
+    assert rec["ns_per_iter"] is None and rec["time_source"] is None and rec["guest_per_iter"] is None
+    assert rec["guest_total"] == 0                              # the raw reading is kept ...
+    assert "did not advance" in rec["unmeasured"]["ns_per_iter"]  # ... with the reason
+    assert "did not advance" in rec["unmeasured"]["guest_per_iter"]
+    assert report.validate_record(rec) == []
+    # on the VMM the primary figure is the probe's host time: kept; only the guest figure goes
+    vrec = runs.records_from_lines(runs.Target("bare", "bare", "vmi"), 0, zero, ("null_syscall",))[0][0]
+    assert vrec["ns_per_iter"] == 20_000 and vrec["time_source"] == "host"
+    assert vrec["guest_per_iter"] is None and set(vrec["unmeasured"]) == {"guest_per_iter"}
+
+    def measured(target: runs.Target, test: str, ns_per_iter: int) -> dict[str, Any]:
+        w = _window_lines(test, 200, 200 * ns_per_iter, 41_234_567, 41_234_567 + 200 * ns_per_iter, {})
+        return runs.records_from_lines(target, 0, w, (test,), host_only=target.platform == "qemu")[0][0]
+
+    bare = runs.Target("bare", "bare", "vmi")
+    records = [vrec, rec, measured(native, "null_syscall", 1_800)]
+    records += [measured(t, "cpu_loop", ns) for t, ns in ((bare, 60), (qemu, 6), (native, 5))]
+    d = make_doc(records)
+    assert report.validate(d) == []
+    rows = {(r["test"], r["target"]): r for r in d["summary"]}
+    row = rows["null_syscall", "qemu"]
+    assert row["ns_per_iter"] is None and row["ratio"] is None and row["guest_ratio"] is None
+    assert row["n"] == 1 and row["n_unmeasured"] == 1 and "did not advance" in row["unmeasured"]
+    assert rows["null_syscall", "bare"]["guest_ns_per_iter"] is None
+    assert rows["null_syscall", "qemu@native"]["ratio"] == pytest.approx(1_800 / 20_000)
+    site = {(r["test"], r["platform"]): r for r in d["site_cost"]}
+    assert site["null_syscall", "qemu"]["ratio"] is None is site["null_syscall", "qemu"]["guest_ratio"]
+    assert site["cpu_loop", "qemu"]["ratio"] == pytest.approx(6 / 5)
+    md = report.markdown_table(d)
+    assert f"| null_syscall | 20.0 µs<br>0.0 exits | {report.UNMEASURED} | 1.8 µsᵍ ×0.09 |" in md
+    assert "| **geomean ratio** |  | ×0.10 (1/2) | ×0.09 |" in md      # qemu: over cpu_loop only
+    assert not re.search(r"(?<![\d.])0 ns", md) and "×0.00" not in md
+    (note,) = report.unmeasured_notes(d)
+    assert note.startswith("qemu null_syscall: 1 repeat(s) unmeasured: the guest clock did not advance")
+    # a zero slipping through would be caught by the schema
+    bad = dict(rec, ns_per_iter=0.0, time_source="guest")
+    assert any("ns_per_iter" in p for p in report.validate_record(bad))
 
 
 def test_missing_and_failed_tests_become_error_records() -> None:
@@ -159,6 +236,7 @@ def test_no_baseline_no_ratio_and_site_cost_pairs() -> None:
 def test_helpers() -> None:
     assert stats.median([None, 3, 1, None, 2]) == 2 and stats.median([None]) is None
     assert stats.ratio(1, 0) is None and stats.ratio(None, 1) is None and stats.ratio(3, 2) == 1.5
+    assert stats.ratio(0, 5) is None                         # a time of 0 is not a measurement
     assert stats.geomean([2, 8, None, 0]) == pytest.approx(4)
     assert stats.ordered("abacb") == ["a", "b", "c"]
 

@@ -155,6 +155,8 @@ def bench(targets_opt: str | None, tests_opt: str | None, repeat: int | None, sc
                           records=records)
     for table in report.tables(doc):
         console.print(table)
+    for note in report.unmeasured_notes(doc):
+        console.print(f"[yellow]unmeasured:[/] {note}")
     failed = [r for r in records if r["status"] != "ok"]
     if failed:
         shown = {(r["target"], r["test"]): r["error"] for r in failed}

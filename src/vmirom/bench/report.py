@@ -17,7 +17,7 @@ from typing import Any
 from vmirom.bench import stats
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
-SCHEMA_ID = "vmirom-bench/2"
+SCHEMA_ID = "vmirom-bench/3"
 REPO = Path(__file__).resolve().parents[3]
 
 
@@ -152,6 +152,8 @@ def _validate(value: Any, schema: dict[str, Any], root: dict[str, Any], where: s
     if _is(value, "number"):
         if "minimum" in schema and value < schema["minimum"]:
             errs.append(f"{where}: {value} < minimum {schema['minimum']}")
+        if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
+            errs.append(f"{where}: {value} <= exclusive minimum {schema['exclusiveMinimum']}")
         if "maximum" in schema and value > schema["maximum"]:
             errs.append(f"{where}: {value} > maximum {schema['maximum']}")
     if isinstance(value, str) and "minLength" in schema and len(value) < schema["minLength"]:
@@ -200,11 +202,41 @@ def _axes(doc: dict[str, Any]) -> tuple[list[str], list[str]]:
     return stats.ordered(r["test"] for r in rows), stats.ordered(r["target"] for r in rows)
 
 
+#: what a cell shows for a test that ran but whose time could not be measured (summary `unmeasured`)
+UNMEASURED = "<res"
+
+
 def _cell(r: dict[str, Any] | None, baseline: bool) -> str:
     if r is None:
         return "failed"
+    if r["ns_per_iter"] is None and r.get("unmeasured"):
+        return UNMEASURED
     mark = "ᵍ" if r.get("time_source") == "guest" else ""
     return f"{fmt_time(r['ns_per_iter'])}{mark}" + ("" if baseline else f" {fmt_ratio(r['ratio'])}")
+
+
+def _geomean_cell(by: dict[tuple[str, str], dict[str, Any]], tests: list[str], target: str) -> str:
+    """Geomean of a target's ratios; says over how many tests when some have no ratio (failed or
+    unmeasured there, or at the baseline), since such a geomean covers a different set of tests."""
+    if target == stats.BASELINE:
+        return ""
+    ratios = [by[t, target]["ratio"] for t in tests if (t, target) in by]
+    have = [v for v in ratios if v is not None]
+    g = fmt_ratio(stats.geomean(have))
+    return g if len(have) == len(tests) or not have else f"{g} ({len(have)}/{len(tests)})"
+
+
+def unmeasured_notes(doc: dict[str, Any]) -> list[str]:
+    """One line per summary row with records whose time could not be measured, with the reason."""
+    out = []
+    by_row: dict[tuple[str, str], list[str]] = {}
+    for r in doc["records"]:
+        if r.get("status") == "ok" and r.get("ns_per_iter") is None and (r.get("unmeasured") or {}):
+            why = r["unmeasured"].get("ns_per_iter") or next(iter(r["unmeasured"].values()))
+            by_row.setdefault((r["target"], r["test"]), []).append(why)
+    for (target, test), whys in by_row.items():
+        out.append(f"{target} {test}: {len(whys)} repeat(s) unmeasured: {whys[0]}")
+    return out
 
 
 def _kinds(r: dict[str, Any]) -> str:
@@ -229,13 +261,10 @@ def tables(doc: dict[str, Any]) -> list[Any]:
         t1.add_column(tg, justify="right")
     for test in tests:
         t1.add_row(test, *[_cell(by.get((test, tg)), tg == stats.BASELINE) for tg in targets])
-    geo = ["geomean ratio"]
-    for tg in targets:
-        g = stats.geomean(by[t, tg]["ratio"] for t in tests if (t, tg) in by)
-        geo.append("" if tg == stats.BASELINE else fmt_ratio(g))
-    t1.add_row(*geo, style="bold")
+    t1.add_row("geomean ratio", *[_geomean_cell(by, tests, tg) for tg in targets], style="bold")
     t1.caption = ("VMM targets: host time of the test window (probe); ᵍ = the guest's own clock "
-                  "(QEMU, whose console reaches the host buffered)")
+                  f"(QEMU, whose console reaches the host buffered); {UNMEASURED} = ran, but too short "
+                  "for the clock (no figure, no ratio)")
 
     t2 = Table(title="VMM: guest clock per iteration, exits per iteration (top kinds), "
                      "share of wall time outside the guest")
@@ -252,7 +281,8 @@ def tables(doc: dict[str, Any]) -> list[Any]:
                 row.append("failed")
                 continue
             ex, share = r["exits_total_per_iter"], r["outside_share"]
-            row.append(f"guest {fmt_time(r['guest_ns_per_iter'])}"
+            guest = r["guest_ns_per_iter"]
+            row.append(f"guest {UNMEASURED if guest is None else fmt_time(guest)}"
                        + (f"\n{ex:.1f} exits" if ex is not None else "")
                        + (f", {share:.0%} out" if share is not None else "")
                        + (f"\n{_kinds(r)}" if r.get("exits_per_iter") else ""))
@@ -282,10 +312,7 @@ def markdown_table(doc: dict[str, Any]) -> str:
             ex = None if r is None else r["exits_total_per_iter"]
             cells.append(_cell(r, tg == stats.BASELINE) + (f"<br>{ex:.1f} exits" if ex is not None else ""))
         lines.append(f"| {test} | " + " | ".join(cells) + " |")
-    geo = []
-    for tg in targets:
-        g = stats.geomean(by[t, tg]["ratio"] for t in tests if (t, tg) in by)
-        geo.append("" if tg == stats.BASELINE else fmt_ratio(g))
+    geo = [_geomean_cell(by, tests, tg) for tg in targets]
     lines.append("| **geomean ratio** | " + " | ".join(geo) + " |")
     return "\n".join(lines)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vmirom.bench.clock import Reading, check, tick_ns
 from vmirom.bench.probe import ConsoleLine, Delta, Probe, Snapshot, bench_windows
 from vmirom.guest.console import JSON_PREFIX, parse_events
 
@@ -116,37 +117,54 @@ class BootResult:
 
 
 def primary_time(platform: str, guest_per_iter: float | None, guest_unit: str | None,
-                 host_ns_per_iter: float | None) -> tuple[float | None, str | None]:
+                 host_ns_per_iter: float | None, guest_problem: str | None = None,
+                 ) -> tuple[float | None, str | None]:
     """The figure a record is compared by, and where it comes from ("host" or "guest").
 
     On the VMM the probe's host clock brackets the test window to the nanosecond and sees every
     cost of the VMM, while the guest's own clock is virtual (the vCPU thread's CPU time) and, without
     a ROM clock, only as fine as ticks refined by the TSC.  On QEMU the host only sees console lines
     arrive on a pipe (buffered, millisecond-grained), so the guest's clock is the better figure
-    (the pseudo tests have no guest figure: host time it is)."""
+    (the pseudo tests have no guest figure: host time it is).  A guest figure that is not a
+    measurement (`guest_problem`, see clock.check) leaves a QEMU record without a primary figure:
+    the pipe's arrival times are no substitute for it."""
+    if platform == QEMU and guest_problem is not None:
+        return None, None
     if platform == QEMU and guest_per_iter is not None:
         return (guest_per_iter, "guest") if guest_unit == "ns" else (None, None)
     return (host_ns_per_iter, "host") if host_ns_per_iter is not None else (None, None)
 
 
 def _record(target: Target, repeat: int, test: str, iterations: int, *, guest_total: float | None,
-            guest_unit: str | None, delta: Delta | None, host_ns: int | None) -> dict[str, Any]:
+            guest_unit: str | None, delta: Delta | None, host_ns: int | None,
+            guest_problem: str | None = None) -> dict[str, Any]:
+    """One record.  `guest_problem` (clock.check) says why the guest's t1 - t0 is not a time: the
+    raw total is kept, but the per-iteration figure is None, and so is the primary figure on QEMU,
+    with the reason in `unmeasured` (never a 0 that would enter a ratio or a geomean)."""
     it = max(1, iterations)
-    guest_per_iter = guest_total / it if guest_total is not None else None
-    host_per_iter = host_ns / it if host_ns is not None else None
-    ns, source = primary_time(target.platform, guest_per_iter, guest_unit, host_per_iter)
+    unmeasured: dict[str, str] = {}
+    guest_per_iter = guest_total / it if guest_total is not None and guest_problem is None else None
+    if guest_problem is not None:
+        unmeasured["guest_per_iter"] = guest_problem
+    host_per_iter = host_ns / it if host_ns is not None and host_ns > 0 else None
+    if host_ns is not None and host_ns <= 0:
+        unmeasured["host_ns_per_iter"] = f"the host saw a window of {host_ns} ns"
+    ns, source = primary_time(target.platform, guest_per_iter, guest_unit, host_per_iter, guest_problem)
+    if ns is None and unmeasured:
+        unmeasured["ns_per_iter"] = unmeasured.get("guest_per_iter" if target.platform == QEMU
+                                                   else "host_ns_per_iter") or next(iter(unmeasured.values()))
     rec: dict[str, Any] = {
         "test": test, "target": target.name, "platform": target.platform, "kernel": target.kernel,
         "repeat": repeat, "status": "ok", "error": None, "iterations": iterations,
-        "ns_per_iter": ns, "time_source": source,
+        "ns_per_iter": ns, "time_source": source, "unmeasured": unmeasured,
         "guest_total": guest_total, "guest_unit": guest_unit, "guest_per_iter": guest_per_iter,
         "host_ns": host_ns, "host_ns_per_iter": host_per_iter,
         "exits": None, "exits_detail": None, "exits_per_iter": {}, "exits_total_per_iter": None,
-        "slices": None, "handler_ns_per_iter": None, "outside_share": None,
+        "in_guest": None, "slices": None, "handler_ns_per_iter": None, "outside_share": None,
     }
     if delta is not None:
         kinds = {k: v for k, v in delta.kinds.items() if k not in ("slice", "delivery")}
-        rec.update(exits=kinds, exits_detail=delta.detail,
+        rec.update(exits=kinds, exits_detail=delta.detail, in_guest=delta.in_guest,
                    exits_per_iter={k: v / it for k, v in kinds.items()},
                    exits_total_per_iter=sum(kinds.values()) / it, slices=delta.kinds.get("slice", 0),
                    handler_ns_per_iter=delta.handler_ns / it, outside_share=delta.outside_share)
@@ -159,11 +177,17 @@ def error_record(target: Target, repeat: int, test: str, error: str) -> dict[str
     return rec
 
 
-def _guest_figure(ev: dict[str, Any]) -> tuple[float | None, str | None]:
+def _reading(ev: dict[str, Any]) -> Reading | None:
     try:
-        return float(ev["t1"]) - float(ev["t0"]), str(ev.get("unit", "ns"))
+        return Reading(float(ev["t0"]), float(ev["t1"]), str(ev.get("unit", "ns")))
     except (KeyError, TypeError, ValueError):
-        return None, None
+        return None
+
+
+def _tick(lines: list[ConsoleLine]) -> int:
+    """The guest timer's tick in ns, from the bench program's bench_begin line."""
+    begin = next((ln.event for ln in lines if ln.event and ln.event.get("event") == "bench_begin"), None)
+    return tick_ns(begin.get("hz") if begin else None)
 
 
 def records_from_lines(target: Target, repeat: int, lines: list[ConsoleLine], wanted: tuple[str, ...],
@@ -174,13 +198,15 @@ def records_from_lines(target: Target, repeat: int, lines: list[ConsoleLine], wa
     windows, errs = bench_windows(lines)
     recs: list[dict[str, Any]] = []
     seen: set[str] = set()
+    tick = _tick(lines)
     for w in windows:
-        total, unit = _guest_figure(w.result)
+        reading = _reading(w.result)
         n = w.result.get("iterations")
         if not isinstance(n, int) or n <= 0:
             continue
         seen.add(w.test)
-        recs.append(_record(target, repeat, w.test, n, guest_total=total, guest_unit=unit,
+        recs.append(_record(target, repeat, w.test, n, guest_total=reading.total if reading else None,
+                            guest_unit=reading.unit if reading else None, guest_problem=check(reading, tick),
                             delta=None if host_only else w.delta, host_ns=w.delta.wall_ns))
     messages = []
     for e in errs:

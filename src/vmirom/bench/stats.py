@@ -23,8 +23,8 @@ def median(values: Iterable[float | None]) -> float | None:
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
-    """a / b, or None when either is missing or b is not positive."""
-    if a is None or b is None or b <= 0:
+    """a / b, or None when either is missing or not positive (a time of 0 is not a measurement)."""
+    if a is None or b is None or a <= 0 or b <= 0:
         return None
     return a / b
 
@@ -47,6 +47,10 @@ def summarize(records: list[dict[str, Any]], baseline: str = BASELINE) -> list[d
     `ratio` compares the primary figures (`ns_per_iter`: host time on the VMM, the guest's clock on
     QEMU, see runs.primary_time); `guest_ratio` and `host_ratio` compare like with like.
 
+    A record whose primary figure could not be measured (None, reason in its `unmeasured`) takes
+    no part in the median; a row with no measured record has `ns_per_iter` None, no ratio, and
+    the reason in `unmeasured` (`n_unmeasured` counts such records either way).
+
     Exits per iteration are medians per kind; `exits_total_per_iter` is the median of each record's
     total (not the sum of the per-kind medians)."""
     good = _ok(records)
@@ -59,9 +63,14 @@ def summarize(records: list[dict[str, Any]], baseline: str = BASELINE) -> list[d
             if not rs:
                 continue
             kinds = ordered(k for r in rs for k in r.get("exits_per_iter", {}))
+            ns = median(r.get("ns_per_iter") for r in rs)
+            why = [r["unmeasured"]["ns_per_iter"] for r in rs
+                   if r.get("ns_per_iter") is None and "ns_per_iter" in (r.get("unmeasured") or {})]
             med[test, target] = {
                 "test": test, "target": target, "n": len(rs),
-                "ns_per_iter": median(r.get("ns_per_iter") for r in rs),
+                "ns_per_iter": ns,
+                "n_unmeasured": sum(1 for r in rs if r.get("ns_per_iter") is None),
+                "unmeasured": why[0] if ns is None and why else None,
                 "time_source": rs[0].get("time_source"),
                 "guest_unit": rs[0].get("guest_unit"),
                 "guest_ns_per_iter": median(r.get("guest_per_iter") for r in rs
