@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=25, help="functions to list [25]")
     ap.add_argument("--kernel", type=Path, default=None)
     ap.add_argument("--initrd", type=Path, default=None)
-    a = ap.parse_args(argv)
+    a = ap.parse_intermixed_args(argv)   # "vmi -n 100 null_syscall fork_exit", as documented
     from vmirom.guest.build import build_kernel
     from vmirom.guest.initrd import INITRD_PATH
 
