@@ -315,3 +315,27 @@ def test_tables_markdown_and_chart(doc: dict[str, Any], tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     svg = report.plot(doc, tmp_path / "chart.svg")
     assert b"<svg" in svg.read_bytes()[:400]
+
+
+def test_operations_table_folds_hypercalls_and_batched_entries() -> None:
+    """The vmi -> vmi2 table: per iteration, operations that exited (vmi.operation_counts) plus the
+    page-table entries vmi2 wrote in the guest (in_guest), and time relative to vmi."""
+    def window(target: str, ns: int, detail: dict[str, int], in_guest: dict[str, int]) -> dict[str, Any]:
+        kinds = {"hypercall": sum(detail.values()), "softint": 30}
+        delta = probe.Delta(10 * ns, 0, 0, kinds, {f"hypercall:{k}": v for k, v in detail.items()}, in_guest)
+        return runs._record(runs.Target(target, target, "vmi"), 0, "fork_exit", 10, guest_total=None,
+                            guest_unit=None, delta=delta, host_ns=10 * ns)
+
+    v1 = window("vmi", 2_000_000, {"SetPxE": 110, "AllocatePage": 30, "SetCR3": 30, "DisableInterrupts": 20,
+                                   "EnableInterrupts": 5, "IRET": 52}, {})
+    v2 = window("vmi2", 1_000_000, {"SetPxE": 20, "SetCR3": 30, "IRET": 53, "SetLazyMode": 10},
+                {"pte_updates_batched": 90, "batch_flushes": 10})
+    d = make_doc([v1, v2])
+    assert report.validate(d) == []
+    ops = report.operations_per_iter(d["records"], "vmi2", "fork_exit")
+    assert ops["pte_writes"] == 2 and ops["pte_writes_in_guest"] == 9 and ops["cr3_loads"] == 3
+    assert ops["interrupt_flag_changes"] == 0 and ops["hypercalls"] == pytest.approx(11.3)
+    md = report.markdown_operations(d).splitlines()
+    assert md[2] == "| fork_exit | vmi | 27.7 | 24.7 | 3.0 | 11.0 | 3.0 | 2.5 | 5.2 |  |"
+    assert md[3] == "|  | vmi2 | 14.3 | 11.3 | 3.0 | 2.0 + 9.0 in guest | 0.0 | 0.0 | 5.3 | ×0.50 |"
+    assert md[2] in report.markdown_all(d)

@@ -337,6 +337,72 @@ def markdown_exits(doc: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+#: the VMI operations shown per test for the vmi family (vmirom.hypervisors.vmi.OPERATION_GROUPS)
+OPERATIONS = (("cr3_loads", "CR3 loads"), ("pte_writes", "PTE writes"),
+              ("page_table_allocations", "page-table allocations"),
+              ("interrupt_flag_changes", "IF changes"), ("irets", "IRETs"))
+
+
+def operations_per_iter(records: list[dict[str, Any]], target: str, test: str) -> dict[str, float | None]:
+    """Median per iteration over the repeats of `target`'s VMI operations that exited (hypercalls,
+    grouped by vmi.operation_counts), plus `pte_writes_in_guest` (vmi2's batched entries), the
+    hypercall total and the exit total."""
+    from vmirom.hypervisors.vmi import operation_counts
+
+    rows = []
+    for r in records:
+        if r["target"] != target or r["test"] != test or r.get("status") != "ok" or r["exits_detail"] is None:
+            continue
+        it = max(1, r["iterations"])
+        ops = {k: v / it for k, v in operation_counts(r["exits_detail"]).items()}
+        ops["pte_writes_in_guest"] = (r.get("in_guest") or {}).get("pte_updates_batched", 0) / it
+        ops["hypercalls"] = (r["exits"] or {}).get("hypercall", 0) / it
+        ops["exits"] = r["exits_total_per_iter"]
+        rows.append(ops)
+    keys = stats.ordered(k for row in rows for k in row)
+    return {k: stats.median(row.get(k, 0.0) for row in rows) for k in keys}
+
+
+def markdown_operations(doc: dict[str, Any], targets: tuple[str, ...] = ("vmi", "vmi2")) -> str:
+    """Per test, for each target of the vmi family: exits and the VMI operations behind them, per
+    iteration, and time relative to the first target (same kernel binary, newer ROM)."""
+    by = {(r["test"], r["target"]): r for r in doc["summary"]}
+    tests = [t for t in _axes(doc)[0] if all((t, tg) in by for tg in targets)]
+    head = ["test", "target", "exits", "hypercalls", *(label for _, label in OPERATIONS),
+            f"time vs {targets[0]}"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+
+    def num(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f}" if v < 100 else f"{v:.0f}"
+
+    for test in tests:
+        first = by[test, targets[0]]
+        for tg in targets:
+            ops = operations_per_iter(doc["records"], tg, test)
+            cells = [test if tg == targets[0] else "", tg, num(ops.get("exits")), num(ops.get("hypercalls"))]
+            for key, _ in OPERATIONS:
+                v = num(ops.get(key))
+                if key == "pte_writes" and ops.get("pte_writes_in_guest"):
+                    v += f" + {num(ops['pte_writes_in_guest'])} in guest"
+                cells.append(v)
+            rel = stats.ratio(by[test, tg]["ns_per_iter"], first["ns_per_iter"])
+            cells.append("" if tg == targets[0] else fmt_ratio(rel))
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown_all(doc: dict[str, Any]) -> str:
+    """Every Markdown table docs/performance.md shows, from one document."""
+    env = doc["environment"]
+    out = [f"<!-- {doc['command']} | commit {env.get('commit')} dirty={env.get('tree_dirty')} -->",
+           markdown_table(doc), "", markdown_site_cost(doc), "", markdown_exits(doc), "",
+           markdown_operations(doc)]
+    notes = unmeasured_notes(doc)
+    if notes:
+        out += ["", *[f"* unmeasured: {n}" for n in notes]]
+    return "\n".join(out)
+
+
 # -- the chart ------------------------------------------------------------------------------------------
 def plot(doc: dict[str, Any], path: Path) -> Path:
     """Grouped bars: per test, each target's time per iteration relative to bare (log scale)."""
@@ -372,3 +438,9 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+if __name__ == "__main__":      # python -m vmirom.bench.report bench.json: the Markdown tables
+    import sys as _sys
+
+    print(markdown_all(json.loads(Path(_sys.argv[1]).read_text())))
