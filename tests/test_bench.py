@@ -339,3 +339,16 @@ def test_operations_table_folds_hypercalls_and_batched_entries() -> None:
     assert md[2] == "| fork_exit | vmi | 27.7 | 24.7 | 3.0 | 11.0 | 3.0 | 2.5 | 5.2 |  |"
     assert md[3] == "|  | vmi2 | 14.3 | 11.3 | 3.0 | 2.0 + 9.0 in guest | 0.0 | 0.0 | 5.3 | ×0.50 |"
     assert md[2] in report.markdown_all(d)
+
+
+def test_time_split_of_a_window() -> None:
+    """Window time = guest code + exit handlers + the rest, per iteration, from the probe's figures."""
+    delta = probe.Delta(1_000_000, 600_000, 300_000, {"softint": 30}, {"softint:0x80": 30})
+    r = runs._record(runs.Target("bare", "bare", "vmi"), 0, "null_syscall", 10, guest_total=None,
+                     guest_unit=None, delta=delta, host_ns=1_000_000)
+    d = make_doc([r])
+    sp = report.time_split(d["records"], "bare", "null_syscall")
+    assert sp == pytest.approx({"total": 100_000, "guest": 60_000, "handler": 30_000, "rest": 10_000,
+                                "exits": 3.0, "per_exit": 10_000})
+    assert "| null_syscall | bare | 100.0 µs | 60.0 µs | 30.0 µs | 10.0 µs | 3.0 | 10.0 µs |" in \
+        report.markdown_split(d)

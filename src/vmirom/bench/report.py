@@ -391,12 +391,55 @@ def markdown_operations(doc: dict[str, Any], targets: tuple[str, ...] = ("vmi", 
     return "\n".join(lines)
 
 
+def time_split(records: list[dict[str, Any]], target: str, test: str) -> dict[str, float | None]:
+    """Medians per iteration of where a VMM target's window time went: running guest code (inside
+    Unicorn, translation included), in Python exit handlers, and the rest (run loop, timers,
+    slice ends); with the exits and the handler time per exit."""
+    rows = []
+    for r in records:
+        if (r["target"] != target or r["test"] != test or r.get("status") != "ok"
+                or r.get("host_ns_per_iter") is None or r.get("outside_share") is None
+                or r.get("handler_ns_per_iter") is None):
+            continue
+        total, handler = r["host_ns_per_iter"], r["handler_ns_per_iter"]
+        guest = total * (1 - r["outside_share"])
+        exits = r["exits_total_per_iter"] or 0.0
+        rows.append({"total": total, "guest": guest, "handler": handler,
+                     "rest": max(0.0, total - guest - handler), "exits": exits,
+                     "per_exit": handler / exits if exits else None})
+    keys = ("total", "guest", "handler", "rest", "exits", "per_exit")
+    return {k: stats.median(row[k] for row in rows) for k in keys}
+
+
+def markdown_split(doc: dict[str, Any], tests: tuple[str, ...] = ("null_syscall", "pipe_latency", "fork_exit",
+                                                                 "fork_exec", "page_fault", "build"),
+                   targets: tuple[str, ...] = ("bare", "fullvirt", "vmi", "vmi2", "hwassist")) -> str:
+    """Per test and VMM target: time per iteration split into guest code / exit handlers / the rest."""
+    present = {(r["test"], r["target"]) for r in doc["summary"]}
+    lines = ["| test | target | time | in guest code | in exit handlers | rest | exits "
+             "| handler time per exit |", "|---|---|---|---|---|---|---|---|"]
+    for test in tests:
+        first = True
+        for tg in targets:
+            if (test, tg) not in present:
+                continue
+            sp = time_split(doc["records"], tg, test)
+            if sp["total"] is None:
+                continue
+            ex = sp["exits"]
+            lines.append(f"| {test if first else ''} | {tg} | {fmt_time(sp['total'])} | "
+                         f"{fmt_time(sp['guest'])} | {fmt_time(sp['handler'])} | {fmt_time(sp['rest'])} | "
+                         f"{'-' if ex is None else f'{ex:.1f}'} | {fmt_time(sp['per_exit'])} |")
+            first = False
+    return "\n".join(lines)
+
+
 def markdown_all(doc: dict[str, Any]) -> str:
     """Every Markdown table docs/performance.md shows, from one document."""
     env = doc["environment"]
     out = [f"<!-- {doc['command']} | commit {env.get('commit')} dirty={env.get('tree_dirty')} -->",
            markdown_table(doc), "", markdown_site_cost(doc), "", markdown_exits(doc), "",
-           markdown_operations(doc)]
+           markdown_operations(doc), "", markdown_split(doc)]
     notes = unmeasured_notes(doc)
     if notes:
         out += ["", *[f"* unmeasured: {n}" for n in notes]]
