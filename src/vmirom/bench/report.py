@@ -434,12 +434,43 @@ def markdown_split(doc: dict[str, Any], tests: tuple[str, ...] = ("null_syscall"
     return "\n".join(lines)
 
 
+#: exit hooks of the probe's handler profile, as the docs name them
+HOOKS = (("int:0x80", "int $0x80 delivery"), ("int:0xe", "#PF delivery"), ("hypercall", "hypercall"),
+         ("int:0xd", "#GP (trap-and-emulate)"), ("code_hook", "site hook (popf, iret)"), ("io", "port I/O"))
+
+
+def markdown_handlers(doc: dict[str, Any]) -> str:
+    """Per VMM target, over its benchmark boots (not the pseudo-test boots): mean host time per call
+    of each exit hook, and its share of all handler time."""
+    acc: dict[str, dict[str, list[float]]] = {}
+    for b in doc["boots"]:
+        prof = b.get("handler_profile") or {}
+        if not prof or "exit_after" in b.get("cmdline", ""):
+            continue
+        t = acc.setdefault(b["target"], {})
+        for hook, v in prof.items():
+            if hook.startswith("_"):
+                continue
+            row = t.setdefault(hook, [0.0, 0.0])
+            row[0] += v["calls"]
+            row[1] += v["ns"]
+    lines = ["| target | " + " | ".join(label for _, label in HOOKS) + " |", "|---" * (len(HOOKS) + 1) + "|"]
+    for target, hooks in acc.items():
+        spent = sum(ns for _, ns in hooks.values()) or 1.0
+        cells = []
+        for key, _ in HOOKS:
+            calls, ns = hooks.get(key, (0.0, 0.0))
+            cells.append("-" if not calls else f"{fmt_time(ns / calls)} ({ns / spent:.0%})")
+        lines.append(f"| {target} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def markdown_all(doc: dict[str, Any]) -> str:
     """Every Markdown table docs/performance.md shows, from one document."""
     env = doc["environment"]
     out = [f"<!-- {doc['command']} | commit {env.get('commit')} dirty={env.get('tree_dirty')} -->",
            markdown_table(doc), "", markdown_site_cost(doc), "", markdown_exits(doc), "",
-           markdown_operations(doc), "", markdown_split(doc)]
+           markdown_operations(doc), "", markdown_split(doc), "", markdown_handlers(doc)]
     notes = unmeasured_notes(doc)
     if notes:
         out += ["", *[f"* unmeasured: {n}" for n in notes]]
