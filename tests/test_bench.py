@@ -153,9 +153,17 @@ def test_a_zero_guest_time_is_unmeasured_never_zero() -> None:
 
     bare = runs.Target("bare", "bare", "vmi")
     records = [vrec, rec, measured(native, "null_syscall", 1_800)]
+    # the unmeasured repeat comes first: the row's time source is the measured repeat's
+    records += [dict(rec, repeat=1), measured(native, "null_syscall", 1_800) | {"repeat": 1},
+                measured(qemu, "null_syscall", 2_000) | {"repeat": 1}]
     records += [measured(t, "cpu_loop", ns) for t, ns in ((bare, 60), (qemu, 6), (native, 5))]
     d = make_doc(records)
     assert report.validate(d) == []
+    rows = {(r["test"], r["target"]): r for r in d["summary"]}
+    row = rows["null_syscall", "qemu"]
+    assert row["ns_per_iter"] == 2_000 and row["time_source"] == "guest" and row["unmeasured"] is None
+    assert row["n"] == 3 and row["n_unmeasured"] == 2         # the median of the one measured repeat
+    d = make_doc([r for r in records if r["repeat"] == 0])
     rows = {(r["test"], r["target"]): r for r in d["summary"]}
     row = rows["null_syscall", "qemu"]
     assert row["ns_per_iter"] is None and row["ratio"] is None and row["guest_ratio"] is None

@@ -71,7 +71,8 @@ def summarize(records: list[dict[str, Any]], baseline: str = BASELINE) -> list[d
                 "ns_per_iter": ns,
                 "n_unmeasured": sum(1 for r in rs if r.get("ns_per_iter") is None),
                 "unmeasured": why[0] if ns is None and why else None,
-                "time_source": rs[0].get("time_source"),
+                # from a measured record (an unmeasured one has none)
+                "time_source": next((r["time_source"] for r in rs if r.get("time_source")), None),
                 "guest_unit": rs[0].get("guest_unit"),
                 "guest_ns_per_iter": median(r.get("guest_per_iter") for r in rs
                                             if r.get("guest_unit") == "ns"),
