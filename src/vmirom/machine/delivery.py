@@ -32,7 +32,6 @@ M32 = 0xFFFFFFFF
 _NAMES = ("eip", "eflags", "cs", "ss", "esp", "cr0", "cr3", "cr4", "idtr", "gdtr", "tr")
 #: what the #PF error code needs (the engine does not give it): CR2, the instruction, the stack
 _PF_NAMES = ("cr2", "eip", "cs", "esp", "edi", "cr0", "cr3", "cr4")
-_U32x2 = struct.Struct("<II").unpack_from
 #: frames by word count: 3 (same ring), 4 (same ring + error), 5 (ring change), 6 (ring change + error)
 _FRAME = {n: struct.Struct(f"<{n}I") for n in (3, 4, 5, 6)}
 
@@ -119,7 +118,8 @@ class Delivery:
         ext = 1 if external else 0
         if vector * 8 + 7 > idt_limit:
             raise GuestFault(GP, vector * 8 + 2 + ext)
-        lo, hi = self._read8(idt_base + vector * 8, cr0, cr3, cr4)
+        lohi = self.paging.sys_u32x2(idt_base + vector * 8, cr0, cr3, cr4)
+        lo, hi = lohi if lohi is not None else self._read8(idt_base + vector * 8, cr0, cr3, cr4)
         gtype = (hi >> 8) & 0x1F
         if gtype != 0x0E and gtype != 0x0F:  # 32-bit interrupt / trap gate only
             raise GuestFault(GP, vector * 8 + 2 + ext)
@@ -175,11 +175,10 @@ class Delivery:
 
     def _read8(self, linear: int, cr0: int, cr3: int, cr4: int) -> tuple[int, int]:
         """Two dwords of a system table (IDT/GDT/TSS: supervisor reads) at a linear address."""
-        linear &= M32
-        phys = self.paging.phys(linear, 8, cr0, cr3, cr4, False, False)
-        if phys < 0:
-            return struct.unpack("<II", self.paging.read(linear, 8))  # raises the right fault
-        return _U32x2(self.ram, phys)
+        v = self.paging.sys_u32x2(linear, cr0, cr3, cr4)
+        if v is None:
+            return struct.unpack("<II", self.paging.read(linear & M32, 8))  # raises the right fault
+        return v
 
     def _code_dpl(
         self, sel: int, ext: int, gdt_base: int, gdt_limit: int, cr0: int, cr3: int, cr4: int

@@ -25,6 +25,7 @@ PFERR_P, PFERR_W, PFERR_U, PFERR_I = 1, 2, 4, 16
 
 
 _U32 = struct.Struct("<I").unpack_from
+_U32x2 = struct.Struct("<II").unpack_from
 
 
 @dataclass(slots=True)
@@ -117,6 +118,30 @@ class Paging:
                 if phys < e and phys + size > s:
                     return -1
         return phys
+
+    def sys_u32x2(self, linear: int, cr0: int, cr3: int, cr4: int) -> tuple[int, int] | None:
+        """Two dwords at `linear` read the way the CPU reads its system tables (IDT gate, GDT
+        descriptor, TSS stack pointer: supervisor access), walk and read in one call for interrupt
+        delivery; None when the read would fault, cross a page or leave RAM (callers then use
+        `read`, which raises the CPU's fault)."""
+        linear &= 0xFFFFFFFF
+        if (linear & 0xFFF) > 0xFF8:
+            return None
+        ram = self.mem.ram
+        try:
+            if not cr0 & CR0_PG:
+                return _U32x2(ram, linear)
+            pde = _U32(ram, (cr3 & 0xFFFFF000) + ((linear >> 22) << 2))[0]
+            if not pde & P:
+                return None
+            if pde & PS and cr4 & CR4_PSE:
+                return _U32x2(ram, (pde & 0xFFC00000) | (linear & 0x3FFFFF))
+            pte = _U32(ram, (pde & 0xFFFFF000) + ((linear >> 10) & 0xFFC))[0]
+            if not pte & P:
+                return None
+            return _U32x2(ram, (pte & 0xFFFFF000) | (linear & 0xFFF))
+        except struct.error:  # beyond the end of RAM (the mmap is exactly guest RAM)
+            return None
 
     def entry(self, linear: int, cr0: int, cr3: int, cr4: int) -> int:
         """The effective P/RW/US bits for `linear` (PDE & PTE; all three with paging off), 0 when not
