@@ -364,10 +364,13 @@ def test_time_split_of_a_window() -> None:
 
 def test_handler_table_averages_benchmark_boots_only() -> None:
     boots = [{"target": "vmi", "cmdline": "init=bench,-n,10,null_syscall",
-              "handler_profile": {"hypercall": {"calls": 3, "ns": 60_000, "mean_ns": 20_000.0},
+              "handler_profile": {"hypercall:IRET": {"calls": 1, "ns": 40_000, "mean_ns": 40_000.0},
+                                  "hypercall:SetPxE": {"calls": 2, "ns": 20_000, "mean_ns": 10_000.0},
                                   "io": {"calls": 4, "ns": 20_000, "mean_ns": 5_000.0},
                                   "_total": {"wall_ns": 1, "handler_ns": 80_000, "exits": 7}}},
              {"target": "vmi", "cmdline": "exit_after=20",          # the pseudo-test boot: not counted
               "handler_profile": {"hypercall": {"calls": 1, "ns": 999_000, "mean_ns": 999_000.0}}}]
     md = report.markdown_handlers({"boots": boots}).splitlines()
-    assert md[2] == "| vmi | - | - | 20.0 µs (75%) | - | - | 5.0 µs (25%) |"
+    assert md[2] == "| vmi | - | - | 20.0 µs (75%) | - | - | 5.0 µs (25%) |"   # the calls summed
+    per_call = report.markdown_hypercalls({"boots": boots}).splitlines()
+    assert per_call[2:] == ["| IRET | 1, 40.0 µs | - |", "| SetPxE | 2, 10.0 µs | - |"]

@@ -216,3 +216,19 @@ def test_bench_quick_json_validates(tmp_path: Path) -> None:
         doc["environment"]["files"]["kernel"]["path"]))
     assert chart.read_bytes()[:4] == b"\x89PNG"
     assert "geomean ratio" in proc.stdout and "wrote" in proc.stdout
+
+
+def test_handler_profile_names_each_hypercall(boot: runs.BootResult) -> None:
+    """The probe times hypercalls per VMI call: as many timed calls of each as the windows counted
+    (at least; the profile covers the whole boot), and no anonymous 'hypercall' entry."""
+    prof = boot.handler_profile
+    timed = {k.split(":", 1)[1]: v["calls"] for k, v in prof.items() if k.startswith("hypercall:")}
+    if boot.target in ("bare", "fullvirt"):
+        assert not timed and "hypercall" not in prof
+        return
+    assert "hypercall" not in prof and timed
+    for r in by_test(boot).values():
+        for key, n in (r["exits_detail"] or {}).items():
+            if key.startswith("hypercall:") and key != "hypercall:irq_window":
+                assert timed.get(key.split(":", 1)[1], 0) >= n, (key, n, timed)
+    assert sum(timed.values()) <= prof["_total"]["exits"]

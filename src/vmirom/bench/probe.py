@@ -100,16 +100,42 @@ class _TimedHooks:
         self._p = probe
         hv = getattr(getattr(target, "personality", None), "hypercall_vector", None)
         self._hv = hv
+        self._keys: dict[int, str] = {}
 
     def __getattr__(self, name: str) -> Any:          # anything the engine reads that we do not time
         return getattr(self._t, name)
 
     def on_interrupt(self, vector: int) -> None:
         t = _now()
+        if vector != self._hv:
+            try:
+                self._t.on_interrupt(vector)
+            finally:
+                self._p.charge(f"int:{vector:#x}", _now() - t)
+            return
+        kinds = getattr(getattr(self._t, "metrics", None), "kinds", None) or {}
+        before = kinds.get("hypercall", 0)
         try:
             self._t.on_interrupt(vector)
         finally:
-            self._p.charge("hypercall" if vector == self._hv else f"int:{vector:#x}", _now() - t)
+            handled = kinds.get("hypercall", 0) != before
+            self._p.charge(self._call_key() if handled else f"int:{vector:#x}", _now() - t)
+
+    def _call_key(self) -> str:
+        """"hypercall:<VMI call>" for the hypercall the personality just handled (the vmi family
+        remembers it in `_pending_call`), else "hypercall" (a personality that does not say)."""
+        call = getattr(getattr(self._t, "personality", None), "_pending_call", None)
+        if not isinstance(call, int):
+            return "hypercall"
+        key = self._keys.get(call)
+        if key is None:
+            from vmirom import abi
+            try:
+                key = f"hypercall:{abi.call(call).name}"
+            except KeyError:  # a call number of the personality's own (vmi2's irq_window)
+                key = "hypercall:other"
+            self._keys[call] = key
+        return key
 
     def on_port_in(self, port: int, size: int) -> int:
         t = _now()

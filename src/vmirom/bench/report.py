@@ -451,7 +451,7 @@ def markdown_handlers(doc: dict[str, Any]) -> str:
         for hook, v in prof.items():
             if hook.startswith("_"):
                 continue
-            row = t.setdefault(hook, [0.0, 0.0])
+            row = t.setdefault(hook.split(":")[0] if hook.startswith("hypercall") else hook, [0.0, 0.0])
             row[0] += v["calls"]
             row[1] += v["ns"]
     lines = ["| target | " + " | ".join(label for _, label in HOOKS) + " |", "|---" * (len(HOOKS) + 1) + "|"]
@@ -465,12 +465,39 @@ def markdown_handlers(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def markdown_hypercalls(doc: dict[str, Any], targets: tuple[str, ...] = ("vmi", "vmi2"),
+                        top: int = 12) -> str:
+    """Per VMI call, over the benchmark boots: calls and mean host time per call on each target
+    (the probe's per-call handler profile), most handler time first."""
+    acc: dict[str, dict[str, list[float]]] = {tg: {} for tg in targets}
+    for b in doc["boots"]:
+        if b["target"] not in acc or "exit_after" in b.get("cmdline", ""):
+            continue
+        for hook, v in (b.get("handler_profile") or {}).items():
+            if hook.startswith("hypercall:"):
+                row = acc[b["target"]].setdefault(hook.split(":", 1)[1], [0.0, 0.0])
+                row[0] += v["calls"]
+                row[1] += v["ns"]
+    names = sorted({n for t in acc.values() for n in t},
+                   key=lambda n: -max(t.get(n, (0, 0))[1] for t in acc.values()))
+    lines = ["| call | " + " | ".join(f"{tg}: calls, mean" for tg in targets) + " |",
+             "|---" * (len(targets) + 1) + "|"]
+    for n in names[:top]:
+        cells = []
+        for tg in targets:
+            calls, ns = acc[tg].get(n, (0.0, 0.0))
+            cells.append("-" if not calls else f"{int(calls)}, {fmt_time(ns / calls)}")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def markdown_all(doc: dict[str, Any]) -> str:
     """Every Markdown table docs/performance.md shows, from one document."""
     env = doc["environment"]
     out = [f"<!-- {doc['command']} | commit {env.get('commit')} dirty={env.get('tree_dirty')} -->",
            markdown_table(doc), "", markdown_site_cost(doc), "", markdown_exits(doc), "",
-           markdown_operations(doc), "", markdown_split(doc), "", markdown_handlers(doc)]
+           markdown_operations(doc), "", markdown_split(doc), "", markdown_handlers(doc), "",
+           markdown_hypercalls(doc)]
     notes = unmeasured_notes(doc)
     if notes:
         out += ["", *[f"* unmeasured: {n}" for n in notes]]
