@@ -374,3 +374,16 @@ def test_handler_table_averages_benchmark_boots_only() -> None:
     assert md[2] == "| vmi | - | - | 20.0 µs (75%) | - | - | 5.0 µs (25%) |"   # the calls summed
     per_call = report.markdown_hypercalls({"boots": boots}).splitlines()
     assert per_call[2:] == ["| IRET | 1, 40.0 µs | - |", "| SetPxE | 2, 10.0 µs | - |"]
+
+
+def test_claim_ratios_are_geomeans_of_time_and_exit_ratios() -> None:
+    records = [rec("vmi", t, 0, ns, exits={"hypercall": e}) for t, ns, e in
+               (("fork_exit", 400, 40.0), ("page_fault", 100, 4.0), ("boot", 1000, 1000.0))]
+    records += [rec("vmi2", t, 0, ns, exits={"hypercall": e}) for t, ns, e in
+                (("fork_exit", 100, 10.0), ("page_fault", 100, 4.0), ("boot", 10, 10.0))]
+    d = make_doc(records)
+    t, e, n = report.claim_ratios(d, "vmi2", "vmi", report.KERNEL_HEAVY)
+    assert (t, e, n) == (pytest.approx(0.5), pytest.approx(0.5), 2)     # boot is not kernel-heavy
+    md = report.markdown_claims(d)
+    assert "| claim 3: vmi2 / vmi, boot | ×0.01 | ×0.01 | 1 |" in md
+    assert "fullvirt" not in md                                          # no such targets: no rows

@@ -491,13 +491,52 @@ def markdown_hypercalls(doc: dict[str, Any], targets: tuple[str, ...] = ("vmi", 
     return "\n".join(lines)
 
 
+#: DESIGN's "kernel-heavy work (fork, exec, context switch, page faults)" among the guest tests
+KERNEL_HEAVY = ("pipe_latency", "fork_exit", "fork_exec", "page_fault", "prot_fault", "mmap_munmap", "build")
+#: (label, numerator target, denominator target, tests or None = all): the comparisons DESIGN's
+#: claims 3 and 5 are about
+CLAIMS = (
+    ("claim 3: vmi2 / vmi (same kernel, newer ROM)", "vmi2", "vmi", None),
+    ("claim 3: vmi2 / vmi, kernel-heavy", "vmi2", "vmi", KERNEL_HEAVY),
+    ("claim 3: vmi2 / vmi, boot", "vmi2", "vmi", ("boot",)),
+    ("claim 5: vmi / fullvirt, kernel-heavy", "vmi", "fullvirt", KERNEL_HEAVY),
+    ("claim 5: vmi2 / fullvirt, kernel-heavy", "vmi2", "fullvirt", KERNEL_HEAVY),
+    ("claim 5: hwassist / fullvirt, kernel-heavy", "hwassist", "fullvirt", KERNEL_HEAVY),
+    ("claim 5: sites, no ROM: bare / bare@native", "bare", "bare@native", None),
+    ("claim 5: sites, no ROM: qemu / qemu@native", "qemu", "qemu@native", None),
+    ("claim 5: sites, no ROM: qemu / qemu@native, kernel-heavy", "qemu", "qemu@native", KERNEL_HEAVY),
+)
+
+
+def claim_ratios(doc: dict[str, Any], num: str, den: str, tests: tuple[str, ...] | None
+                 ) -> tuple[float | None, float | None, int]:
+    """Geomeans over `tests` of num/den for the primary time and for exits per iteration, and how
+    many tests have a time ratio (both measured)."""
+    by = {(r["test"], r["target"]): r for r in doc["summary"]}
+    names = [t for t in (tests or _axes(doc)[0]) if (t, num) in by and (t, den) in by]
+    times = [stats.ratio(by[t, num]["ns_per_iter"], by[t, den]["ns_per_iter"]) for t in names]
+    exits = [stats.ratio(by[t, num]["exits_total_per_iter"], by[t, den]["exits_total_per_iter"])
+             for t in names]
+    return stats.geomean(times), stats.geomean(exits), sum(1 for v in times if v is not None)
+
+
+def markdown_claims(doc: dict[str, Any]) -> str:
+    """The headline ratios for DESIGN's claims 3 and 5 (below 1: the first target is faster)."""
+    lines = ["| comparison | time (geomean) | exits (geomean) | tests |", "|---|---|---|---|"]
+    for label, num, den, tests in CLAIMS:
+        t, e, n = claim_ratios(doc, num, den, tests)
+        if n:
+            lines.append(f"| {label} | {fmt_ratio(t)} | {fmt_ratio(e)} | {n} |")
+    return "\n".join(lines)
+
+
 def markdown_all(doc: dict[str, Any]) -> str:
     """Every Markdown table docs/performance.md shows, from one document."""
     env = doc["environment"]
     out = [f"<!-- {doc['command']} | commit {env.get('commit')} dirty={env.get('tree_dirty')} -->",
-           markdown_table(doc), "", markdown_site_cost(doc), "", markdown_exits(doc), "",
-           markdown_operations(doc), "", markdown_split(doc), "", markdown_handlers(doc), "",
-           markdown_hypercalls(doc)]
+           markdown_table(doc), "", markdown_claims(doc), "", markdown_site_cost(doc), "",
+           markdown_exits(doc), "", markdown_operations(doc), "", markdown_split(doc), "",
+           markdown_handlers(doc), "", markdown_hypercalls(doc)]
     notes = unmeasured_notes(doc)
     if notes:
         out += ["", *[f"* unmeasured: {n}" for n in notes]]
