@@ -580,7 +580,59 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     return path
 
 
-if __name__ == "__main__":      # python -m vmirom.bench.report bench.json: the Markdown tables
+def run_line(doc: dict[str, Any]) -> str:
+    """One line naming the run: date, commit, tree state, versions, guest files."""
+    env, files = doc["environment"], doc["environment"].get("files", {})
+
+    def sha(name: str) -> str:
+        h = (files.get(name) or {}).get("sha256")
+        return f"`{h[:16]}…`" if h else "-"
+
+    ok = sum(1 for r in doc["records"] if r.get("status") == "ok")
+    fates = sorted({b["fate"] for b in doc["boots"]})
+    return (f"Run of {doc['created']} on {env.get('cpu')} ({env.get('cpus')} CPUs, shared), commit "
+            f"`{(env.get('commit') or '?')[:12]}`{' (tree dirty)' if env.get('tree_dirty') else ''}, "
+            f"Python {env.get('python')}, Unicorn {env.get('unicorn')}, {env.get('qemu') or 'no QEMU'}; "
+            f"kernel {sha('kernel')}, native kernel {sha('native_kernel')}, initrd {sha('initrd')}. "
+            f"{len(doc['boots'])} boots (fates: {', '.join(fates)}), "
+            f"{ok} of {len(doc['records'])} records ok.")
+
+
+#: generated sections of docs/performance.md: <!-- bench:NAME --> ... <!-- /bench:NAME -->
+SECTIONS: dict[str, Any] = {
+    "run": lambda d: run_line(d) + f"\n\n```\n{d['command']}\n```",
+    "table": markdown_table, "claims": markdown_claims, "site_cost": markdown_site_cost,
+    "exits": markdown_exits, "operations": markdown_operations, "split": markdown_split,
+    "handlers": markdown_handlers, "hypercalls": markdown_hypercalls,
+    "unmeasured": lambda d: "\n".join(f"* {n}" for n in unmeasured_notes(d)) or "(none)",
+}
+
+
+def update_markdown(text: str, doc: dict[str, Any]) -> tuple[str, list[str]]:
+    """Replace every generated section of `text` with the tables of `doc`; returns (text, the
+    names replaced).  Prose outside the markers is left alone."""
+    import re
+
+    done = []
+    for name, fn in SECTIONS.items():
+        pat = re.compile(rf"(<!-- bench:{name} -->\n).*?(\n<!-- /bench:{name} -->)", re.S)
+        if pat.search(text):
+            body = fn(doc)
+            text = pat.sub(lambda m, body=body: m.group(1) + body + m.group(2), text)
+            done.append(name)
+    return text, done
+
+
+if __name__ == "__main__":
+    # python -m vmirom.bench.report bench.json              print the Markdown tables
+    # python -m vmirom.bench.report bench.json DOC.md       rewrite DOC.md's generated sections
     import sys as _sys
 
-    print(markdown_all(json.loads(Path(_sys.argv[1]).read_text())))
+    _doc = json.loads(Path(_sys.argv[1]).read_text())
+    if len(_sys.argv) > 2:
+        _path = Path(_sys.argv[2])
+        _text, _names = update_markdown(_path.read_text(), _doc)
+        _path.write_text(_text)
+        print(f"{_path}: updated {', '.join(_names) or 'nothing'}")
+    else:
+        print(markdown_all(_doc))
