@@ -394,6 +394,7 @@ class UnicornEngine(Engine):
         self._table_readers: dict[str, Callable[[], tuple[int, ...]]] = {}  # W12 for gdtr/idtr/tr/ldtr
         self._entered = False  # enter_handler did the INTR hook's W1/W13 context write already
         self._w_ring = self._w_same = self._w_same_cs = None  # enter_handler's batch writers
+        self._w_sscs = None  # switch_ring's
 
     # -- setup ------------------------------------------------------------------------------------
     def attach_memory(self, ram: mmap.mmap, size: int, readonly: list[tuple[int, int]]) -> None:
@@ -536,6 +537,12 @@ class UnicornEngine(Engine):
         if name in _PLAIN_WRITE and self._c is not None:  # W12
             self._c.write(_REGS[name], value)
             return
+        if name in _SEG_REGS and self._c is not None:  # W12: a descriptor load, same C entry point
+            try:
+                self._c.write(_REGS[name], value)
+            except EngineError:
+                raise EngineError(f"cannot load {name}={value!r}") from None
+            return
         if name in _TABLE_REGS:
             base, limit = value
             value = (0, base, limit, 0)
@@ -638,8 +645,17 @@ class UnicornEngine(Engine):
 
     def switch_ring(self, cpl: int, cs: int, ss: int) -> None:
         self._poke_context(cpl=cpl, clear_exception=True)
-        self.set_reg("ss", ss)
-        self.set_reg("cs", cs)
+        c = self._c
+        if c is None:
+            self.set_reg("ss", ss)
+            self.set_reg("cs", cs)
+            return
+        if self._w_sscs is None:
+            self._w_sscs = c.writer(("ss", "cs"))
+        try:
+            self._w_sscs(ss & 0xFFFF, cs & 0xFFFF)
+        except EngineError:
+            raise EngineError(f"cannot enter ring {cpl} with cs={cs:#x} ss={ss:#x}") from None
 
     def enter_handler(
         self, cpl: int | None, cs: int | None, ss: int, esp: int, eflags: int, eip: int
