@@ -232,3 +232,27 @@ def test_handler_profile_names_each_hypercall(boot: runs.BootResult) -> None:
             if key.startswith("hypercall:") and key != "hypercall:irq_window":
                 assert timed.get(key.split(":", 1)[1], 0) >= n, (key, n, timed)
     assert sum(timed.values()) <= prof["_total"]["exits"]
+
+
+def test_tests_finished_before_the_vm_died_keep_their_records(kernels: runs.Kernels,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A VM process that dies (or hangs and is killed) in its second test: the first test's record
+    survives, only the rest become errors, and the error names the test that was running."""
+    import os
+
+    def die_in_fork_exit(line: runs.ConsoleLine) -> str | None:   # runs in the forked VM process
+        if line.event and line.event.get("event") == "bench_start" and line.event.get("test") == "fork_exit":
+            os._exit(3)
+        return None
+
+    monkeypatch.setattr(runs, "no_init", die_in_fork_exit)
+    workload = runs.Workload(("null_syscall", "fork_exit", "page_fault"), iterations=N, timeout_s=120)
+    b = runs.run_boot(runs.Target.parse("bare"), 0, kernels, workload)
+    assert b.fate == "engine_crash", b.message
+    recs = {r["test"]: r for r in b.records}
+    assert set(recs) == {"null_syscall", "fork_exit", "page_fault"}
+    ok = recs["null_syscall"]
+    assert ok["status"] == "ok" and report.validate_record(ok) == []
+    assert detail(ok, "softint:0x80") >= N + WINDOW_SYSCALLS
+    for t in ("fork_exit", "page_fault"):
+        assert recs[t]["status"] == "error" and "status 3 (while running fork_exit)" in recs[t]["error"]

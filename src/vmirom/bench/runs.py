@@ -388,10 +388,19 @@ GRACE_S = 20.0
 
 def _boot_child(target: Target, repeat: int, kernels: Kernels, workload: Workload, pseudo: bool,
                 conn: Any) -> None:
+    seen: list[ConsoleLine] = []
+
     def on_line(line: ConsoleLine) -> None:
         ev = line.event
-        if ev and ev.get("event") == "bench_start":
+        if ev is None:
+            return
+        seen.append(line)
+        if ev.get("event") == "bench_start":
             conn.send(("line", ev))
+        elif ev.get("event") == "bench" and not pseudo:
+            # every finished test, as it finishes: if the VM hangs or dies later, these survive
+            recs, _ = records_from_lines(target, repeat, seen, workload.tests)
+            conn.send(("partial", [r for r in recs if r["status"] == "ok"]))
 
     try:
         res: Any = run_boot_here(target, repeat, kernels, workload, pseudo=pseudo, on_line=on_line)
@@ -424,6 +433,8 @@ def run_boot(target: Target, repeat: int, kernels: Kernels, workload: Workload, 
     proc.start()
     child.close()
     result: BootResult | None = None
+    finished: list[dict[str, Any]] = []     # records of the tests the child finished so far
+    running: str | None = None              # the test it started last
     deadline = t0 + workload.timeout_s + GRACE_S
     while result is None and time.monotonic() < deadline:
         if parent.poll(min(0.5, max(0.0, deadline - time.monotonic()))):
@@ -433,8 +444,12 @@ def run_boot(target: Target, repeat: int, kernels: Kernels, workload: Workload, 
                 break
             if kind == "done":
                 result = payload
-            elif on_line is not None:
-                on_line(ConsoleLine("", Snapshot(0, 0, 0, {}, {}), Snapshot(0, 0, 0, {}, {}), payload))
+            elif kind == "partial":
+                finished = payload
+            else:
+                running = str(payload.get("test"))
+                if on_line is not None:
+                    on_line(ConsoleLine("", Snapshot(0, 0, 0, {}, {}), Snapshot(0, 0, 0, {}, {}), payload))
         elif not proc.is_alive() and not parent.poll(0.1):
             break
     if result is not None:
@@ -452,8 +467,11 @@ def run_boot(target: Target, repeat: int, kernels: Kernels, workload: Workload, 
         fate, msg = "engine_crash", f"the VM process died with {what}"
     wanted = workload.pseudo if pseudo else workload.tests
     cmdline = workload.idle_cmdline() if pseudo else workload.bench_cmdline()
+    done = {r["test"] for r in finished}
+    if running is not None and running not in done:
+        msg += f" (while running {running})"
     return BootResult(target.name, repeat, cmdline, fate, None, msg, time.monotonic() - t0,
-                      [error_record(target, repeat, t, msg) for t in wanted])
+                      finished + [error_record(target, repeat, t, msg) for t in wanted if t not in done])
 
 
 def run_boot_here(target: Target, repeat: int, kernels: Kernels, workload: Workload, *, pseudo: bool = False,
