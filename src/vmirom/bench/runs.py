@@ -455,6 +455,8 @@ def run_boot(target: Target, repeat: int, kernels: Kernels, workload: Workload, 
     if result is not None:
         proc.join(5)
         return result
+    if time.monotonic() < deadline:     # the pipe closed early: the process is on its way out
+        proc.join(min(5.0, max(0.0, deadline - time.monotonic())))
     if proc.is_alive():
         proc.kill()
         proc.join(5)
