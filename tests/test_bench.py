@@ -391,9 +391,11 @@ def test_claim_ratios_are_geomeans_of_time_and_exit_ratios() -> None:
 
 def test_update_markdown_rewrites_only_the_generated_sections(doc: dict[str, Any]) -> None:
     text = ("# Perf\nprose stays\n<!-- bench:table -->\nold table\n<!-- /bench:table -->\n"
-            "more prose\n<!-- bench:run -->\nold\n<!-- /bench:run -->\n")
+            "more prose\n<!-- bench:run -->\nold\n<!-- /bench:run -->\n"
+            "<!-- bench:claims -->\n<!-- /bench:claims -->\n")                # empty: filled too
     new, names = report.update_markdown(text, doc)
-    assert names == ["run", "table"]
+    assert names == ["run", "table", "claims"]
+    assert "| claim 3: vmi2 / vmi" not in new and "| comparison |" in new
     assert new.startswith("# Perf\nprose stays\n<!-- bench:table -->\n| test | bare | vmi |")
     assert "old table" not in new and "\nmore prose\n" in new and "vmirom bench --quick" in new
     assert report.update_markdown(new, doc)[0] == new                    # idempotent

@@ -615,10 +615,10 @@ def update_markdown(text: str, doc: dict[str, Any]) -> tuple[str, list[str]]:
 
     done = []
     for name, fn in SECTIONS.items():
-        pat = re.compile(rf"(<!-- bench:{name} -->\n).*?(\n<!-- /bench:{name} -->)", re.S)
+        pat = re.compile(rf"(<!-- bench:{name} -->\n)(?:.*?\n)?(<!-- /bench:{name} -->)", re.S)
         if pat.search(text):
             body = fn(doc)
-            text = pat.sub(lambda m, body=body: m.group(1) + body + m.group(2), text)
+            text = pat.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(2), text)
             done.append(name)
     return text, done
 
