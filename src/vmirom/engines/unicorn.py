@@ -357,6 +357,7 @@ def _guarded(method):
 
     @functools.wraps(method)
     def wrapper(self, *args):
+        self.reg_gen += 1
         try:
             return method(self, *args)
         except BaseException as exc:  # noqa: BLE001 - re-raised by run_slice
@@ -391,6 +392,9 @@ class UnicornEngine(Engine):
         self._ram_buf = None
         self._c = _CRegs.make(self.uc)  # W12
         self._pctx = self._make_pctx()  # after _ctx and _c
+        #: bumped by every hook entry, slice and register/context write: a batched register read
+        #: taken at generation g is still the CPU state while reg_gen == g (see Delivery)
+        self.reg_gen = 0
         self._table_readers: dict[str, Callable[[], tuple[int, ...]]] = {}  # W12 for gdtr/idtr/tr/ldtr
         self._entered = False  # enter_handler did the INTR hook's W1/W13 context write already
         self._w_ring = self._w_same = self._w_same_cs = None  # enter_handler's batch writers
@@ -467,6 +471,7 @@ class UnicornEngine(Engine):
 
     # -- running ------------------------------------------------------------------------------------
     def run_slice(self, timeout_us: int) -> SliceResult:
+        self.reg_gen += 1
         self._stopped = False
         self._hook_error = None
         # W1 again: a slice cut by the timeout between QEMU raising a fault and our hook seeing it
@@ -484,6 +489,7 @@ class UnicornEngine(Engine):
         finally:
             timed_out = self._timer.disarm()
             self._running = False
+            self.reg_gen += 1  # the guest ran since the last hook: no batched read survives
         if self._hook_error is not None:
             err, self._hook_error = self._hook_error, None
             raise err
@@ -528,6 +534,7 @@ class UnicornEngine(Engine):
         return v
 
     def set_reg(self, name: str, value) -> None:
+        self.reg_gen += 1
         if name == "eip" and self._running:  # W13
             if self._in_intr:
                 self._pending_eip = value & 0xFFFFFFFF
@@ -583,6 +590,7 @@ class UnicornEngine(Engine):
         return self.reg("cs") & 3
 
     def _poke_context(self, *, cpl: int | None = None, clear_exception: bool = False) -> None:
+        self.reg_gen += 1
         p = self._pctx
         if p is None:
             self._poke_context_public(cpl=cpl, clear_exception=clear_exception)
@@ -670,6 +678,7 @@ class UnicornEngine(Engine):
         EFLAGS); a same-ring entry is one batch, its EIP going through the hook's closing context
         write (W13) as before.  Inside an instruction or code hook (I/O, cpuid, invalid opcode) the
         EIP write must leave the current translation block, so the general path is taken."""
+        self.reg_gen += 1
         c = self._c
         if c is None or (self._running and not self._in_intr):
             if cpl is not None:
@@ -726,12 +735,14 @@ class UnicornEngine(Engine):
         return self.uc.reg_read(X.UC_X86_REG_MSR, index)
 
     def write_msr(self, index: int, value: int) -> None:
+        self.reg_gen += 1
         self.uc.reg_write(X.UC_X86_REG_MSR, (index, value))
 
     def add_code_hook(self, address: int, callback: Callable[[], None]) -> int:
         """Call `callback()` before the instruction at linear `address` executes (each time)."""
 
         def cb(uc, addr, size, _ud):
+            self.reg_gen += 1
             try:
                 callback()
             except BaseException as exc:  # noqa: BLE001 - W8

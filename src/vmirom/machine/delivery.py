@@ -30,8 +30,8 @@ M32 = 0xFFFFFFFF
 #: everything one delivery needs from the engine, read in ONE batched call where the engine can
 #: (idtr/gdtr give (base, limit), tr gives (selector, base, limit, flags): 16 values)
 _NAMES = ("eip", "eflags", "cs", "ss", "esp", "cr0", "cr3", "cr4", "idtr", "gdtr", "tr")
-#: what the #PF error code needs (the engine does not give it): CR2, the instruction, the stack
-_PF_NAMES = ("cr2", "eip", "cs", "esp", "edi", "cr0", "cr3", "cr4")
+#: plus what the #PF error code needs (the engine does not give it): CR2 and EDI (string moves)
+_ALL_NAMES = (*_NAMES, "cr2", "edi")
 #: frames by word count: 3 (same ring), 4 (same ring + error), 5 (ring change), 6 (ring change + error)
 _FRAME = {n: struct.Struct(f"<{n}I") for n in (3, 4, 5, 6)}
 
@@ -54,10 +54,24 @@ class Delivery:
         eng = machine.engine
         self.paging = machine.paging
         self.ram = machine.memory.ram
-        self._regs = eng.reader(_NAMES) if getattr(eng, "reads_tables", False) else self._regs_generic
-        self._pf_regs = eng.reader(_PF_NAMES)
+        self._read = eng.reader(_ALL_NAMES) if getattr(eng, "reads_tables", False) else self._regs_generic
+        self._snap: tuple[int, ...] = ()
+        self._snap_gen = -1
         enter = getattr(eng, "enter_handler", None)
         self._enter = enter if enter is not None else self._enter_generic
+
+    def registers(self) -> tuple[int, ...]:
+        """The CPU state one exit needs (`_ALL_NAMES`, table registers flattened), read in one
+        engine call and reused by the later steps of the same exit (IF check, #PF error code,
+        delivery) while the engine's `reg_gen` says nothing was written since (any register or
+        context write, hook entry or slice bumps it; an engine without the counter is re-read)."""
+        gen = getattr(self.m.engine, "reg_gen", None)
+        if gen is not None and gen == self._snap_gen:
+            return self._snap
+        regs = self._read()
+        if gen is not None:
+            self._snap, self._snap_gen = regs, gen
+        return regs
 
     # -- public ------------------------------------------------------------------------------------
     def exception(self, vector: int, error_code: int = 0, cr2: int | None = None) -> None:
@@ -80,7 +94,8 @@ class Delivery:
         """(CR2, error code) of the #PF the engine just reported: one batched register read, one
         page walk, and (when the walk cannot tell: not present / no access) a decode of the
         instruction to find out whether it wrote (`pf_is_write`'s rules)."""
-        cr2, eip, cs, esp, edi, cr0, cr3, cr4 = self._pf_regs()
+        r = self.registers()
+        eip, cs, esp, cr0, cr3, cr4, cr2, edi = r[0], r[2], r[4], r[5], r[6], r[7], r[16], r[17]
         user = cs & 3 == 3
         flags = self.paging.entry(cr2, cr0, cr3, cr4)
         if flags and (flags & US or not user) and not flags & RW:
@@ -114,7 +129,7 @@ class Delivery:
         m = self.m
         m.personality.load_virtual_if()  # the frame's IF is the kernel's (possibly virtual) flag
         (eip, eflags, cs, ss, esp, cr0, cr3, cr4, idt_base, idt_limit, gdt_base, gdt_limit,
-         tr_sel, tr_base, tr_limit, _tr_flags) = self._regs()  # fmt: skip
+         tr_sel, tr_base, tr_limit, _tr_flags, _cr2, _edi) = self.registers()  # fmt: skip
         ext = 1 if external else 0
         if vector * 8 + 7 > idt_limit:
             raise GuestFault(GP, vector * 8 + 2 + ext)
@@ -214,6 +229,8 @@ class Delivery:
             *r("idtr"),
             *r("gdtr"),
             *tuple(r("tr"))[:4],
+            r("cr2"),
+            r("edi"),
         )
 
     def _enter_generic(

@@ -318,7 +318,7 @@ class Machine:
         """
         eng = self.engine
         self.personality.load_virtual_if()
-        if not eng.reg("eflags") & IF:
+        if not self.delivery.registers()[1] & IF:  # EFLAGS, batched with what delivery needs next
             return False
         self.update_timers()
         master = self.pic.master
