@@ -399,3 +399,16 @@ def test_update_markdown_rewrites_only_the_generated_sections(doc: dict[str, Any
     assert new.startswith("# Perf\nprose stays\n<!-- bench:table -->\n| test | bare | vmi |")
     assert "old table" not in new and "\nmore prose\n" in new and "vmirom bench --quick" in new
     assert report.update_markdown(new, doc)[0] == new                    # idempotent
+
+
+def test_failure_notes_name_the_boot_and_the_tests_lost() -> None:
+    t = runs.Target("bare", "bare", "vmi")
+    records = [rec("bare", "null_syscall", 0, 100),
+               runs.error_record(t, 0, "build", "link: I/O error")]
+    d = make_doc(records)
+    cmd = "init=bench,-n,10,null_syscall,build"
+    d["boots"] = [runs.BootResult("bare", 0, cmd, "exit", 1, "guest exited with status 1", 1.0,
+                                  errors=["build: link: I/O error"]).as_json(),
+                  runs.BootResult("bare", 1, cmd, "exit", 0, "ok", 1.0).as_json()]
+    assert report.failure_notes(d) == ["bare repeat 1: exit 1: guest exited with status 1 "
+                                       "(build: link: I/O error); failed: build"]

@@ -598,6 +598,22 @@ def run_line(doc: dict[str, Any]) -> str:
             f"{ok} of {len(doc['records'])} records ok.")
 
 
+def failure_notes(doc: dict[str, Any]) -> list[str]:
+    """One line per boot that did not end with a clean exit, with what it cost (records lost)."""
+    out = []
+    for b in doc["boots"]:
+        if b["fate"] == "exit" and not b["exit_status"]:
+            continue
+        lost = [r["test"] for r in doc["records"] if r["target"] == b["target"] and r["repeat"] == b["repeat"]
+                and r["status"] != "ok" and r["test"] in b.get("cmdline", "")]
+        errs = "; ".join(b.get("errors") or [])
+        out.append(f"{b['target']} repeat {b['repeat'] + 1}: {b['fate']}"
+                   + (f" {b['exit_status']}" if b["exit_status"] is not None else "")
+                   + f": {b['message']}" + (f" ({errs})" if errs else "")
+                   + (f"; failed: {', '.join(lost)}" if lost else ""))
+    return out
+
+
 #: generated sections of docs/performance.md: <!-- bench:NAME --> ... <!-- /bench:NAME -->
 SECTIONS: dict[str, Any] = {
     "run": lambda d: run_line(d) + f"\n\n```\n{d['command']}\n```",
@@ -605,6 +621,7 @@ SECTIONS: dict[str, Any] = {
     "exits": markdown_exits, "operations": markdown_operations, "split": markdown_split,
     "handlers": markdown_handlers, "hypercalls": markdown_hypercalls,
     "unmeasured": lambda d: "\n".join(f"* {n}" for n in unmeasured_notes(d)) or "(none)",
+    "failures": lambda d: "\n".join(f"* {n}" for n in failure_notes(d)) or "(none)",
 }
 
 
