@@ -197,6 +197,9 @@ def test_missing_and_failed_tests_become_error_records() -> None:
 def test_target_parsing() -> None:
     assert runs.Target.parse("bare@native") == runs.Target("bare@native", "bare", "native")
     assert runs.Target.parse("qemu") == runs.Target("qemu", "qemu", "vmi")
+    icount = runs.Target.parse("qemu-icount@native")
+    assert icount == runs.Target("qemu-icount@native", "qemu-icount", "native") and icount.counts_instructions
+    assert not runs.Target.parse("qemu").counts_instructions
     with pytest.raises(runs.BenchError, match="no-such"):
         runs.Target.parse("no-such")
 
@@ -412,3 +415,23 @@ def test_failure_notes_name_the_boot_and_the_tests_lost() -> None:
                   runs.BootResult("bare", 1, cmd, "exit", 0, "ok", 1.0).as_json()]
     assert report.failure_notes(d) == ["bare repeat 1: exit 1: guest exited with status 1 "
                                        "(build: link: I/O error); failed: build"]
+
+
+def test_icount_targets_count_instructions_and_stay_out_of_the_time_table() -> None:
+    """qemu-icount's figure is instructions per iteration: no ratio to bare's time, not in the
+    time table, chart or geomeans; its own table and the site cost compare it with its native pair."""
+    def counted(target: str, test: str, per_iter: int) -> dict[str, Any]:
+        w = _window_lines(test, 100, 5_000_000, 41_234_567, 41_234_567 + 100 * per_iter, {})
+        return runs.records_from_lines(runs.Target.parse(target), 0, w, (test,), host_only=True)[0][0]
+
+    records = [rec("bare", "null_syscall", 0, 20_000), counted("qemu-icount", "null_syscall", 93),
+               counted("qemu-icount@native", "null_syscall", 92)]
+    assert records[1]["time_source"] == "icount" and records[1]["ns_per_iter"] == 93
+    d = make_doc(records)
+    assert report.validate(d) == []
+    rows = {r["target"]: r for r in d["summary"]}
+    assert rows["qemu-icount"]["ratio"] is None and rows["qemu-icount"]["ns_per_iter"] == 93
+    assert "qemu-icount" not in report.markdown_table(d)
+    assert report.markdown_instructions(d).splitlines()[2] == "| null_syscall | 93.0 | 92.0 | ×1.0109 |"
+    (sc,) = [r for r in d["site_cost"] if r["platform"] == "qemu-icount"]
+    assert sc["ratio"] == pytest.approx(93 / 92)

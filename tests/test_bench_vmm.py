@@ -192,7 +192,7 @@ def test_bench_quick_json_validates(tmp_path: Path) -> None:
     assert set(registry.names()) <= set(targets)           # every personality, vmi2/hwassist included
     assert {"bare", "fullvirt", "vmi", "vmi2", "hwassist", "bare@native"} <= set(targets)
     if qemu_available():
-        assert {"qemu", "qemu@native"} <= set(targets)
+        assert {"qemu", "qemu@native", "qemu-icount", "qemu-icount@native"} <= set(targets)
     # one record per test x target x repeat, none failed
     assert sorted((r["target"], r["test"]) for r in doc["records"]) == sorted(
         (tg, t) for tg in targets for t in tests)
@@ -202,6 +202,8 @@ def test_bench_quick_json_validates(tmp_path: Path) -> None:
     for r in doc["summary"]:
         if r["target"] == "bare":
             assert r["ns_per_iter"] and r["n_unmeasured"] == 0     # the VMM's probe always measures
+        elif r["time_source"] == "icount":                      # instructions: no ratio to a time
+            assert r["ns_per_iter"] > 0 and r["ratio"] is None, r
         elif r["ratio"] is None:                                # only a figure the clock could not give
             assert r["ns_per_iter"] is None and r["unmeasured"], r
             assert r["target"].startswith("qemu"), r
@@ -256,3 +258,24 @@ def test_tests_finished_before_the_vm_died_keep_their_records(kernels: runs.Kern
     assert detail(ok, "softint:0x80") >= N + WINDOW_SYSCALLS
     for t in ("fork_exit", "page_fault"):
         assert recs[t]["status"] == "error" and "status 3 (while running fork_exit)" in recs[t]["error"]
+
+
+def test_qemu_icount_counts_instructions_deterministically(kernels: runs.Kernels) -> None:
+    """qemu-icount's guest clock advances one ns per instruction: two boots count the same
+    instructions per iteration (a count, not a time), and the records say so."""
+    from vmirom.guest.qemu import qemu_available
+
+    if not qemu_available():
+        pytest.skip("qemu-system-i386 is not installed")
+    workload = runs.Workload(("null_syscall", "cpu_loop"), iterations=200, timeout_s=120)
+    counts = []
+    for repeat in (0, 1):
+        b = runs.run_boot(runs.Target.parse("qemu-icount"), repeat, kernels, workload)
+        assert b.fate == "exit" and b.exit_status == 0, (b.fate, b.message)
+        recs = {r["test"]: r for r in b.records}
+        for r in recs.values():
+            assert r["status"] == "ok" and r["time_source"] == "icount" and report.validate_record(r) == []
+        counts.append({t: r["guest_total"] for t, r in recs.items()})
+    assert counts[0] == counts[1]
+    # a system call is tens of instructions, not thousands; a cpu_loop iteration a handful
+    assert 10 < counts[0]["null_syscall"] / 200 < 1000 and 1 < counts[0]["cpu_loop"] / 200 < 100

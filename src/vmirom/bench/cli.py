@@ -26,15 +26,16 @@ def _split(value: str | None) -> list[str]:
 
 
 def default_targets(native: bool) -> list[str]:
-    """Every registered personality, then QEMU, then the native-build pairs (when available)."""
+    """Every registered personality, then QEMU (timed, and counting instructions), then the
+    native-build pairs (when available)."""
     from vmirom.guest.qemu import qemu_available
     from vmirom.hypervisors import registry
 
     names = registry.names()
     qemu = qemu_available()
-    out = list(names) + ([runs.QEMU] if qemu else [])
+    out = list(names) + ([runs.QEMU, runs.QEMU_ICOUNT] if qemu else [])
     if native:
-        out += ["bare@native"] + (["qemu@native"] if qemu else [])
+        out += ["bare@native"] + (["qemu@native", f"{runs.QEMU_ICOUNT}@native"] if qemu else [])
     return out
 
 
@@ -189,16 +190,20 @@ def _run_matrix(console: Any, targets: list[Target], workload: Workload, kernels
     machine hit every target alike)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    kinds = ([False] if workload.tests else []) + ([True] if workload.pseudo else [])
+    def kinds(t: Target) -> list[bool]:
+        # boot and idle are host times: meaningless for a target whose clock counts instructions
+        pseudo = [True] if workload.pseudo and not t.counts_instructions else []
+        return ([False] if workload.tests else []) + pseudo
+
     boots: list[runs.BootResult] = []
     records: list[dict[str, Any]] = []
     with Progress(TextColumn("{task.description}"), BarColumn(),
                   TextColumn("{task.completed}/{task.total} boots"), TimeElapsedColumn(),
                   console=console, transient=False) as progress:
-        task = progress.add_task("bench", total=repeat * len(targets) * len(kinds))
+        task = progress.add_task("bench", total=repeat * sum(len(kinds(t)) for t in targets))
         for r in range(repeat):
             for t in targets:
-                for pseudo in kinds:
+                for pseudo in kinds(t):
                     label = f"repeat {r + 1}/{repeat} [bold]{t.name}[/]"
                     progress.update(task, description=label + (": boot" if pseudo else ": starting"))
 

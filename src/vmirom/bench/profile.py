@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         target = runs.Target.parse(a.target)
-        if target.platform == runs.QEMU:
+        if target.platform in runs.QEMU_PLATFORMS:
             raise runs.BenchError("QEMU runs outside this process: nothing to profile")
         unknown = [t for t in a.tests if t not in runs.GUEST_TESTS]
         if unknown:

@@ -192,14 +192,47 @@ def fmt_time(ns: float | None) -> str:
     return f"{ns:.0f} ns"
 
 
-def fmt_ratio(r: float | None) -> str:
-    return "-" if r is None else f"×{r:.2f}"
+def fmt_ratio(r: float | None, digits: int = 2) -> str:
+    return "-" if r is None else f"×{r:.{digits}f}"
 
 
-def _axes(doc: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """Tests and targets in run order, from the records (so a target whose every run failed shows)."""
+def fmt_count(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.1f}" if v < 1000 else f"{v:,.0f}"
+
+
+def instructions_rows(doc: dict[str, Any]) -> list[tuple[str, float | None, float | None, float | None]]:
+    """(test, instructions per iteration with call sites, without, ratio) from qemu-icount and
+    qemu-icount@native: the call sites' cost in instructions when no ROM is present."""
+    by = {(r["test"], r["target"]): r for r in doc["summary"]}
+    out = []
+    for test in stats.ordered(r["test"] for r in doc["summary"]):
+        a, b = by.get((test, "qemu-icount")), by.get((test, "qemu-icount@native"))
+        if a is None and b is None:
+            continue
+        va = a["ns_per_iter"] if a else None
+        vb = b["ns_per_iter"] if b else None
+        out.append((test, va, vb, stats.ratio(va, vb)))
+    return out
+
+
+def markdown_instructions(doc: dict[str, Any]) -> str:
+    rows = ["| test | instructions / iteration, kernel with sites | native build | ratio |",
+            "|---|---|---|---|"]
+    for test, a, b, q in instructions_rows(doc):
+        rows.append(f"| {test} | {fmt_count(a)} | {fmt_count(b)} | {fmt_ratio(q, 4)} |")
+    return "\n".join(rows)
+
+
+def _axes(doc: dict[str, Any], timed: bool = False) -> tuple[list[str], list[str]]:
+    """Tests and targets in run order, from the records (so a target whose every run failed shows);
+    `timed`: only targets whose figures are times (not qemu-icount's instruction counts)."""
     rows = doc["records"] or doc["summary"]
-    return stats.ordered(r["test"] for r in rows), stats.ordered(r["target"] for r in rows)
+    targets = stats.ordered(r["target"] for r in rows)
+    if timed:
+        counting = {r["target"] for r in rows if r.get("platform") == "qemu-icount"
+                    or r.get("time_source") == "icount"}
+        targets = [t for t in targets if t not in counting]
+    return stats.ordered(r["test"] for r in rows), targets
 
 
 #: what a cell shows for a test that ran but whose time could not be measured (summary `unmeasured`)
@@ -251,7 +284,7 @@ def tables(doc: dict[str, Any]) -> list[Any]:
     from rich.table import Table
 
     summary = doc["summary"]
-    tests, targets = _axes(doc)
+    tests, targets = _axes(doc, timed=True)
     by = {(r["test"], r["target"]): r for r in summary}
     n = max((r["n"] for r in summary), default=0)
 
@@ -288,6 +321,14 @@ def tables(doc: dict[str, Any]) -> list[Any]:
                        + (f"\n{_kinds(r)}" if r.get("exits_per_iter") else ""))
         t2.add_row(*row)
     out = [t1, t2] if vmm else [t1]
+    counted = instructions_rows(doc)
+    if counted:
+        t4 = Table(title="Guest instructions per iteration (qemu-icount: deterministic)")
+        for c in ("test", "kernel with sites", "native build", "ratio"):
+            t4.add_column(c, justify="left" if c == "test" else "right")
+        for test, a, b, q in counted:
+            t4.add_row(test, fmt_count(a), fmt_count(b), fmt_ratio(q, 4))
+        out.append(t4)
     if doc.get("site_cost"):
         t3 = Table(title="Cost of the VMI call sites with no ROM: kernel with sites / native build")
         for c in ("test", "platform", "ratio", "guest clock", "host clock"):
@@ -302,7 +343,7 @@ def tables(doc: dict[str, Any]) -> list[Any]:
 def markdown_table(doc: dict[str, Any]) -> str:
     """The main table as Markdown (for docs/performance.md): primary time, ratio to bare, exits."""
     summary = doc["summary"]
-    tests, targets = _axes(doc)
+    tests, targets = _axes(doc, timed=True)
     by = {(r["test"], r["target"]): r for r in summary}
     lines = ["| test | " + " | ".join(targets) + " |", "|---" * (len(targets) + 1) + "|"]
     for test in tests:
@@ -505,6 +546,8 @@ CLAIMS = (
     ("claim 5: sites, no ROM: bare / bare@native", "bare", "bare@native", None),
     ("claim 5: sites, no ROM: qemu / qemu@native", "qemu", "qemu@native", None),
     ("claim 5: sites, no ROM: qemu / qemu@native, kernel-heavy", "qemu", "qemu@native", KERNEL_HEAVY),
+    ("claim 5: sites, no ROM: instructions, qemu-icount / @native", "qemu-icount", "qemu-icount@native",
+     None),
 )
 
 
@@ -526,7 +569,8 @@ def markdown_claims(doc: dict[str, Any]) -> str:
     for label, num, den, tests in CLAIMS:
         t, e, n = claim_ratios(doc, num, den, tests)
         if n:
-            lines.append(f"| {label} | {fmt_ratio(t)} | {fmt_ratio(e)} | {n} |")
+            digits = 4 if num == "qemu-icount" else 2      # deterministic: the digits mean something
+            lines.append(f"| {label} | {fmt_ratio(t, digits)} | {fmt_ratio(e)} | {n} |")
     return "\n".join(lines)
 
 
@@ -535,6 +579,7 @@ def markdown_all(doc: dict[str, Any]) -> str:
     env = doc["environment"]
     out = [f"<!-- {doc['command']} | commit {env.get('commit')} dirty={env.get('tree_dirty')} -->",
            markdown_table(doc), "", markdown_claims(doc), "", markdown_site_cost(doc), "",
+           markdown_instructions(doc), "",
            markdown_exits(doc), "", markdown_operations(doc), "", markdown_split(doc), "",
            markdown_handlers(doc), "", markdown_hypercalls(doc)]
     notes = unmeasured_notes(doc)
@@ -553,7 +598,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
 
     summary = doc["summary"]
     tests = stats.ordered(r["test"] for r in summary)
-    targets = [t for t in stats.ordered(r["target"] for r in summary) if t != stats.BASELINE]
+    targets = [t for t in _axes(doc, timed=True)[1] if t != stats.BASELINE]
     by = {(r["test"], r["target"]): r for r in summary}
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(tests) + 2), 4.5))
     width = 0.8 / max(1, len(targets))
@@ -618,6 +663,7 @@ def failure_notes(doc: dict[str, Any]) -> list[str]:
 SECTIONS: dict[str, Any] = {
     "run": lambda d: run_line(d) + f"\n\n```\n{d['command']}\n```",
     "table": markdown_table, "claims": markdown_claims, "site_cost": markdown_site_cost,
+    "instructions": markdown_instructions,
     "exits": markdown_exits, "operations": markdown_operations, "split": markdown_split,
     "handlers": markdown_handlers, "hypercalls": markdown_hypercalls,
     "unmeasured": lambda d: "\n".join(f"* {n}" for n in unmeasured_notes(d)) or "(none)",

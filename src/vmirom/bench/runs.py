@@ -30,6 +30,12 @@ GUEST_TESTS = ("null_syscall", "pipe_latency", "fork_exit", "fork_exec", "page_f
                "mmap_munmap", "cpu_loop", "build")
 PSEUDO_TESTS = ("boot", "idle")
 QEMU = "qemu"
+#: QEMU with `-icount shift=0`: its virtual clock advances one nanosecond per guest instruction, so
+#: the guest's clock counts instructions.  Deterministic (two boots give the same counts) and free
+#: of the host's noise: what the VMI call sites cost in instructions, where times cannot resolve it.
+QEMU_ICOUNT = "qemu-icount"
+ICOUNT_ARGS = ("-icount", "shift=0,sleep=off")
+QEMU_PLATFORMS = (QEMU, QEMU_ICOUNT)
 NATIVE_SUFFIX = "@native"
 
 
@@ -47,13 +53,18 @@ class Target:
     def parse(cls, name: str) -> Target:
         native = name.endswith(NATIVE_SUFFIX)
         platform = name[: -len(NATIVE_SUFFIX)] if native else name
-        if platform != QEMU:
+        if platform not in QEMU_PLATFORMS:
             from vmirom.hypervisors import registry
             try:
                 registry.get(platform)
             except registry.UnknownHypervisor as e:
-                raise BenchError(f"{e}; or qemu, with an optional @native suffix") from None
+                raise BenchError(f"{e}; or qemu, qemu-icount, with an optional @native suffix") from None
         return cls(name, platform, "native" if native else "vmi")
+
+    @property
+    def counts_instructions(self) -> bool:
+        """Its clock counts guest instructions, not time (qemu-icount)."""
+        return self.platform == QEMU_ICOUNT
 
 
 @dataclass
@@ -128,10 +139,11 @@ def primary_time(platform: str, guest_per_iter: float | None, guest_unit: str | 
     (the pseudo tests have no guest figure: host time it is).  A guest figure that is not a
     measurement (`guest_problem`, see clock.check) leaves a QEMU record without a primary figure:
     the pipe's arrival times are no substitute for it."""
-    if platform == QEMU and guest_problem is not None:
+    if platform in QEMU_PLATFORMS and guest_problem is not None:
         return None, None
-    if platform == QEMU and guest_per_iter is not None:
-        return (guest_per_iter, "guest") if guest_unit == "ns" else (None, None)
+    if platform in QEMU_PLATFORMS and guest_per_iter is not None:
+        source = "icount" if platform == QEMU_ICOUNT else "guest"
+        return (guest_per_iter, source) if guest_unit == "ns" else (None, None)
     return (host_ns_per_iter, "host") if host_ns_per_iter is not None else (None, None)
 
 
@@ -151,7 +163,7 @@ def _record(target: Target, repeat: int, test: str, iterations: int, *, guest_to
         unmeasured["host_ns_per_iter"] = f"the host saw a window of {host_ns} ns"
     ns, source = primary_time(target.platform, guest_per_iter, guest_unit, host_per_iter, guest_problem)
     if ns is None and unmeasured:
-        unmeasured["ns_per_iter"] = unmeasured.get("guest_per_iter" if target.platform == QEMU
+        unmeasured["ns_per_iter"] = unmeasured.get("guest_per_iter" if target.platform in QEMU_PLATFORMS
                                                    else "host_ns_per_iter") or next(iter(unmeasured.values()))
     rec: dict[str, Any] = {
         "test": test, "target": target.name, "platform": target.platform, "kernel": target.kernel,
@@ -314,6 +326,7 @@ class _HostLines:
 def run_qemu(kernel: Path, initrd: Path | None, cmdline: str, timeout_s: float,
              on_line: Callable[[ConsoleLine], None] | None = None,
              stop_when: Callable[[ConsoleLine], str | None] | None = None,
+             extra_args: tuple[str, ...] = (),
              ) -> tuple[str, int | None, str, _HostLines, float]:
     """Boot on qemu-system-i386 (TCG), reading the console as it comes.  Returns (fate, guest exit
     status, message, lines, wall seconds).  Host times are arrival times on the pipe (ms-accurate)."""
@@ -321,7 +334,7 @@ def run_qemu(kernel: Path, initrd: Path | None, cmdline: str, timeout_s: float,
 
     if not qemu_available():
         raise BenchError("qemu-system-i386 is not installed")
-    cmd = qemu_command(kernel, cmdline=cmdline, initrd=initrd)
+    cmd = qemu_command(kernel, cmdline=cmdline, initrd=initrd, extra_args=extra_args)
     stopped: list[str] = []
 
     def watch(line: ConsoleLine) -> None:
@@ -418,7 +431,7 @@ def run_boot(target: Target, repeat: int, kernels: Kernels, workload: Workload, 
     """One boot of `target` (see `run_boot_here`).  VMM boots run in a forked child process (as
     `vmirom run` does): the engine can abort its process on CPU states it does not support, and a
     hook that never returns would escape the VMM's own budget; the parent enforces the deadline."""
-    if not isolate or target.platform == QEMU:
+    if not isolate or target.platform in QEMU_PLATFORMS:
         return run_boot_here(target, repeat, kernels, workload, pseudo=pseudo, on_line=on_line)
     import multiprocessing as mp
     import signal
@@ -486,8 +499,10 @@ def run_boot_here(target: Target, repeat: int, kernels: Kernels, workload: Workl
     wanted = workload.pseudo if pseudo else workload.tests
     profile: dict[str, Any] = {}
     stop = None if pseudo else no_init
-    if target.platform == QEMU:
-        fate, status, message, hl, wall = run_qemu(kernel, initrd, cmdline, workload.timeout_s, on_line, stop)
+    if target.platform in QEMU_PLATFORMS:
+        extra = ICOUNT_ARGS if target.counts_instructions else ()
+        fate, status, message, hl, wall = run_qemu(kernel, initrd, cmdline, workload.timeout_s, on_line, stop,
+                                                   extra)
         lines, origin, host_only = hl.lines, Snapshot(0, 0, 0, {}, {}), True
     else:
         res, probe, origin, wall = run_vmm(target, kernel, initrd, cmdline, workload.timeout_s, on_line, stop)

@@ -13,7 +13,7 @@ from typing import Any
 
 BASELINE = "bare"
 #: (target with VMI call sites, target running the native build) pairs for the site-cost ratio
-SITE_PAIRS = (("bare", "bare@native"), ("qemu", "qemu@native"))
+SITE_PAIRS = (("bare", "bare@native"), ("qemu", "qemu@native"), ("qemu-icount", "qemu-icount@native"))
 
 
 def median(values: Iterable[float | None]) -> float | None:
@@ -85,6 +85,8 @@ def summarize(records: list[dict[str, Any]], baseline: str = BASELINE) -> list[d
     rows = []
     for (test, _target), row in med.items():
         base = med.get((test, baseline))
+        if row["time_source"] == "icount":     # instructions, not time: no ratio to a time
+            base = None
         row["ratio"] = ratio(row["ns_per_iter"], base["ns_per_iter"] if base else None)
         row["guest_ratio"] = ratio(row["guest_ns_per_iter"], base["guest_ns_per_iter"] if base else None)
         row["host_ratio"] = ratio(row["host_ns_per_iter"], base["host_ns_per_iter"] if base else None)
