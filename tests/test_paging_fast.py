@@ -140,3 +140,37 @@ def test_single_page_read_write_fast_path_matches_general_path(seed: int) -> Non
                 wa = outcome(lambda: slow.write(lin, a[1], user=user))  # noqa: B023
                 wb = outcome(lambda: fast.write(lin, a[1], user=user))  # noqa: B023
                 assert wa == wb, (hex(lin), size, user)
+
+
+class CountingRegs(BatchedRegs):
+    """A batched engine with the write generation counter: Paging reuses its CR read per gen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reg_gen = 0
+        self.reads = 0
+
+    def reader(self, names):
+        def read():
+            self.reads += 1
+            return tuple(self.cr[n] for n in names)
+
+        return read
+
+
+def test_control_registers_are_reread_after_every_generation_bump() -> None:
+    mem = GuestMemory(RAM)
+    regs = CountingRegs()
+    paging = Paging(mem, regs)
+    # two page directories mapping linear 0 to different frames (4 KiB pages)
+    for pd, pt, frame in ((0x10000, 0x11000, 0x20000), (0x12000, 0x13000, 0x30000)):
+        struct.pack_into("<I", mem.ram, pd, pt | 7)
+        struct.pack_into("<I", mem.ram, pt, frame | 7)
+        struct.pack_into("<I", mem.ram, frame, frame)  # each frame holds its own address
+    regs.cr.update(cr0=0x80000011, cr3=0x10000, cr4=0)
+    assert paging.u32(0) == 0x20000 and paging.u32(0) == 0x20000
+    assert regs.reads == 1  # one engine read for both accesses of the same generation
+    regs.cr["cr3"] = 0x12000
+    regs.reg_gen += 1  # what the engine does on any register write, hook entry or slice
+    assert paging.u32(0) == 0x30000
+    assert regs.reads == 2

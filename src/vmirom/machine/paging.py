@@ -46,7 +46,21 @@ class Paging:
         self.engine = engine
         # CR0, CR3, CR4 in one engine call (every hypercall with a pointer walks the page tables)
         reader = getattr(engine, "reader", None)
-        self._crs = reader(("cr0", "cr3", "cr4")) if reader is not None else None
+        read_crs = reader(("cr0", "cr3", "cr4")) if reader is not None else None
+        self._crs = read_crs
+        if read_crs is not None and hasattr(engine, "reg_gen"):
+            # A hypercall or an emulator walks several times per exit: reuse the CRs read while the
+            # engine's reg_gen is unchanged (any register write, hook entry or slice bumps it).
+            cache = [-1, None]
+
+            def crs() -> tuple[int, int, int]:
+                gen = engine.reg_gen
+                if cache[0] != gen:
+                    cache[1] = read_crs()
+                    cache[0] = gen
+                return cache[1]
+
+            self._crs = crs
 
     def walk(self, linear: int) -> Walk:
         linear &= 0xFFFFFFFF
