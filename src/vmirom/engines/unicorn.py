@@ -46,7 +46,10 @@ W12 The binding's `reg_read`/`reg_write` cost 2-7 us each (type dispatch, a fres
     call); hypercall handlers read several registers per exit.  Scalar registers therefore go through
     direct C calls of `uc_reg_read`/`uc_reg_write` (a second CDLL handle on the same library, no
     argtypes, preallocated buffers), and `reader()` batches several with `uc_reg_read_batch`.  The C
-    side writes 2 bytes for selectors and 4 for the rest, hence the masks.
+    side writes 2 bytes for selectors and 4 for the rest, hence the masks.  The same goes for the
+    hot writes: segment loads, `writer()`/`enter_handler` (uc_reg_write_batch) and the W1/W2/W13
+    context pokes (uc_context_save/restore with preset views of the three fields).  `reg_gen`
+    counts hook entries, slices and writes, so a batched read can be reused within one exit.
 Unicorn can still abort the host process on some CPU states it does not support, which is why the
 runner executes each VM in a child process (see vmirom.runner).
 """
