@@ -4,8 +4,10 @@ Implements what the CPU does on an interrupt in protected mode: read the gate (i
 present, DPL check for software `int n`), read the target code descriptor, switch to the stack of
 the target ring from the TSS when the privilege changes (frame SS, ESP, EFLAGS, CS, EIP[, error]),
 otherwise push EFLAGS, CS, EIP[, error] on the current stack, clear TF/NT/RF (and IF for interrupt
-gates), and jump.  A fault while delivering becomes #DF; a fault while delivering #DF is a triple
-fault (the VM stops).  All guest memory accesses go through the checked page walker.
+gates), and jump.  A fault while delivering is handled by the CPU's double-fault rules: after
+`int n`, an external interrupt or a benign exception it is delivered as such; contributory on
+contributory (or on #PF) becomes #DF; a fault while delivering #DF is a triple fault (the VM
+stops).  All guest memory accesses go through the checked page walker.
 
 Simplification (documented): the stack segments are assumed flat (base 0), which is what every
 32-bit kernel we run uses; task gates and virtual-8086 mode are not supported (#GP).
@@ -17,7 +19,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from vmirom.machine.decode import code_writes
-from vmirom.machine.faults import DF, GP, HAS_ERROR_CODE, NP, PF, TS, GuestFault, TripleFault
+from vmirom.machine.faults import CONTRIBUTORY, DF, GP, HAS_ERROR_CODE, NP, PF, TS, GuestFault, TripleFault
 from vmirom.machine.paging import PFERR_P, PFERR_U, PFERR_W, RW, US
 
 if TYPE_CHECKING:
@@ -113,15 +115,34 @@ class Delivery:
         try:
             self._deliver(vector, err, software, external)
         except GuestFault as f1:
-            if vector == DF:
-                raise TripleFault(f"fault while delivering a double fault ({f1})") from None
-            self.m.metrics.count("exception:df")
-            if f1.cr2 is not None:
-                self.m.engine.set_reg("cr2", f1.cr2)
-            try:
-                self._deliver(DF, 0, False, False)
-            except GuestFault as f2:
-                raise TripleFault(f"vector {vector} -> {f1} -> double fault -> {f2}") from None
+            self._second_fault(vector, f1, software=software, external=external)
+
+    def _second_fault(self, first: int, f1: GuestFault, *, software: bool, external: bool) -> None:
+        """The CPU faulted (`f1`) while delivering `first` (a software interrupt, an external one, or
+        an exception).  The x86 rules: a fault while delivering #DF shuts the CPU down (triple fault);
+        contributory on contributory, or #PF/contributory on #PF, becomes #DF; any other pair
+        (notably everything after `int n`, an external interrupt or a benign exception such as #UD)
+        is handled serially: the second fault is delivered as such.  The fault of an `int n` is the
+        instruction's own: its frame returns to the `int n`, not past it."""
+        if first == DF:
+            raise TripleFault(f"fault while delivering a double fault ({f1})") from None
+        if f1.cr2 is not None:
+            self.m.engine.set_reg("cr2", f1.cr2)
+        second = f1.vector
+        if software or external or not _promotes_to_df(first, second):
+            self.m.metrics.count("delivery:nested_fault")
+            if software:
+                eip = self.registers()[0]
+                start = self.m.soft_int_start(eip, first)
+                if start is not None:  # (unreadable code: the frame returns past it)
+                    self.m.engine.set_reg("eip", start)
+            self.exception(second, f1.error_code)
+            return
+        self.m.metrics.count("delivery:double_fault")
+        try:
+            self._deliver(DF, 0, False, False)
+        except GuestFault as f2:
+            raise TripleFault(f"vector {first} -> {f1} -> double fault -> {f2}") from None
 
     def _deliver(self, vector: int, err: int | None, software: bool, external: bool) -> None:
         """One delivery.  Raises GuestFault (state untouched) when the CPU would fault on the way;
@@ -244,6 +265,14 @@ class Delivery:
         eng.set_reg("esp", esp)
         eng.set_reg("eflags", eflags)
         eng.set_reg("eip", eip)
+
+
+def _promotes_to_df(first: int, second: int) -> bool:
+    """Does fault `second`, raised while delivering exception `first`, become #DF (SDM vol. 3, the
+    double-fault conditions)?  Benign first exceptions never promote."""
+    if first == PF:
+        return second == PF or second in CONTRIBUTORY
+    return first in CONTRIBUTORY and second in CONTRIBUTORY
 
 
 def pf_is_write(machine: Machine, eip: int, cr2: int) -> bool:

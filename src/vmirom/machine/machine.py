@@ -328,14 +328,14 @@ class Machine:
             return False
         if vector >= 32 or vector in (BP, OF):
             eip = eng.reg("eip")
-            start = self._soft_int_start(eip, vector)
+            start = self.soft_int_start(eip, vector)
             if start is None:
                 return False  # cannot prove where the instruction began: deliver it, IRQ later
             eng.set_reg("eip", start)
         self.metrics.count("irq_before_exit")
         return self.deliver_pending_interrupt()
 
-    def _soft_int_start(self, eip: int, vector: int) -> int | None:
+    def soft_int_start(self, eip: int, vector: int) -> int | None:
         """Address of the `int n` (CD nn), `int3` (CC) or `into` (CE) that ended at `eip`."""
         user = self.engine.cpl() == 3
         two = self.paging.read_code((eip - 2) & 0xFFFFFFFF, 2, user=user)
