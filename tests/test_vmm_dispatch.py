@@ -31,7 +31,7 @@ import pytest
 from vmirom.engines.base import REG_NAMES, Engine, EngineError, SliceResult
 from vmirom.hypervisors.base import Personality
 from vmirom.hypervisors.fullvirt import FullVirt
-from vmirom.machine.faults import DF, GP, NP, PF, UD
+from vmirom.machine.faults import DF, GP, NP, PF, UD, GuestFault
 from vmirom.machine.machine import Machine, MachineConfig
 
 RAM = 4 * 1024 * 1024
@@ -251,6 +251,7 @@ class HypercallAt0x82(Personality):
     def __init__(self) -> None:
         super().__init__()
         self.calls = 0
+        self.fault: GuestFault | None = None  # raised by the next hypercall / cpuid
 
     def is_hypercall(self, vcpu) -> bool:
         return vcpu.cpl == self.kernel_ring
@@ -258,7 +259,14 @@ class HypercallAt0x82(Personality):
     def hypercall(self, vcpu) -> None:
         self.calls += 1
         vcpu.count("hypercall:test")
+        if self.fault is not None:
+            raise self.fault
         vcpu.set("eax", 0x1234)
+
+    def on_cpuid(self, vcpu) -> bool:
+        if self.fault is not None:
+            raise self.fault
+        return False
 
 
 class Vm:
@@ -725,6 +733,32 @@ def test_hypercall_vector_goes_to_the_personality_not_the_idt(engine_cls):
     vm.code(USER_CODE, b"\xcd\x82")
     vm.exit("on_interrupt", 0x82)
     assert p.calls == 1 and vm.eng.cpl() == 1 and vm.r("eip") == handler(GP)
+
+
+def test_hypercall_raising_a_page_fault_reflects_it_with_cr2(engine_cls):
+    """A handler that finds a bad guest pointer raises GuestFault(#PF, err, cr2): the machine writes
+    CR2, delivers the #PF (EIP as the handler left it, past the hypercall) and counts it."""
+    p = HypercallAt0x82()
+    vm = Vm(p, engine_cls)
+    p.fault = GuestFault(PF, 0b010, cr2=NOT_PRESENT + 0x44)
+    vm.in_kernel(eip=KCODE + 2)
+    vm.exit("on_interrupt", 0x82)
+    assert vm.eng.written("cr2") == [NOT_PRESENT + 0x44]
+    assert vm.words(KERNEL_ESP - 16, 4) == (0b010, KCODE + 2, KCS[1], 0x202)
+    vm.assert_entered(PF, ring=1, esp=KERNEL_ESP - 16, if_set=False)
+    assert vm.detail == {"hypercall:test": 1, "exception:14": 1}
+
+
+@pytest.mark.parametrize("hook, args", [("on_interrupt", (0x82,)), ("on_cpuid", ())])
+def test_fault_raised_by_a_handler_that_cannot_be_delivered_is_a_triple_fault(hook, args, engine_cls):
+    p = HypercallAt0x82()
+    vm = Vm(p, engine_cls)
+    p.fault = GuestFault(GP, 0)
+    vm.set_gate(GP, gate(handler(GP), 0x08, 0, present=False))
+    vm.set_gate(DF, gate(handler(DF), 0x08, 0, present=False))
+    vm.in_kernel(eip=KCODE + 2)
+    vm.exit(hook, *args)  # the hook settles the fate itself (no exception escapes into the engine)
+    assert vm.m.fate == "triple_fault" and vm.eng.stops >= 1 and vm.eng.writes == []
 
 
 def test_out_without_io_privilege_is_gp_at_the_instruction(engine_cls):

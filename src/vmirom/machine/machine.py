@@ -300,7 +300,7 @@ class Machine:
             self.delivery.exception(vector, err)
         except GuestFault as f:
             self.metrics.count(f"exception:{f.vector}")
-            self.delivery.exception(f.vector, f.error_code, f.cr2)
+            self._reflect(f.vector, f.error_code, f.cr2)
         except TripleFault as e:
             self.stop("triple_fault", f"triple fault: {e}")
 
@@ -371,6 +371,14 @@ class Machine:
         if not self.personality.port_out(self.vcpu, port, size, value):
             self.io.port_out(port, size, value)
 
+    def _reflect(self, vector: int, err: int = 0, cr2: int | None = None) -> None:
+        """Deliver a fault to the guest from an exit handler; a triple fault ends the run here, so
+        every exit entry point settles the fate itself (not only through `run`'s handler)."""
+        try:
+            self.delivery.exception(vector, err, cr2)
+        except TripleFault as e:
+            self.stop("triple_fault", f"triple fault: {e}")
+
     def _fault_in_hook(self, vector: int, err: int) -> None:
         """Deliver a fault raised by an instruction that the engine reports after the fact (I/O):
         rewind EIP to the instruction first."""
@@ -394,7 +402,7 @@ class Machine:
         try:
             return bool(self.personality.on_cpuid(self.vcpu))
         except GuestFault as f:
-            self.delivery.exception(f.vector, f.error_code, f.cr2)
+            self._reflect(f.vector, f.error_code, f.cr2)
             return True
 
     def on_invalid_opcode(self) -> bool:
@@ -404,7 +412,7 @@ class Machine:
             self.metrics.count("exception:6")
             self.delivery.exception(UD)
         except GuestFault as f:
-            self.delivery.exception(f.vector, f.error_code, f.cr2)
+            self._reflect(f.vector, f.error_code, f.cr2)
         except TripleFault as e:
             self.stop("triple_fault", f"triple fault: {e}")
         return True
@@ -429,7 +437,7 @@ class Machine:
 
     def on_sysenter(self) -> None:
         self.metrics.count("exception:6")
-        self.delivery.exception(UD)
+        self._reflect(UD)
 
     def close(self) -> None:
         self.engine.close()
