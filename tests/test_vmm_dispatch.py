@@ -18,7 +18,10 @@ What the fake does not model (kept minimal on purpose): it never executes code (
 an error), so an engine-side TLB, the translation cache, the #1883 `old_exception` field and the
 engine's own hook wrapper do not exist; the test plays the engine's part by setting registers and
 bumping `reg_gen` at each hook entry, as the Unicorn engine's hook wrapper does.  Like Unicorn (notes
-B3), it refuses a CS/SS load whose RPL is not the CPL: only `switch_ring`/`enter_handler` change rings.
+B3) it cannot change rings through a segment write: a CS/SS load whose RPL is not the CPL is refused
+(stricter than Unicorn for CS), so only `switch_ring`/`enter_handler` change the CPL.  The engine's
+INTR hook gives only a vector, so `int $n` with n < 32 (other than int3/into) looks like CPU exception
+n to the machine; a strict xfail below records that limitation.
 """
 
 from __future__ import annotations
