@@ -195,6 +195,78 @@ def test_pre_iret_restores_if_from_the_frame():
     assert cpu.regs["eip"] == CODE
 
 
+# -- repairs after a site hook the engine skipped (a pending slice-timer stop) ---------------------------
+USER_EIP, USER_ESP, KTOP = 0x2345, 0x7000, 0xA000
+
+
+def _after_native_iret_to_user(frame_flags: int, cpu_flags: int) -> tuple[FakeCpu, TrapEmulator]:
+    """The CPU state right after a native CPL-1 iret to ring 3 whose pre-hook did not run: CS:EIP,
+    SS:ESP and the arithmetic flags come from the frame at the top of the ring-1 stack, IF did not."""
+    cpu, emu = make("nop", cpl=3)
+    struct.pack_into("<5I", cpu.mem, KTOP - 20, USER_EIP, 0x1B, frame_flags, USER_ESP, 0x23)
+    cpu.regs.update(eip=USER_EIP, cs=0x1B, ss=0x23, esp=USER_ESP, eflags=cpu_flags)
+    return cpu, emu
+
+
+def test_repair_user_if_takes_the_frames_if():
+    cpu, emu = _after_native_iret_to_user(0x3247, 0x0047)
+    assert emu.repair_user_if(KTOP - 20)
+    assert cpu.regs["eflags"] == 0x0247 and emu.ctl.iopl == 3
+    assert emu.stats.by_kind["repair:iret_to_user"] == 1
+    assert not emu.repair_user_if(KTOP - 20)         # idempotent: nothing left to change
+
+
+def test_repair_user_if_after_user_code_ran_on():
+    """User code cannot change IF, so it may have run on (EIP, ESP, flags) before the VMM looks."""
+    cpu, emu = _after_native_iret_to_user(0x0202, 0x0087)
+    cpu.regs.update(eip=USER_EIP + 0x40, esp=USER_ESP - 8)
+    assert emu.repair_user_if(KTOP - 20) and cpu.regs["eflags"] == 0x0287
+
+
+@pytest.mark.parametrize("field,value", [("cs", 0x2B), ("ss", 0x2B)])
+def test_repair_user_if_needs_the_same_user_context(field, value):
+    cpu, emu = _after_native_iret_to_user(0x0202, 0x0002)
+    cpu.regs[field] = value
+    assert not emu.repair_user_if(KTOP - 20) and cpu.regs["eflags"] == 0x0002
+
+
+def test_repair_user_if_not_from_kernel_mode_nor_on_an_unmapped_stack():
+    cpu, emu = _after_native_iret_to_user(0x0202, 0x0002)
+    cpu.holes.add((KTOP - 20) // PAGE)
+    assert not emu.repair_user_if(KTOP - 20)
+    cpu, emu = make("nop")                           # CPL 1
+    struct.pack_into("<5I", cpu.mem, KTOP - 20, USER_EIP, 0x09, 0x0202, USER_ESP, 0x11)
+    assert not emu.repair_user_if(KTOP - 20) and not cpu.regs["eflags"] & IF_MASK
+
+
+def test_repair_after_same_ring_iret_and_unmapped_frame():
+    cpu, emu = make("nop")
+    cpu.regs.update(esp=STACK, eflags=0x0083)
+    struct.pack_into("<3I", cpu.mem, STACK - 12, CODE, 0x09, 0x0282)
+    assert not emu.repair_after_iret(STACK - 12)    # CF differs: not the frame just popped
+    struct.pack_into("<3I", cpu.mem, STACK - 12, CODE + 1, 0x09, 0x0283)
+    assert not emu.repair_after_iret(STACK - 12)    # returned somewhere else
+    struct.pack_into("<3I", cpu.mem, STACK - 12, CODE, 0x09, 0x0283)
+    assert emu.repair_after_iret(STACK - 12) and cpu.regs["eflags"] == 0x0283
+    cpu.holes.add((STACK - 12) // PAGE)
+    cpu.regs["eflags"] = 0x83
+    assert not emu.repair_after_iret(STACK - 12)    # never raises
+
+
+def test_repair_after_popf_only_clears_if():
+    """A skipped popf that should have cleared IF leaves a cli section open: repaired.  One that
+    should have set IF only delays interrupts, and a false match could open a cli section: left."""
+    cpu, emu = make("nop")
+    cpu.regs.update(esp=STACK, eflags=0x0246)
+    struct.pack_into("<I", cpu.mem, STACK - 4, 0x0046)
+    assert emu.repair_after_popf(4) and cpu.regs["eflags"] == 0x0046
+    struct.pack_into("<I", cpu.mem, STACK - 4, 0x0246)
+    assert not emu.repair_after_popf(4) and cpu.regs["eflags"] == 0x0046
+    cpu.regs["eflags"] = 0x0247                    # CF differs from the image: not just popped
+    struct.pack_into("<I", cpu.mem, STACK - 4, 0x0046)
+    assert not emu.repair_after_popf(4) and cpu.regs["eflags"] & IF_MASK
+
+
 def test_emulated_popf_pushf_round_trip_shows_virtual_if_and_iopl():
     cpu, emu = make("pushf\n popf")
     cpu.regs["eflags"] = 0x202 | 0x1                # IF + CF

@@ -32,6 +32,7 @@ from vmirom.machine.emulate import (
     CR0_PG,
     CR4_VALID,
     DEFAULT_HOOKED,
+    IF_MASK,
     STRICT_HOOKED,
     GuestControl,
     TrapEmulator,
@@ -109,6 +110,7 @@ class FullVirt(Personality):
         self._code_ranges: list[tuple[int, int]] = []  # physical [start, end) scanned
         self._df_retry_eip: int | None = None
         self._pending: dict[int, int] = {}           # linear -> physical sites waiting for before_slice
+        self._after_popf: dict[int, tuple[int, int]] = {}  # address after a hooked popf -> (site, opsize)
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def attach(self, machine: Machine) -> None:
@@ -122,6 +124,8 @@ class FullVirt(Personality):
         return self.emu.io_permitted(vcpu.cpl)
 
     def before_slice(self) -> None:
+        if self._scanned and self.machine is not None:
+            self._repair_skipped_site()
         if not self._scanned and self.machine is not None and self.machine.boot is not None:
             self._scanned = True
             eng = self.machine.engine
@@ -244,6 +248,8 @@ class FullVirt(Personality):
             d = decode(raw, lin)
             opsize = d.opsize if d else 4
             self.hooked[lin] = (kind, opsize)
+            if kind == "popf" and d is not None:
+                self._after_popf[lin + d.size] = (lin, opsize)
             if identity and d is not None:
                 self._identity[lin] = d.raw
             self._hook_handles.append(self._add_code_hook(eng, lin))
@@ -255,6 +261,69 @@ class FullVirt(Personality):
             else:
                 for lin in lin_to_phys:
                     eng.invalidate_code(lin, lin + 1)
+
+    def _repair_skipped_site(self) -> None:
+        """Undo the effect of a site hook the engine skipped in the slice that just ended.
+
+        Unicorn does not call code hooks while an asynchronous `uc_emu_stop` (our slice timer) is
+        pending, yet the translation block goes on executing: a popf or iret reached in that window
+        runs natively without its pre-hook, i.e. at CPL 1 with the virtual IF left as it was (see
+        docs/fullvirt.md, "Skipped site hooks").  popf and iret end their translation block, so the
+        slice normally ends right after the instruction, its image still in memory: recognised here
+        and repaired as the hook would have done (`repair_after_popf/iret`).  User mode is checked
+        whenever the machine looks at IF (`load_virtual_if`)."""
+        eng = self.machine.engine
+        if eng.reg("cs") & 3 > self.kernel_ring:
+            self.load_virtual_if()
+            return
+        emu = self.emu
+        site = self._after_popf.get(eng.reg("eip"))
+        if site is not None and self._site_bytes_ok(site[0]):
+            if emu.repair_after_popf(site[1]):
+                self.machine.metrics.count("fullvirt:repair:popf")
+            return
+        if emu.repair_after_iret((eng.reg("esp") - 12) & 0xFFFFFFFF):
+            self.machine.metrics.count("fullvirt:repair:iret_same_ring")
+
+    def load_virtual_if(self) -> None:
+        """The machine is about to look at IF (deliver an interrupt, build a frame, halt).  In kernel
+        mode EFLAGS.IF is the virtual IF.  In user mode it must be the IF of the kernel's last iret
+        to user mode; if that iret's pre-hook was skipped, user code runs with the kernel's IF=0 and,
+        unrepaired, every later kernel entry saves IF=0 again and timer ticks stop for good.  Cheap
+        in the usual case: one batched register read, reused by the delivery that follows."""
+        if self.machine is None or self.emu is None:
+            return
+        regs = self.machine.delivery.registers()
+        if regs[1] & IF_MASK or regs[2] & 3 != 3:
+            return
+        top = self._ring_stack_top()
+        if top is not None and self.emu.repair_user_if((top - 20) & 0xFFFFFFFF):
+            self.machine.metrics.count("fullvirt:repair:iret_to_user")
+
+    def _site_bytes_ok(self, lin: int) -> bool:
+        """A load-address hook with paging on: are the kernel's bytes still there (see _on_site)?"""
+        raw = self._identity.get(lin)
+        if raw is None or not self.machine.engine.reg("cr0") & CR0_PG:
+            return True
+        try:
+            return self.machine.vcpu.read_code(lin, len(raw)) == raw
+        except GuestFault:
+            return False
+
+    def _ring_stack_top(self) -> int | None:
+        """ESP of the kernel's ring stack (where a user -> kernel transition puts its frame, so where
+        the kernel's iret back to user mode takes it from): RingStacks' rule, else TSS.esp1."""
+        stack = self.machine.kernel_stacks.get(self.kernel_ring)
+        if stack is not None:
+            return stack[1]
+        eng = self.machine.engine
+        sel, base, limit = eng.reg("tr")[:3]
+        if sel & ~3 == 0 or limit < 8 * self.kernel_ring + 11:
+            return None
+        try:
+            return struct.unpack("<I", self.machine.paging.read(base + 4 + 8 * self.kernel_ring, 4))[0]
+        except GuestFault:
+            return None
 
     def _add_code_hook(self, eng, lin: int):
         """A pre-execution hook on one linear address (Unicorn: UC_HOOK_CODE with begin == end, which

@@ -287,6 +287,14 @@ def _desc_fields(raw: bytes) -> tuple[int, int, int, int]:
     return base, limit, (hi >> 8) & 0xFF, flags
 
 
+def _just_loaded(eflags: int, image: int, opsize: int) -> bool:
+    """Do the loadable flags other than IF (CF PF AF ZF SF TF DF OF NT AC ID) of `eflags` equal those of
+    the popf/iret `image`?  True right after the native instruction loaded them: the signature the
+    skipped-hook repairs check before trusting stale stack memory."""
+    mask = FLAGS_LOADABLE & ~IF_MASK & (0xFFFF if opsize == 2 else _U32)
+    return not (eflags ^ image) & mask
+
+
 # ------------------------------------------------------------------------------------------------
 # The emulator
 # ------------------------------------------------------------------------------------------------
@@ -446,6 +454,78 @@ class TrapEmulator:
             self.ctl.iopl = (image & IOPL_MASK) >> 12   # only the kernel may change its IOPL
         if new != fl:
             self.cpu.set("eflags", new)             # the one write that costs (it ends the TB)
+
+    # -- sites whose hook the engine skipped (see docs/fullvirt.md, "Skipped site hooks") -------------
+    def repair_after_popf(self, opsize: int = 4) -> bool:
+        """The slice ended right after a native kernel popf whose pre-hook may not have run: the image
+        it popped is still at ESP - opsize.  If the arithmetic flags now equal the image's (the popf
+        loaded them), and the image has IF=0 while the virtual IF is 1, clear IF.  Only that direction:
+        a popf that should have *set* IF only delays interrupts until the kernel's next sti/iret, and
+        setting IF on a false match (a jump to the address after the popf) could open a cli section.
+        Returns True when IF was changed.  Never raises."""
+        cpu = self.cpu
+        cpl = cpu.cpl
+        if cpl > self.ctl.kernel_ring:
+            return False
+        fl = cpu.get("eflags")
+        if not fl & IF_MASK:
+            return False
+        try:
+            image = int.from_bytes(cpu.read((cpu.get("esp") - opsize) & _U32, opsize, user=False), "little")
+        except GuestFault:
+            return False
+        if image & IF_MASK or not _just_loaded(fl, image, opsize):
+            return False
+        self._take_if(image, cpl, opsize)
+        self.stats.by_kind["repair:popf"] += 1
+        return True
+
+    def repair_after_iret(self, frame: int) -> bool:
+        """The slice ended right after a native 32-bit same-ring iret whose pre-hook may not have run;
+        `frame` = ESP - 12, where it popped EIP, CS, EFLAGS from.  If that frame is exactly the one
+        just returned through (EIP and CS equal the CPU's, the arithmetic flags equal the image's), its
+        IF becomes the virtual IF, as pre_iret would have done.  Returns True when IF was changed.
+        Never raises.  (Returns to user mode: `repair_user_if`.)"""
+        cpu = self.cpu
+        if cpu.cpl > self.ctl.kernel_ring:
+            return False
+        try:
+            eip, cs, image = struct.unpack("<3I", cpu.read(frame & _U32, 12, user=False))
+        except GuestFault:
+            return False
+        if eip != cpu.get("eip") or cs & 0xFFFF != cpu.get("cs") & 0xFFFF:
+            return False
+        if (frame + 12) & _U32 != cpu.get("esp"):
+            return False
+        fl = cpu.get("eflags")
+        if not (fl ^ image) & IF_MASK or not _just_loaded(fl, image, 4):
+            return False
+        self._take_if(image, self.ctl.kernel_ring, 4)      # the hook runs at CPL <= kernel ring
+        self.stats.by_kind["repair:iret"] += 1
+        return True
+
+    def repair_user_if(self, frame: int) -> bool:
+        """User mode's IF is whatever the kernel's last iret to user mode loaded (user code cannot
+        change it: IOPL 0), i.e. the IF of the frame that iret popped.  A kernel returns to user mode
+        through the frame its entry built at the top of its ring stack; `frame` is that address (top -
+        20: EIP, CS, EFLAGS, ESP, SS).  If the CPU is in the user context that frame describes (same
+        CS and SS, RPL 3) and its IF differs from the frame's, the iret's pre-hook was skipped: take
+        the frame's IF (and IOPL), as pre_iret would have.  EIP/ESP are not compared: the user code may
+        have run on before the VMM looks.  Returns True when IF was changed.  Never raises."""
+        cpu = self.cpu
+        if cpu.cpl != 3:
+            return False
+        try:
+            _eip, cs, image, _esp, ss = struct.unpack("<5I", cpu.read(frame & _U32, 20, user=False))
+        except GuestFault:
+            return False
+        if cs & 0xFFFF != cpu.get("cs") & 0xFFFF or ss & 0xFFFF != cpu.get("ss") & 0xFFFF:
+            return False
+        if not (cpu.get("eflags") ^ image) & IF_MASK:
+            return False
+        self._take_if(image, self.ctl.kernel_ring, 4)
+        self.stats.by_kind["repair:iret_to_user"] += 1
+        return True
 
     def emulate_site(self, eip: int) -> str | None:
         """Strict mode: fully emulate the sensitive instruction at `eip` (pushf/sgdt/sidt/sldt/str/smsw)
