@@ -212,7 +212,7 @@ def test_repair_user_if_takes_the_frames_if():
     cpu, emu = _after_native_iret_to_user(0x3247, 0x0047)
     assert emu.repair_user_if(KTOP - 20)
     assert cpu.regs["eflags"] == 0x0247 and emu.ctl.iopl == 3
-    assert emu.stats.by_kind["repair:iret_to_user"] == 1
+    assert emu.stats.repairs["iret_to_user"] == 1 and emu.stats.traps == 0
     assert not emu.repair_user_if(KTOP - 20)         # idempotent: nothing left to change
 
 

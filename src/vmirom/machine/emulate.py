@@ -309,6 +309,8 @@ class TrapStats:
     seconds: float = 0.0              # time inside handle_gp (the #GP exits only; hooks are not timed)
     gp_exits: int = 0                 # handle_gp calls (emulated, reflected or retried)
     descriptors_compressed: int = 0
+    #: effects of site hooks the engine skipped, applied afterwards (not exits: not in `traps`)
+    repairs: Counter = field(default_factory=Counter)
 
     @property
     def traps(self) -> int:
@@ -325,6 +327,7 @@ class TrapStats:
                 "decode_cache": {"hits": self.cache_hits, "misses": self.cache_misses,
                                  "stale": self.cache_stale, "hit_rate": round(self.hit_rate, 4)},
                 "descriptors_compressed": self.descriptors_compressed,
+                "skipped_hook_repairs": dict(sorted(self.repairs.items())),
                 "gp_exits": self.gp_exits,
                 "gp_handler_seconds": round(self.seconds, 6),
                 "us_per_gp": round(self.seconds / self.gp_exits * 1e6, 2) if self.gp_exits else None}
@@ -477,7 +480,7 @@ class TrapEmulator:
         if image & IF_MASK or not _just_loaded(fl, image, opsize):
             return False
         self._take_if(image, cpl, opsize)
-        self.stats.by_kind["repair:popf"] += 1
+        self.stats.repairs["popf"] += 1
         return True
 
     def repair_after_iret(self, frame: int) -> bool:
@@ -501,7 +504,7 @@ class TrapEmulator:
         if not (fl ^ image) & IF_MASK or not _just_loaded(fl, image, 4):
             return False
         self._take_if(image, self.ctl.kernel_ring, 4)      # the hook runs at CPL <= kernel ring
-        self.stats.by_kind["repair:iret"] += 1
+        self.stats.repairs["iret"] += 1
         return True
 
     def repair_user_if(self, frame: int) -> bool:
@@ -524,7 +527,7 @@ class TrapEmulator:
         if not (cpu.get("eflags") ^ image) & IF_MASK:
             return False
         self._take_if(image, self.ctl.kernel_ring, 4)
-        self.stats.by_kind["repair:iret_to_user"] += 1
+        self.stats.repairs["iret_to_user"] += 1
         return True
 
     def emulate_site(self, eip: int) -> str | None:
