@@ -83,3 +83,20 @@ def test_selftest_on_bare(kernel: Path) -> None:
     # and no kernel-mode exception happened
     assert any(e["event"] == "user_fault" for e in events)
     assert not any(e["event"] == "exception" for e in events), console[-3000:]
+
+
+@pytest.mark.parametrize("hypervisor", ["bare", "vmi2"])
+def test_interactive_shell_on_the_vmm(kernel: Path, hypervisor: str) -> None:
+    """`vmirom run -i --cmdline init=sh`: keys typed on the terminal reach the guest's serial port
+    (IRQ4), the shell runs pipelines, and `exit 0` ends the run with status 0."""
+    from pty_console import Serial, run_shell_session
+
+    cli = "import sys; from vmirom.cli import main; sys.argv[0] = 'vmirom'; main()"
+    s = Serial([sys.executable, "-c", cli, "run", "-H", hypervisor, "-i", "--timeout", "120",
+                "--cmdline", "init=sh", str(kernel)])
+    try:
+        run_shell_session(s)
+        s.expect("vmirom run: " + hypervisor, timeout=30)   # the summary follows the guest's end
+    finally:
+        code = s.close()
+    assert code == 0

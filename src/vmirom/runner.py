@@ -23,6 +23,7 @@ init=selftest` just works; `--no-initrd` boots without it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing as mp
@@ -60,6 +61,7 @@ class RunRequest:
     ram_mb: int = 128
     echo: bool = True
     extra: dict = field(default_factory=dict)
+    interactive: bool = False  # the terminal's keys go to the guest's console (stdin, fd 0)
 
 
 def exit_code(result: dict) -> int:
@@ -199,7 +201,10 @@ def run_in_process(req: RunRequest) -> dict:
         machine = Machine(
             personality,
             MachineConfig(
-                ram_size=req.ram_mb << 20, timeout_s=req.timeout_s, echo=echo if req.echo else None
+                ram_size=req.ram_mb << 20,
+                timeout_s=req.timeout_s,
+                echo=echo if req.echo else None,
+                console_input=0 if req.interactive else None,
             ),
         )
     except (VmError, ValueError) as e:
@@ -394,13 +399,41 @@ def _write_json(path: str, doc) -> None:
         raise click.ClickException(f"cannot write {path}: {e.strerror or e}") from None
 
 
+@contextlib.contextmanager
+def _keys_to_guest(interactive: bool):
+    """With --interactive on a terminal: keys go to the guest one at a time, unechoed (the guest's
+    shell echoes), while Ctrl-C still interrupts vmirom (cbreak mode keeps ISIG)."""
+    if not interactive or not sys.stdin.isatty():
+        yield
+        return
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(0)
+    try:
+        tty.setcbreak(0)
+        yield
+    finally:
+        termios.tcsetattr(0, termios.TCSADRAIN, saved)
+
+
 @click.command("run")
 @click.option("--hypervisor", "-H", default="vmi", show_default=True, help="personality (see `vmirom demo`)")
 @click.option("--cmdline", default="exit_after=50", show_default=True, help="kernel command line")
 @click.option(
-    "--timeout", "timeout_s", type=float, default=60.0, show_default=True, help="wall-clock budget in seconds"
+    "--timeout",
+    "timeout_s",
+    type=float,
+    default=None,
+    help="wall-clock budget in seconds  [default: 60; 86400 with --interactive]",
 )
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the summary as JSON here")
+@click.option(
+    "--interactive",
+    "-i",
+    is_flag=True,
+    help="type on the guest console: keys go to its serial port (e.g. --cmdline init=sh); Ctrl-C ends it",
+)
 @click.option(
     "--initrd",
     type=click.Path(dir_okay=False),
@@ -415,8 +448,9 @@ def _write_json(path: str, doc) -> None:
 def run(
     hypervisor: str,
     cmdline: str,
-    timeout_s: float,
+    timeout_s: float | None,
     json_path: str | None,
+    interactive: bool,
     initrd: str | None,
     no_initrd: bool,
     ram_mb: int,
@@ -434,8 +468,13 @@ def run(
     except UnknownHypervisor as e:
         click.echo(f"Error: {e}", err=True)
         sys.exit(EXIT_CODES["refused"])
+    if timeout_s is None:
+        timeout_s = 86400.0 if interactive else 60.0
     if timeout_s <= 0:
         click.echo("Error: --timeout must be positive", err=True)
+        sys.exit(EXIT_CODES["refused"])
+    if interactive and quiet:
+        click.echo("Error: --interactive needs the console (drop --quiet)", err=True)
         sys.exit(EXIT_CODES["refused"])
     if initrd and no_initrd:
         click.echo("Error: --initrd and --no-initrd exclude each other", err=True)
@@ -443,8 +482,11 @@ def run(
     given = kernel is not None
     kernel = kernel or _default_kernel()
     initrd = _reference_initrd(kernel, initrd, no_initrd, given)
-    req = RunRequest(hypervisor, kernel, cmdline, timeout_s, initrd, ram_mb, echo=not quiet)
-    res = run_isolated(req)
+    req = RunRequest(
+        hypervisor, kernel, cmdline, timeout_s, initrd, ram_mb, echo=not quiet, interactive=interactive
+    )
+    with _keys_to_guest(interactive):
+        res = run_isolated(req)
     console = Console(width=max(Console().width, 100))
     console.print()
     print_summary(res, console)

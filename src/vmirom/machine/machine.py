@@ -15,6 +15,8 @@ Every exit into Python is counted by kind in `self.metrics`.  Fates (why the VM 
 
 from __future__ import annotations
 
+import os
+import select
 import struct
 import sys
 import time
@@ -40,6 +42,7 @@ _SOFTINT_KEYS = tuple(f"softint:{v:#x}" for v in range(256))
 _EXCEPTION_KEYS = tuple(f"exception:{v}" for v in range(256))
 
 ROM_BASE = 0xC0000
+MAX_INPUT_WAIT_NS = 10_000_000  # a halted interactive guest looks for keys at least every 10 ms
 BOOT_GDT = 0x800
 BOOT_STACK = 0x7000
 IF = 0x200
@@ -51,6 +54,10 @@ class MachineConfig:
     timeout_s: float | None = 60.0  # wall-clock budget for the whole run
     slice_us: int = 10_000  # longest slice of guest code between timer checks
     echo: object = None  # callable(bytes) for the console, e.g. the terminal
+    #: a file descriptor whose bytes are typed on the console (the UART's receive side), e.g. 0 for an
+    #: interactive terminal; None: no input.  With input, a halted guest waits in real time for a key
+    #: or its next timer deadline instead of skipping idle time at once.
+    console_input: int | None = None
 
 
 @dataclass
@@ -180,6 +187,8 @@ class Machine:
             while self.fate is None:
                 self.personality.before_slice()
                 self.update_timers()
+                if self.config.console_input is not None:
+                    self.poll_console_input()
                 if self.halted and not self.wait_for_interrupt():
                     break
                 self.deliver_pending_interrupt()
@@ -252,13 +261,37 @@ class Machine:
             return False
         if self.pic.pending_vector() is None:
             nxt = self.next_deadline()
-            if nxt is None:
+            if nxt is None and self.config.console_input is None:
                 self.stop("halt_dead", "the guest halted with no timer armed and no interrupt pending")
                 return False
-            self.clock.skip_to(nxt)
+            if self.config.console_input is not None:
+                # a person is typing: idle time passes in real time, and a key wakes the guest
+                wait_ns = MAX_INPUT_WAIT_NS if nxt is None else nxt - self.clock.now_ns()
+                if self.poll_console_input(min(max(wait_ns, 0), MAX_INPUT_WAIT_NS) / 1e9):
+                    self.halted = False
+                    return True
+            if nxt is not None:
+                self.clock.skip_to(nxt)
             self.update_timers()
         self.halted = False
         return True
+
+    def poll_console_input(self, timeout_s: float = 0.0) -> bool:
+        """Move what was typed (if anything, waiting up to `timeout_s`) into the UART; True if bytes
+        arrived.  End of input is not an error: the guest just gets no more keys."""
+        fd = self.config.console_input
+        if fd is None:
+            return False
+        try:
+            ready, _, _ = select.select([fd], [], [], timeout_s)
+            data = os.read(fd, 256) if ready else b""
+        except (OSError, ValueError):
+            data = b""
+        if ready and not data:  # EOF: stop polling
+            self.config.console_input = None
+        if data:
+            self.uart.feed(data)
+        return bool(data)
 
     def deliver_pending_interrupt(self) -> bool:
         """If the guest's IF is set and the PIC has an interrupt, deliver it now (also called from hooks
