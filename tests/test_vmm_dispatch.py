@@ -9,8 +9,8 @@ reads back what the delivery did: the frame in guest RAM, CS:EIP/SS:ESP/EFLAGS i
 metrics.
 
 Two flavours of the fake, and every test runs on both:
-- `generic`: only the abstract `Engine` interface (the machine reads registers one by one and
-  enters handlers with set_reg/switch_ring);
+- `generic`: only the `Engine` base class (the machine reads registers one by one and enters
+  handlers through the base class's `enter_handler`: switch_ring/set_reg);
 - `batched`: also `reads_tables`/`reader()` (one flattened read), `reg_gen` (the machine reuses a
   read within one exit) and `enter_handler` (one call), i.e. the hot path the Unicorn engine takes.
 
@@ -199,13 +199,7 @@ class BatchedFakeEngine(FakeEngine):
 
     def enter_handler(self, cpl, cs, ss, esp, eflags, eip) -> None:
         self.entries.append((cpl, cs, ss, esp, eflags, eip))
-        if cpl is not None:
-            self.switch_ring(cpl, cs, ss)
-        elif cs is not None:
-            self.set_reg("cs", cs)
-        self.set_reg("esp", esp)
-        self.set_reg("eflags", eflags)
-        self.set_reg("eip", eip)
+        super().enter_handler(cpl, cs, ss, esp, eflags, eip)
 
 
 @pytest.fixture(params=[FakeEngine, BatchedFakeEngine], ids=["generic", "batched"])

@@ -141,6 +141,20 @@ class Engine(abc.ABC):
         """Change the CPL and load CS/SS (descriptors with DPL == cpl) in one step.  This is how the
         machine delivers an interrupt across rings and enters the kernel at ring 1."""
 
+    def enter_handler(
+        self, cpl: int | None, cs: int | None, ss: int, esp: int, eflags: int, eip: int
+    ) -> None:
+        """Enter a handler (interrupt/exception delivery, an emulated IRET): for a ring change
+        (`cpl` not None) switch the ring and load `cs`/`ss`, else load `cs` when given; then ESP,
+        EFLAGS, EIP.  Engines override it to do this in fewer calls."""
+        if cpl is not None:
+            self.switch_ring(cpl, cs, ss)
+        elif cs is not None:
+            self.set_reg("cs", cs)
+        self.set_reg("esp", esp)
+        self.set_reg("eflags", eflags)
+        self.set_reg("eip", eip)
+
     @abc.abstractmethod
     def fault_done(self) -> None:
         """Called after the machine has handled a fault hook (engine-specific cleanup, e.g. the

@@ -689,13 +689,7 @@ class UnicornEngine(Engine):
         self.reg_gen += 1
         c = self._c
         if c is None or (self._running and not self._in_intr):
-            if cpl is not None:
-                self.switch_ring(cpl, cs, ss)
-            elif cs is not None:
-                self.set_reg("cs", cs)
-            self.set_reg("esp", esp)
-            self.set_reg("eflags", eflags)
-            self.set_reg("eip", eip)
+            super().enter_handler(cpl, cs, ss, esp, eflags, eip)
             return
         if cpl is not None:
             self._pending_eip = eip

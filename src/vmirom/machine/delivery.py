@@ -59,8 +59,7 @@ class Delivery:
         self._read = eng.reader(_ALL_NAMES) if getattr(eng, "reads_tables", False) else self._regs_generic
         self._snap: tuple[int, ...] = ()
         self._snap_gen = -1
-        enter = getattr(eng, "enter_handler", None)
-        self._enter = enter if enter is not None else self._enter_generic
+        self._enter = eng.enter_handler
 
     def registers(self) -> tuple[int, ...]:
         """The CPU state one exit needs (`_ALL_NAMES`, table registers flattened), read in one
@@ -253,18 +252,6 @@ class Delivery:
             r("cr2"),
             r("edi"),
         )
-
-    def _enter_generic(
-        self, cpl: int | None, cs: int | None, ss: int, esp: int, eflags: int, eip: int
-    ) -> None:
-        eng = self.m.engine
-        if cpl is not None:
-            eng.switch_ring(cpl, cs, ss)
-        elif cs is not None:
-            eng.set_reg("cs", cs)
-        eng.set_reg("esp", esp)
-        eng.set_reg("eflags", eflags)
-        eng.set_reg("eip", eip)
 
 
 def _promotes_to_df(first: int, second: int) -> bool:
