@@ -31,7 +31,7 @@ from collections import Counter
 
 import pytest
 
-from vmirom.engines.base import REG_NAMES, Engine, EngineError, SliceResult
+from vmirom.engines.base import REG_NAMES, Engine, EngineError, SliceResult, segment_descriptor
 from vmirom.hypervisors.base import Personality
 from vmirom.hypervisors.fullvirt import FullVirt
 from vmirom.machine.faults import DF, GP, NP, PF, UD, GuestFault
@@ -208,19 +208,6 @@ def engine_cls(request):
 
 
 # -- guest tables ----------------------------------------------------------------------------------
-def seg(base: int, limit: int, access: int, flags: int = 0xC) -> bytes:
-    """An 8-byte segment descriptor."""
-    return struct.pack(
-        "<HHBBBB",
-        limit & 0xFFFF,
-        base & 0xFFFF,
-        (base >> 16) & 0xFF,
-        access,
-        ((limit >> 16) & 0xF) | (flags << 4),
-        (base >> 24) & 0xFF,
-    )
-
-
 def gate(offset: int, sel: int, dpl: int = 0, *, trap: bool = False, present: bool = True) -> bytes:
     """A 32-bit interrupt (type 0xE) or trap (0xF) gate."""
     access = (0x80 if present else 0) | (dpl << 5) | (0xF if trap else 0xE)
@@ -277,16 +264,16 @@ class Vm:
         gdt = b"".join(
             [
                 bytes(8),
-                seg(0, 0xFFFFF, 0x9A),  # 0x08 ring-0 code
-                seg(0, 0xFFFFF, 0x92),  # 0x10 ring-0 data
-                seg(0, 0xFFFFF, 0xBA),  # 0x18 ring-1 code
-                seg(0, 0xFFFFF, 0xB2),  # 0x20 ring-1 data
-                seg(0, 0xFFFFF, 0xFA),  # 0x28 user code
-                seg(0, 0xFFFFF, 0xF2),  # 0x30 user data
-                seg(TSS, 0x67, 0x89, 0),  # 0x38 TSS
-                seg(0, 0xFFFFF, 0x1A),  # 0x40 ring-0 code, not present
-                seg(0, 0xFFFFF, 0x92),  # 0x48 ring-0 data
-                seg(0, 0xFFFFF, 0x9A),  # 0x50 ring-0 code
+                segment_descriptor(0, 0xFFFFF, 0x9A),  # 0x08 ring-0 code
+                segment_descriptor(0, 0xFFFFF, 0x92),  # 0x10 ring-0 data
+                segment_descriptor(0, 0xFFFFF, 0xBA),  # 0x18 ring-1 code
+                segment_descriptor(0, 0xFFFFF, 0xB2),  # 0x20 ring-1 data
+                segment_descriptor(0, 0xFFFFF, 0xFA),  # 0x28 user code
+                segment_descriptor(0, 0xFFFFF, 0xF2),  # 0x30 user data
+                segment_descriptor(TSS, 0x67, 0x89, 0),  # 0x38 TSS
+                segment_descriptor(0, 0xFFFFF, 0x1A),  # 0x40 ring-0 code, not present
+                segment_descriptor(0, 0xFFFFF, 0x92),  # 0x48 ring-0 data
+                segment_descriptor(0, 0xFFFFF, 0x9A),  # 0x50 ring-0 code
             ]
         )
         ram[GDT : GDT + len(gdt)] = gdt

@@ -16,10 +16,26 @@ from __future__ import annotations
 
 import abc
 import mmap
+import struct
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["EngineHooks", "Engine", "EngineError", "SliceResult", "REG_NAMES"]
+
+def segment_descriptor(base: int, limit: int, access: int, flags: int = 0xC) -> bytes:
+    """An 8-byte x86 GDT/LDT descriptor: `access` is the type/S/DPL/P byte, `flags` the G/D/L/AVL
+    nibble (0xC: 4 KiB granularity, 32-bit).  Used wherever the VMM writes a table of its own."""
+    return struct.pack(
+        "<HHBBBB",
+        limit & 0xFFFF,
+        base & 0xFFFF,
+        (base >> 16) & 0xFF,
+        access,
+        ((limit >> 16) & 0xF) | (flags << 4),
+        (base >> 24) & 0xFF,
+    )
+
+
+__all__ = ["EngineHooks", "Engine", "EngineError", "SliceResult", "REG_NAMES", "segment_descriptor"]
 
 GPRS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 REG_NAMES = GPRS + (

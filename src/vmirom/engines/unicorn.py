@@ -91,7 +91,7 @@ from unicorn import (
 )
 from unicorn import x86_const as X
 
-from vmirom.engines.base import Engine, EngineError, EngineHooks, SliceResult
+from vmirom.engines.base import Engine, EngineError, EngineHooks, SliceResult, segment_descriptor
 from vmirom.engines.slicetimer import SliceTimer
 
 _REGS = {
@@ -141,18 +141,6 @@ _NO_UNTIL = 0  # ignored: the engine runs with an empty exit set (W11); slices e
 # ------------------------------------------------------------------------------------------------
 # W1/W2: self-calibration of the uc_context offsets of `old_exception` and the CPL bits of `hflags`
 # ------------------------------------------------------------------------------------------------
-def _desc(base: int, limit: int, access: int, flags: int = 0xC) -> bytes:
-    return struct.pack(
-        "<HHBBBB",
-        limit & 0xFFFF,
-        base & 0xFFFF,
-        (base >> 16) & 0xFF,
-        access,
-        ((limit >> 16) & 0xF) | (flags << 4),
-        (base >> 24) & 0xFF,
-    )
-
-
 class _Probe:
     """A throw-away Uc with a flat GDT (rings 0, 1, 3), used to find context offsets."""
 
@@ -164,13 +152,13 @@ class _Probe:
         gdt = b"".join(
             [
                 bytes(8),
-                _desc(0, 0xFFFFF, 0x9A),
-                _desc(0, 0xFFFFF, 0x92),  # 0x08 / 0x10 ring 0
-                _desc(0, 0xFFFFF, 0xFA),
-                _desc(0, 0xFFFFF, 0xF2),  # 0x18 / 0x20 ring 3
-                _desc(0, 0xFFFFF, 0xBA),
-                _desc(0, 0xFFFFF, 0xB2),  # 0x28 / 0x30 ring 1
-                _desc(self.TSS, 103, 0x89, 0),  # 0x38 TSS
+                segment_descriptor(0, 0xFFFFF, 0x9A),
+                segment_descriptor(0, 0xFFFFF, 0x92),  # 0x08 / 0x10 ring 0
+                segment_descriptor(0, 0xFFFFF, 0xFA),
+                segment_descriptor(0, 0xFFFFF, 0xF2),  # 0x18 / 0x20 ring 3
+                segment_descriptor(0, 0xFFFFF, 0xBA),
+                segment_descriptor(0, 0xFFFFF, 0xB2),  # 0x28 / 0x30 ring 1
+                segment_descriptor(self.TSS, 103, 0x89, 0),  # 0x38 TSS
             ]
         )
         self.uc.mem_write(self.GDT, gdt)

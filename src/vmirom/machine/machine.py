@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import os
 import select
-import struct
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from vmirom.engines.base import EngineError
+from vmirom.engines.base import EngineError, segment_descriptor
 from vmirom.machine import loader
 from vmirom.machine.clock import VirtualClock
 from vmirom.machine.delivery import Delivery
@@ -68,18 +67,6 @@ class RunResult:
     run_time_s: float
     metrics: dict = field(default_factory=dict)
     console: str = ""
-
-
-def _gdt_entry(base: int, limit: int, access: int, flags: int = 0xC) -> bytes:
-    return struct.pack(
-        "<HHBBBB",
-        limit & 0xFFFF,
-        base & 0xFFFF,
-        (base >> 16) & 0xFF,
-        access,
-        ((limit >> 16) & 0xF) | (flags << 4),
-        (base >> 24) & 0xFF,
-    )
 
 
 def boot_selectors(ring: int) -> tuple[int, int]:
@@ -149,12 +136,12 @@ class Machine:
         gdt = b"".join(
             [
                 bytes(8),
-                _gdt_entry(0, 0xFFFFF, 0x9A),
-                _gdt_entry(0, 0xFFFFF, 0x92),
-                _gdt_entry(0, 0xFFFFF, 0xBA),
-                _gdt_entry(0, 0xFFFFF, 0xB2),
-                _gdt_entry(0, 0xFFFFF, 0xDA),
-                _gdt_entry(0, 0xFFFFF, 0xD2),
+                segment_descriptor(0, 0xFFFFF, 0x9A),
+                segment_descriptor(0, 0xFFFFF, 0x92),
+                segment_descriptor(0, 0xFFFFF, 0xBA),
+                segment_descriptor(0, 0xFFFFF, 0xB2),
+                segment_descriptor(0, 0xFFFFF, 0xDA),
+                segment_descriptor(0, 0xFFFFF, 0xD2),
             ]
         )
         self.memory.load(BOOT_GDT, gdt)
