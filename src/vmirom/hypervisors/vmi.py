@@ -196,11 +196,13 @@ class Vmi(Personality):
         self.emu = TrapEmulator(machine.vcpu, ctl)
         self._frame = machine.engine.reader(("cs", "eip", "eax", "edx", "ecx"))
         eng = machine.engine
+        names = ("esp", "eflags", "cs", "gdtr", "cr0", "cr3", "cr4", "ds", "es", "fs", "gs")
         if getattr(eng, "reads_tables", False):  # gdtr flattened to (base, limit)
-            self._iret_regs = eng.reader(("esp", "eflags", "cs", "gdtr", "cr0", "cr3", "cr4"))
+            self._iret_regs = eng.reader(names)
         else:
-            self._iret_regs = lambda: (eng.reg("esp"), eng.reg("eflags"), eng.reg("cs"), *eng.reg("gdtr"),
-                                       eng.reg("cr0"), eng.reg("cr3"), eng.reg("cr4"))
+            self._iret_regs = lambda: tuple(
+                v for n in names for v in (eng.reg(n) if n == "gdtr" else (eng.reg(n),))
+            )
         self._metrics = machine.metrics
         self._paging = machine.paging
         self._memory = machine.memory
@@ -512,9 +514,25 @@ class Vmi(Personality):
     def iret(self, vcpu: VCpu) -> None:
         # The hottest hypercall (every return to user space): one batched register read, the
         # descriptors through the allocation-free table walk, the new state in one engine call.
-        esp, cur, cs_now, gdt_base, gdt_limit, cr0, cr3, cr4 = self._iret_regs()
+        regs = self._iret_regs()
+        esp = regs[0]
         eip, cs, flags = struct.unpack("<III", vcpu.read(esp, 12))
         cs &= 0xFFFF
+        undo = self.before_iret(cs, flags)
+        try:
+            self._iret(vcpu, regs, eip, cs, flags)
+        except GuestFault:
+            if undo is not None:
+                undo()
+            raise
+
+    def before_iret(self, cs: int, flags: int) -> Callable[[], None] | None:
+        """A subclass's look at a validated-to-be IRET frame (e.g. vmi2's virtual IF); returns what
+        undoes it if the IRET faults."""
+        return None
+
+    def _iret(self, vcpu: VCpu, regs: tuple[int, ...], eip: int, cs: int, flags: int) -> None:
+        esp, cur, cs_now, gdt_base, gdt_limit, cr0, cr3, cr4, *data_segs = regs
         cpl = cs_now & 3
         rpl = cs & 3
         if rpl < cpl:
@@ -533,8 +551,7 @@ class Vmi(Personality):
             if (ss & 3) != rpl or (shi >> 13) & 3 != rpl or (shi >> 11) & 1 or not (shi >> 9) & 1:
                 raise GuestFault(GP, ss & ~3)
             eng.enter_handler(rpl, cs, ss, new_esp, new_flags, eip)
-            for reg in ("ds", "es", "fs", "gs"):  # data segments the outer ring may not use
-                sel = vcpu.get(reg)
+            for reg, sel in zip(("ds", "es", "fs", "gs"), data_segs, strict=True):  # outer ring may not
                 if sel & ~3:
                     try:
                         ok = (self._gdt_hi(vcpu, sel, gdt_base, gdt_limit, cr0, cr3, cr4) >> 13) & 3 >= rpl

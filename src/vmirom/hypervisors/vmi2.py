@@ -42,8 +42,6 @@ kernel that binds late, or refuses the ROM, sees one consistent flag.  `vmi_init
 
 from __future__ import annotations
 
-import struct
-
 from vmirom import abi
 from vmirom.hypervisors.vmi import IF, NORETURN_STUB, Vmi, handles
 from vmirom.machine.faults import GP, GuestFault
@@ -362,21 +360,14 @@ class Vmi2(Vmi):
             self._u32w(SH_VIF, IF)  # a safe halt enables interrupts (the machine reads the word)
         super().halt(vcpu)
 
-    @handles("IRET")
-    def iret(self, vcpu: VCpu) -> None:
+    def before_iret(self, cs: int, flags: int):  # noqa: ANN201 - see Vmi.before_iret
         """The exit path of the IRET stub (user frames, or a pending interrupt): for a kernel-ring
         frame the frame's IF becomes the virtual flag first, so v1's delivery check sees it."""
-        if not self.live:
-            return super().iret(vcpu)
+        if not self.live or cs & 3 > self.kernel_ring:
+            return None
         old = self._u32(SH_VIF)
-        _eip, cs, flags = struct.unpack("<III", vcpu.read(vcpu.get("esp"), 12))
-        if cs & 3 <= self.kernel_ring:
-            self._u32w(SH_VIF, flags & IF)
-        try:
-            super().iret(vcpu)
-        except GuestFault:
-            self._u32w(SH_VIF, old)
-            raise
+        self._u32w(SH_VIF, flags & IF)
+        return lambda: self._u32w(SH_VIF, old)
 
     # the v1 handlers of the IF calls stay reachable only through the native instructions' emulation;
     # a hostile jump into the middle of a stub lands on an irq_window or IRET site, both safe.
