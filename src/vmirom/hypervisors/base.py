@@ -77,9 +77,10 @@ class Personality:
         A personality that keeps the kernel's interrupt flag outside EFLAGS (e.g. a virtual IF word in
         memory shared with its ROM) copies it into EFLAGS.IF here.  Default: EFLAGS.IF is the flag."""
 
-    def save_virtual_if(self) -> None:
+    def save_virtual_if(self, cpl: int, eflags: int, cr2: int) -> None:
         """Called after the machine entered an interrupt/exception handler (which may have cleared
-        EFLAGS.IF): the counterpart of `load_virtual_if`.  Default: nothing."""
+        EFLAGS.IF): the counterpart of `load_virtual_if`.  The machine passes the handler's CPL and
+        EFLAGS and the CR2 of this delivery (what it just wrote: no register reads).  Default: nothing."""
 
     def on_exception(self, vcpu: VCpu, vector: int, error_code: int) -> bool:
         """A guest exception before delivery: return True if handled (e.g. an emulated privileged

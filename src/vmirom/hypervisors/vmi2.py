@@ -330,14 +330,13 @@ class Vmi2(Vmi):
             eng.set_reg("eflags", (fl & ~IF) | vif)
         self._u32w(SH_PENDING, 1 if not vif and self.machine.pic.pending_vector() is not None else 0)
 
-    def save_virtual_if(self) -> None:
+    def save_virtual_if(self, cpl: int, eflags: int, cr2: int) -> None:
         """A handler was entered: its EFLAGS.IF (cleared by an interrupt gate) becomes the virtual
         flag, and CR2 (set for a #PF) is published for GetCR2."""
-        if not self.live or not self._kernel_mode():
+        if not self.live or cpl > self.kernel_ring:
             return
-        eng = self.machine.engine
-        self._u32w(SH_VIF, eng.reg("eflags") & IF)
-        self._u32w(SH_CR2, eng.reg("cr2"))
+        self._u32w(SH_VIF, eflags & IF)
+        self._u32w(SH_CR2, cr2)
 
     # -- handlers ---------------------------------------------------------------------------------
     def before_slice(self) -> None:

@@ -149,7 +149,7 @@ class Delivery:
         m = self.m
         m.personality.load_virtual_if()  # the frame's IF is the kernel's (possibly virtual) flag
         (eip, eflags, cs, ss, esp, cr0, cr3, cr4, idt_base, idt_limit, gdt_base, gdt_limit,
-         tr_sel, tr_base, tr_limit, _tr_flags, _cr2, _edi) = self.registers()  # fmt: skip
+         tr_sel, tr_base, tr_limit, _tr_flags, cr2, _edi) = self.registers()  # fmt: skip
         ext = 1 if external else 0
         if vector * 8 + 7 > idt_limit:
             raise GuestFault(GP, vector * 8 + 2 + ext)
@@ -188,6 +188,7 @@ class Delivery:
             else:
                 _FRAME[n].pack_into(self.ram, phys, *words)
             self._enter(dpl, (sel & ~3) | dpl, ss_new & 0xFFFF, top, new_flags, offset)
+            cpl = dpl
             metrics = m.metrics  # Metrics.count("delivery:ring_change") without the string work
             metrics.kinds["delivery"] += 1
             metrics.detail["delivery:ring_change"] += 1
@@ -206,7 +207,7 @@ class Delivery:
             self._enter(
                 None, (sel & ~3) | cpl if (sel & ~3) != (cs & ~3) else None, 0, top, new_flags, offset
             )
-        m.personality.save_virtual_if()
+        m.personality.save_virtual_if(cpl, new_flags, cr2)
 
     def _read8(self, linear: int, cr0: int, cr3: int, cr4: int) -> tuple[int, int]:
         """Two dwords of a system table (IDT/GDT/TSS: supervisor reads) at a linear address."""
