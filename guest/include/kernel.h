@@ -47,6 +47,7 @@ u32 katou(const char *s);
 
 /* uart.c */
 void uart_init(void);
+void uart_irq_on(void);       /* after pic_init: IRQ4 on received data */
 void uart_putc(int c);
 int uart_getc(void);          /* -1 if nothing is waiting */
 void uart_intr(void);

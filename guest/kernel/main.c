@@ -97,6 +97,7 @@ void kmain(u32 magic, u32 mbi_pa)
     pic_init();
     timer_init();
     pic_enable(IRQ_COM1);
+    uart_irq_on();
     sti();                                   /* interrupts on from here */
 
     if (initrd_module.end > initrd_module.start) {

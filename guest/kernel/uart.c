@@ -28,7 +28,15 @@ void uart_init(void)
     outb(COM1 + UART_FCR, 0x07);      /* FIFO on, cleared */
     outb(COM1 + UART_MCR, 0x0B);      /* DTR, RTS, OUT2 (IRQ line enabled) */
     uart_present = inb(COM1 + UART_LSR) != 0xFF;
-    outb(COM1 + UART_IER, 0x01);      /* interrupt on received data */
+}
+
+/* Enable the receive interrupt, once the PIC is set up: a 16550 raises it at once when bytes
+ * are already waiting (typed or piped before boot), and an interrupt raised before pic_init
+ * would be lost in the PIC's reset. */
+void uart_irq_on(void)
+{
+    if (uart_present)
+        outb(COM1 + UART_IER, 0x01);  /* interrupt on received data */
 }
 
 void uart_putc(int c)

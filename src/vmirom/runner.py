@@ -15,6 +15,10 @@ Exit status of `vmirom run` (the guest's fate):
     6  the guest halted with nothing that could wake it
     7  another VM-level error (wrote to the ROM, touched memory outside RAM, engine error, reboot)
     8  the engine crashed (the child process died)
+    9  the user stopped the VM (Ctrl-A x on the console, Ctrl-C when the keys do not go to the
+       guest, `kill` in gdb)
+
+Every fate but a clean exit also prints the vCPU's state (`vmirom.debug.crashdump`).
 
 With no KERNEL argument (or KERNEL = the built reference kernel) the built initrd
 (guest/build/initrd.cpio) is passed as the first Multiboot module, so `vmirom run --cmdline
@@ -45,6 +49,7 @@ EXIT_CODES = {
     "halt_dead": 6,
     "vm_error": 7,
     "engine_crash": 8,
+    "quit": 9,
 }
 GRACE_S = 30.0
 
@@ -69,7 +74,7 @@ def exit_code(result: dict) -> int:
     fate = result.get("fate")
     if fate == "exit":
         return 0 if result.get("exit_status") == 0 else 1
-    if fate in ("refused", "triple_fault", "timeout", "halt_dead", "engine_crash"):
+    if fate in ("refused", "triple_fault", "timeout", "halt_dead", "engine_crash", "quit"):
         return EXIT_CODES[fate]
     return EXIT_CODES["vm_error"]
 
@@ -213,7 +218,8 @@ def run_in_process(req: RunRequest) -> dict:
         machine.load_kernel(data, req.cmdline, modules)
     except LoadError as e:
         return refused(f"{req.kernel}: {e}")
-    result = machine.run()
+    with _sigint_stops(machine):
+        result = machine.run()
     out = {
         **base,
         "fate": result.fate,
@@ -236,6 +242,46 @@ def run_in_process(req: RunRequest) -> dict:
     out["initrd"] = req.initrd
     machine.close()
     return out
+
+
+@contextlib.contextmanager
+def _sigint_stops(machine):
+    """Ctrl-C (SIGINT) ends the run with fate "quit" and a full report, instead of a traceback.
+    Only in the main thread (where Python runs signal handlers); the handler just asks the engine
+    to stop, which is safe at any point of an exit handler."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, lambda *_: machine.stop("quit", "interrupted by Ctrl-C"))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+@contextlib.contextmanager
+def _parent_survives_sigint():
+    """The parent waits for the child's report through Ctrl-C (the child stops its VM on the same
+    SIGINT: one process group); a second Ctrl-C gives up waiting."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hits = []
+
+    def handler(*_):
+        hits.append(1)
+        if len(hits) > 1:
+            raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def _child(req: RunRequest, conn) -> None:
@@ -261,6 +307,21 @@ def _child(req: RunRequest, conn) -> None:
         conn.close()
 
 
+def _wait_for_child(proc, conn, deadline: float) -> dict | None:
+    """The child's result, or None when it died or the deadline passed."""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        if conn.poll(min(left, 0.5)):
+            try:
+                return conn.recv()
+            except EOFError:
+                return None
+        elif not proc.is_alive() and not conn.poll(0.1):
+            return None
+
+
 def run_isolated(req: RunRequest) -> dict:
     """Run the VM in a child process; a dying child becomes fate "engine_crash"."""
     ctx = mp.get_context("fork")
@@ -272,23 +333,21 @@ def run_isolated(req: RunRequest) -> dict:
     child.close()
     res = None
     deadline = t0 + req.timeout_s + GRACE_S
-    while res is None:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        if parent.poll(min(left, 0.5)):
-            try:
-                res = parent.recv()
-            except EOFError:
-                break
-        elif not proc.is_alive() and not parent.poll(0.1):
-            break
+    gave_up = False
+    try:
+        with _parent_survives_sigint():
+            res = _wait_for_child(proc, parent, deadline)
+    except KeyboardInterrupt:
+        gave_up = True
     if res is None:
         if proc.is_alive():
             proc.kill()
             proc.join(5)
-            msg = f"the VM did not finish within {req.timeout_s + GRACE_S:g} s and was killed"
-            fate = "timeout"
+            if gave_up:
+                msg, fate = "interrupted twice by Ctrl-C: the VM process was killed", "quit"
+            else:
+                msg = f"the VM did not finish within {req.timeout_s + GRACE_S:g} s and was killed"
+                fate = "timeout"
         else:
             proc.join(5)
             code = proc.exitcode
@@ -401,8 +460,10 @@ def _write_json(path: str, doc) -> None:
 
 @contextlib.contextmanager
 def _keys_to_guest(interactive: bool):
-    """With --interactive on a terminal: keys go to the guest one at a time, unechoed (the guest's
-    shell echoes), while Ctrl-C still interrupts vmirom (cbreak mode keeps ISIG)."""
+    """With --interactive on a terminal: every key goes to the guest one at a time, unechoed (the
+    guest's shell echoes), Ctrl-C and Ctrl-Z included (raw mode: no ISIG); Ctrl-A x stops the VM
+    (`vmirom.machine.escape`).  Output processing stays on, so vmirom's own messages still start
+    at the left margin."""
     if not interactive or not sys.stdin.isatty():
         yield
         return
@@ -411,7 +472,12 @@ def _keys_to_guest(interactive: bool):
 
     saved = termios.tcgetattr(0)
     try:
-        tty.setcbreak(0)
+        tty.setraw(0, termios.TCSADRAIN)
+        mode = termios.tcgetattr(0)
+        mode[1] |= termios.OPOST  # oflag
+        termios.tcsetattr(0, termios.TCSADRAIN, mode)
+        if sys.stderr.isatty():
+            sys.stderr.write("vmirom: keys go to the guest; Ctrl-A x stops the VM, Ctrl-A h for help\r\n")
         yield
     finally:
         termios.tcsetattr(0, termios.TCSADRAIN, saved)
@@ -432,7 +498,8 @@ def _keys_to_guest(interactive: bool):
     "--interactive",
     "-i",
     is_flag=True,
-    help="type on the guest console: keys go to its serial port (e.g. --cmdline init=sh); Ctrl-C ends it",
+    help="type on the guest console: every key (Ctrl-C too) goes to its serial port (e.g. --cmdline "
+    "init=sh); Ctrl-A x stops the VM",
 )
 @click.option(
     "--initrd",

@@ -10,11 +10,12 @@
 
 Every exit into Python is counted by kind in `self.metrics`.  Fates (why the VM stopped):
 "exit" (debug-exit port; `exit_status` = the value), "triple_fault", "timeout", "halt_dead",
-"rom_write", "bad_memory", "engine_error".
+"rom_write", "bad_memory", "engine_error", "quit" (the user stopped it: Ctrl-A x, Ctrl-C, gdb kill).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import sys
@@ -27,6 +28,7 @@ from vmirom.machine import loader
 from vmirom.machine.clock import VirtualClock
 from vmirom.machine.delivery import Delivery
 from vmirom.machine.devices import DebugExit, PicPair, Pit, PortBus, Uart16550
+from vmirom.machine.escape import HELP, ConsoleEscape
 from vmirom.machine.faults import BP, GP, OF, PF, UD, GuestFault, TripleFault, VmError
 from vmirom.machine.memory import DEFAULT_RAM, GuestMemory
 from vmirom.machine.metrics import Metrics
@@ -99,6 +101,7 @@ class Machine:
         self.io.register(self.pit, Pit.PORTS)
         self.io.register(self.uart, self.uart.ports)
         self.io.register(DebugExit(self.guest_exit), range(0xF4, 0xF8))
+        self.escape = ConsoleEscape()  # Ctrl-A x on the interactive console
         self.kernel_stacks: dict[int, tuple[int, int]] = {}  # ring -> (ss, esp) overrides
         self.fate: str | None = None
         self.exit_status: int | None = None
@@ -269,15 +272,23 @@ class Machine:
         fd = self.config.console_input
         if fd is None:
             return False
+        ready: list = []
         try:
             ready, _, _ = select.select([fd], [], [], timeout_s)
             data = os.read(fd, 256) if ready else b""
         except (OSError, ValueError):
             data = b""
-        if ready and not data:  # EOF: stop polling
+        if ready and not data:  # EOF (or an unreadable input): stop polling
             self.config.console_input = None
         if data:
-            self.uart.feed(data)
+            data, command = self.escape.filter(data)
+            if command == "help":
+                with contextlib.suppress(OSError):
+                    os.write(2, HELP.encode())
+            elif command == "quit":
+                self.stop("quit", "stopped by the user (Ctrl-A x)")
+            if data:
+                self.uart.feed(data)
         return bool(data)
 
     def deliver_pending_interrupt(self) -> bool:

@@ -1,6 +1,13 @@
 """A 16550 UART (COM1 at 0x3F8, IRQ4): transmit goes to a sink (the terminal) and into a captured
 buffer that tools parse (e.g. VMIROM-JSON lines); receive reads from an input queue.  The transmitter
-is infinitely fast, so LSR always shows it empty."""
+is infinitely fast, so LSR always shows it empty.
+
+The interrupt rule of a real 16550: an interrupt source is raised whenever its condition holds AND
+its IER bit is set, whichever became true last.  So enabling "received data available" (IER bit 0)
+while bytes are already waiting raises IRQ4 at once, exactly like enabling "THR empty" (bit 1) with
+the transmitter empty.  Without this, input that arrived before the kernel's `uart_init` enabled
+the receive interrupt (piped input: `printf 'echo hi\n' | vmirom run -i`) was never announced and
+the shell waited forever."""
 
 from __future__ import annotations
 
@@ -88,7 +95,9 @@ class Uart16550:
             if dlab:
                 self.dlm = value
             else:
-                self.ier = value & 0x0F
+                old, self.ier = self.ier, value & 0x0F
+                if self.ier & 1 and not old & 1 and self.rx:  # data already waiting: announce it
+                    self.raise_irq()
                 if self.ier & 2:
                     self.thre_pending = True
                     self.raise_irq()
