@@ -27,6 +27,16 @@ class Personality:
     iopl: ClassVar[int] = 0
     #: software-interrupt vector used by ROM stubs to enter the VMM (None: no hypercalls)
     hypercall_vector: ClassVar[int | None] = None
+    #: How guest memory is virtualized (`vmirom.machine.mmu`, docs/mmu.md):
+    #: - "direct": guest-physical == machine-physical and the CPU walks the guest's own page tables
+    #:   (the physical machine; a hardware-assisted hypervisor with nested paging);
+    #: - "shadow": guest RAM lives at machine frames the guest cannot name (p2m/m2p) and the CPU walks
+    #:   VMM-built shadow page tables (its CR3 is the shadow root; the guest's CR0/CR3/CR4/CR2 are
+    #:   virtual, kept by the machine's ShadowMMU).
+    #: Code that reads guest page tables or guest-physical memory itself (the page walker, delivery,
+    #: any compiled fast path) must, for "shadow", use the guest's virtual CR3 and translate every
+    #: guest-physical address through p2m - never the engine's CR3 or a machine address.
+    memory_model: ClassVar[str] = "direct"
 
     def __init__(self) -> None:
         self.machine: Machine | None = None
