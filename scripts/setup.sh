@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install what vmirom needs on a Debian machine: the 32-bit toolchain pieces, QEMU for
-# the external check, gdb, tmux for the console tests, and the Python package itself.
+# the external check, gdb, tmux for the console tests, the Python package itself, and the
+# engine vmirom runs on: libunicorn 2.1.4 built from source with our store-path fix
+# (src/vmirom/engines/patches/, docs/engine.md; ~1 min once, cached in ~/.cache/vmirom).
 # Idempotent and quick when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +16,8 @@ command -v cpio >/dev/null || need_apt+=(cpio)
 command -v gcc >/dev/null || need_apt+=(gcc)
 command -v make >/dev/null || need_apt+=(make)
 command -v as >/dev/null || need_apt+=(binutils)
+command -v cmake >/dev/null || need_apt+=(cmake)
+command -v patch >/dev/null || need_apt+=(patch)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${need_apt[*]}"
@@ -27,4 +31,14 @@ if ! python3 -c 'import vmirom, unicorn, capstone, elftools, pytest, hypothesis'
     echo "setup: installing the vmirom Python package (editable) and its dev tools"
     python3 -m pip install -q --disable-pip-version-check -e '.[dev]'
     touch .setup-stamp
+fi
+
+# The patched engine (instant when the cached build matches the patch; see docs/engine.md).
+# Without it vmirom still runs, on the wheel's stock library, with guest stores ~10x slower.
+if [ "${VMIROM_SKIP_ENGINE_BUILD:-0}" != "1" ]; then
+    python3 -m vmirom.engines.unicorn_build || {
+        echo "setup: building the patched engine failed (VMIROM_SKIP_ENGINE_BUILD=1 skips it;" \
+             "vmirom then runs on the stock Unicorn wheel)" >&2
+        exit 1
+    }
 fi

@@ -69,6 +69,7 @@ def _register() -> None:
         ("vmirom.runner", "run"),
         ("vmirom.runner", "demo"),
         ("vmirom.bench.cli", "bench"),
+        ("vmirom.engines.unicorn_build", "engine"),
     ):
         try:
             mod = importlib.import_module(module)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import signal
 import sys
@@ -39,6 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
+
+from vmirom import childproc
+from vmirom.engines.options import EngineOptions
 
 EXIT_CODES = {
     "exit_ok": 0,
@@ -67,6 +69,7 @@ class RunRequest:
     echo: bool = True
     extra: dict = field(default_factory=dict)
     interactive: bool = False  # the terminal's keys go to the guest's console (stdin, fd 0)
+    engine: EngineOptions = field(default_factory=EngineOptions)  # from target modifiers (bare+stock)
 
 
 def exit_code(result: dict) -> int:
@@ -163,11 +166,12 @@ def hypervisor_work(metrics: dict, top: int = 3) -> dict:
 def run_in_process(req: RunRequest) -> dict:
     """Run the VM in THIS process and return the result dictionary (used by the child, and by tests
     that do not need crash isolation)."""
+    from vmirom.engines import libunicorn
     from vmirom.hypervisors import UnknownHypervisor, create
     from vmirom.machine import LoadError, Machine, MachineConfig, VmError
 
     t0 = time.monotonic()
-    base = {"hypervisor": req.hypervisor, "kernel": req.kernel, "cmdline": req.cmdline}
+    base = {"hypervisor": req.hypervisor + req.engine.suffix, "kernel": req.kernel, "cmdline": req.cmdline}
 
     def refused(msg: str) -> dict:
         return {
@@ -180,6 +184,10 @@ def run_in_process(req: RunRequest) -> dict:
             "console": "",
         }
 
+    try:
+        base["engine"] = libunicorn.require(req.engine.build).as_json()
+    except libunicorn.EngineBuildMismatch as e:
+        return refused(str(e))
     try:
         data = Path(req.kernel).read_bytes()
     except OSError as e:
@@ -295,7 +303,7 @@ def _child(req: RunRequest, conn) -> None:
         import traceback
 
         res = {
-            "hypervisor": req.hypervisor,
+            "hypervisor": req.hypervisor + req.engine.suffix,
             "kernel": req.kernel,
             "fate": "engine_error",
             "exit_status": None,
@@ -328,13 +336,8 @@ def _wait_for_child(proc, conn, deadline: float) -> dict | None:
 
 def run_isolated(req: RunRequest) -> dict:
     """Run the VM in a child process; a dying child becomes fate "engine_crash"."""
-    ctx = mp.get_context("fork")
-    parent, child = ctx.Pipe(duplex=False)
-    sys.stdout.flush()
-    proc = ctx.Process(target=_child, args=(req, child), daemon=True)
     t0 = time.monotonic()
-    proc.start()
-    child.close()
+    proc, parent = childproc.start(_child, (req,), req.engine.build)
     res = None
     deadline = t0 + req.timeout_s + GRACE_S
     gave_up = False
@@ -361,7 +364,7 @@ def run_isolated(req: RunRequest) -> dict:
             msg = f"the engine crashed: the VM process died with {what}"
             fate = "engine_crash"
         res = {
-            "hypervisor": req.hypervisor,
+            "hypervisor": req.hypervisor + req.engine.suffix,
             "kernel": req.kernel,
             "cmdline": req.cmdline,
             "fate": fate,
@@ -396,6 +399,16 @@ def _kinds_text(kinds: dict, limit: int = 6) -> str:
     return ", ".join(f"{k} {v}" for k, v in items[:limit]) or "-"
 
 
+def engine_text(engine: dict | None) -> str:
+    """The engine build a run used (libunicorn.EngineBuild as JSON), in one line."""
+    if not engine:
+        return "-"
+    from vmirom.engines.libunicorn import EngineBuild
+
+    d = EngineBuild(**engine)
+    return d.text() + (f" [{d.note}]" if d.note else "")
+
+
 def print_summary(res: dict, console) -> None:
     from rich.table import Table
 
@@ -412,6 +425,7 @@ def print_summary(res: dict, console) -> None:
     t.add_row("hypervisor work", (res.get("hypervisor_work") or {}).get("text", "-"))
     t.add_row("kernel", f"{res.get('kernel')} (sha256 {str(res.get('kernel_sha256', '?'))[:16]}...)")
     t.add_row("initrd", str(res.get("initrd") or "none"))
+    t.add_row("engine", engine_text(res.get("engine")))
     t.add_row("run time", f"{res.get('run_time_s', 0):.3f} s")
     m = res.get("metrics") or {}
     t.add_row("exits", f"{m.get('total_exits', 0)} total")
@@ -492,7 +506,13 @@ def _keys_to_guest(interactive: bool):
 
 
 @click.command("run")
-@click.option("--hypervisor", "-H", default="vmi", show_default=True, help="personality (see `vmirom demo`)")
+@click.option(
+    "--hypervisor",
+    "-H",
+    default="vmi",
+    show_default=True,
+    help="personality (see `vmirom demo`), optionally with engine modifiers: bare+stock (docs/engine.md)",
+)
 @click.option("--cmdline", default="exit_after=50", show_default=True, help="kernel command line")
 @click.option(
     "--timeout",
@@ -536,11 +556,13 @@ def run(
     print a summary.  The exit status reflects the guest's fate (see `vmirom.runner`)."""
     from rich.console import Console
 
+    from vmirom.engines.options import TargetError, parse_target
     from vmirom.hypervisors import UnknownHypervisor, get
 
     try:
+        hypervisor, engine = parse_target(hypervisor)
         get(hypervisor)
-    except UnknownHypervisor as e:
+    except (UnknownHypervisor, TargetError) as e:
         click.echo(f"Error: {e}", err=True)
         sys.exit(EXIT_CODES["refused"])
     if timeout_s is None:
@@ -558,7 +580,8 @@ def run(
     kernel = kernel or _default_kernel()
     initrd = _reference_initrd(kernel, initrd, no_initrd, given)
     req = RunRequest(
-        hypervisor, kernel, cmdline, timeout_s, initrd, ram_mb, echo=not quiet, interactive=interactive
+        hypervisor, kernel, cmdline, timeout_s, initrd, ram_mb, echo=not quiet, interactive=interactive,
+        engine=engine,
     )
     with _keys_to_guest(interactive):
         res = run_isolated(req)

@@ -55,6 +55,12 @@ W14 Code hooks are SKIPPED while an asynchronous `uc_emu_stop` (the W7 slice tim
     Measured: two hooked instructions in one block, 66 of 2000 timer-ended slices ran the second
     one without its hook.  Not fixable from here; a user of `add_code_hook` must tolerate it
     (fullvirt repairs what its popf/iret pre-hooks would have done, see docs/fullvirt.md).
+W15 Memory hooks only where they can fire.  Unicorn keeps a page's guest stores on its slow path
+    while ANY memory hook's range covers the page (uc_mem_hook_installed), so hooks over the whole
+    address space cost every store the self-modifying-code check even on our patched engine
+    (docs/engine.md).  The unmapped hooks cover physical addresses from the end of RAM up (RAM is
+    mapped whole from 0: nothing below it is unmapped), the write-protect hook only the read-only
+    ROM pages; the ranges are physical, as Unicorn checks them (paddr).
 Unicorn can still abort the host process on some CPU states it does not support, which is why the
 runner executes each VM in a child process (see vmirom.runner).
 """
@@ -135,6 +141,7 @@ _SCALAR_MASK = {
 }
 #: registers whose write has no side effect beyond the value (no descriptor load, no TLB/mode change)
 _PLAIN_WRITE = frozenset(("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eip", "eflags", "cr2"))
+_PHYS_END = (1 << 64) - 1  # hook ranges are inclusive physical addresses (W15)
 _NO_UNTIL = 0  # ignored: the engine runs with an empty exit set (W11); slices end by time or stop()
 
 
@@ -384,6 +391,8 @@ class UnicornEngine(Engine):
         self._stopped = False
         self._timer = _slice_timer(self.uc)  # W7
         self._ram_ptr = 0
+        self._ram_size = 0
+        self._readonly: list[tuple[int, int]] = []
         self._ram: mmap.mmap | None = None
         self._ram_buf = None
         self._c = _CRegs.make(self.uc)  # W12
@@ -399,6 +408,8 @@ class UnicornEngine(Engine):
     # -- setup ------------------------------------------------------------------------------------
     def attach_memory(self, ram: mmap.mmap, size: int, readonly: list[tuple[int, int]]) -> None:
         self._ram = ram
+        self._ram_size = size
+        self._readonly = [(max(0, s), min(e, size)) for s, e in readonly]
         self._ram_buf = ctypes.c_char.from_buffer(ram)
         self._ram_ptr = ctypes.addressof(self._ram_buf)
         # One mmap, mapped in pieces so the ROM pages can be read/exec only (writes reach
@@ -420,13 +431,17 @@ class UnicornEngine(Engine):
         uc.hook_add(UC_HOOK_INSN, self._h_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
         uc.hook_add(UC_HOOK_INSN, self._h_sysenter, None, 1, 0, X.UC_X86_INS_SYSENTER)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._h_invalid)  # W6
+        # W15: memory hooks only where they can fire (unmapped: above RAM; write-protect: the ROM)
         uc.hook_add(
-            UC_HOOK_MEM_READ_UNMAPPED
-            | UC_HOOK_MEM_WRITE_UNMAPPED
-            | UC_HOOK_MEM_FETCH_UNMAPPED
-            | UC_HOOK_MEM_WRITE_PROT,
+            UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED,
             self._h_mem,
+            None,
+            self._ram_size,
+            _PHYS_END,
         )
+        for start, end in self._readonly:
+            if end > start:
+                uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._h_mem, None, start, end - 1)
 
     # -- hooks (W8 guarded) -----------------------------------------------------------------------
     @_guarded
