@@ -9,11 +9,14 @@ signal, cleanly.  The parent also enforces a hard deadline (the child's own budg
 Exit status of `vmirom run` (the guest's fate):
     0  the guest exited cleanly with status 0 (debug-exit port 0xF4, or VMI Shutdown)
     1  the guest exited with a non-zero status
-    3  the input was refused (not an ELF, truncated, not Multiboot, unknown hypervisor, bad option)
+    2  usage error (unknown option or hypervisor, bad or conflicting values, unwritable --json)
+    3  the input was refused (not an ELF, truncated, not Multiboot, a ROM description that
+       cannot be built)
     4  triple fault
     5  wall-clock budget exhausted (--timeout)
     6  the guest halted with nothing that could wake it
-    7  another VM-level error (wrote to the ROM, touched memory outside RAM, engine error, reboot)
+    7  another VM-level error (wrote to the ROM, touched memory outside RAM, engine error, reboot,
+       a bug in a personality's handler: `--debug` prints its traceback)
     8  the engine crashed (the child process died)
     9  the user stopped the VM (Ctrl-A x on the console, Ctrl-C when the keys do not go to the
        guest, `kill` in gdb)
@@ -29,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import signal
 import sys
@@ -40,6 +42,8 @@ from pathlib import Path
 import click
 
 from vmirom import childproc
+from vmirom.cliutil import console as output_console
+from vmirom.cliutil import hypervisor_names, json_option, split_list, write_json
 from vmirom.engines.options import EngineOptions
 
 EXIT_CODES = {
@@ -54,6 +58,13 @@ EXIT_CODES = {
     "quit": 9,
 }
 GRACE_S = 30.0
+RUN_CODES = (
+    "\b\nExit status (the guest's fate):\n"
+    "  0 exited with status 0, 1 exited with another status, 2 usage error,\n"
+    "  3 input refused (kernel, initrd or ROM description), 4 triple fault, 5 timeout,\n"
+    "  6 halted with nothing to wake it, 7 other VM error (incl. a handler bug), 8 engine crash,\n"
+    "  9 stopped by the user"
+)
 
 
 @dataclass
@@ -70,6 +81,7 @@ class RunRequest:
     extra: dict = field(default_factory=dict)
     interactive: bool = False  # the terminal's keys go to the guest's console (stdin, fd 0)
     engine: EngineOptions = field(default_factory=EngineOptions)  # from target modifiers (bare+stock)
+    echo_fd: int = 1  # where the streamed console goes (2 when the JSON takes stdout)
 
 
 def exit_code(result: dict) -> int:
@@ -163,12 +175,28 @@ def hypervisor_work(metrics: dict, top: int = 3) -> dict:
     return work
 
 
+def personality_facts(personality) -> dict:
+    """What the summary says about a personality (also when its run failed: no false "ROM none")."""
+    facts = {
+        "name": personality.name,
+        "description": personality.description,
+        "kernel_ring": personality.kernel_ring,
+        "memory_model": personality.memory_model,
+    }
+    try:
+        facts.update(personality.summary())
+    except Exception as e:  # noqa: BLE001 - a plugin's summary() bug must not hide the run
+        facts["summary_error"] = f"{type(e).__name__}: {e}"
+    return facts
+
+
 def run_in_process(req: RunRequest) -> dict:
     """Run the VM in THIS process and return the result dictionary (used by the child, and by tests
     that do not need crash isolation)."""
     from vmirom.engines import libunicorn
     from vmirom.hypervisors import UnknownHypervisor, create
     from vmirom.machine import LoadError, Machine, MachineConfig, VmError
+    from vmirom.rom import RomError
 
     t0 = time.monotonic()
     base = {"hypervisor": req.hypervisor + req.engine.suffix, "kernel": req.kernel, "cmdline": req.cmdline}
@@ -206,7 +234,7 @@ def run_in_process(req: RunRequest) -> dict:
 
     def echo(b: bytes) -> None:
         try:
-            os.write(1, b)
+            os.write(req.echo_fd, b)
         except OSError:
             pass
 
@@ -220,6 +248,8 @@ def run_in_process(req: RunRequest) -> dict:
                 console_input=0 if req.interactive else None,
             ),
         )
+    except RomError as e:
+        return refused(f"the {req.hypervisor} personality's ROM description is refused: {e}")
     except (VmError, ValueError) as e:
         return refused(f"cannot build the {req.hypervisor} machine: {e}")
     try:
@@ -236,14 +266,11 @@ def run_in_process(req: RunRequest) -> dict:
         "run_time_s": round(result.run_time_s, 4),
         "metrics": result.metrics,
         "console": result.console,
-        "personality": {
-            "name": personality.name,
-            "description": personality.description,
-            "kernel_ring": personality.kernel_ring,
-            **personality.summary(),
-        },
+        "personality": personality_facts(personality),
         "boot_s": round(time.monotonic() - t0 - result.run_time_s, 4),
     }
+    if result.traceback:
+        out["traceback"] = result.traceback
     if not (result.fate == "exit" and result.exit_status == 0):
         from vmirom.debug.crashdump import capture
 
@@ -417,8 +444,11 @@ def print_summary(res: dict, console) -> None:
     t.add_column("value")
     p = res.get("personality") or {}
     rom = p.get("rom")
-    t.add_row("personality", f"{res.get('hypervisor')} (kernel ring {p.get('kernel_ring', '?')})")
-    t.add_row("ROM", f"{rom['product']} API {rom['api']} ROM {rom['rom_version']}" if rom else "none")
+    if p:
+        t.add_row("personality", f"{res.get('hypervisor')} (kernel ring {p.get('kernel_ring', '?')})")
+        t.add_row("ROM", f"{rom['product']} API {rom['api']} ROM {rom['rom_version']}" if rom else "none")
+    else:  # the VM never started: say so instead of guessing
+        t.add_row("personality", f"{res.get('hypervisor')} (not started)")
     t.add_row("binding", _binding_text(res))
     t.add_row("fate", f"{res.get('fate')}: {res.get('message', '')}")
     t.add_row("result", (res.get("outcome") or {}).get("text", "-"))
@@ -473,13 +503,6 @@ def _reference_initrd(kernel: str, explicit: str | None, no_initrd: bool, kernel
     return str(INITRD_PATH) if INITRD_PATH.is_file() else None
 
 
-def _write_json(path: str, doc) -> None:
-    try:
-        Path(path).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    except OSError as e:
-        raise click.ClickException(f"cannot write {path}: {e.strerror or e}") from None
-
-
 @contextlib.contextmanager
 def _keys_to_guest(interactive: bool):
     """With --interactive on a terminal: every key goes to the guest one at a time, unechoed (the
@@ -505,23 +528,25 @@ def _keys_to_guest(interactive: bool):
         termios.tcsetattr(0, termios.TCSADRAIN, saved)
 
 
-@click.command("run")
-@click.option(
-    "--hypervisor",
-    "-H",
-    default="vmi",
-    show_default=True,
-    help="personality (see `vmirom demo`), optionally with engine modifiers: bare+stock (docs/engine.md)",
-)
+def _show_traceback(res: dict, debug: bool) -> None:
+    tb = res.get("traceback")
+    if tb and debug:
+        click.echo(f"--- traceback ({res.get('hypervisor')}) ---\n{tb.rstrip()}", err=True)
+
+
+@click.command("run", epilog=RUN_CODES)
+@click.option("--hypervisor", "-H", default="vmi", show_default=True,
+              help="personality (`vmirom hypervisors` lists them), optionally with engine modifiers: "
+                   "bare+stock (docs/engine.md)")
 @click.option("--cmdline", default="exit_after=50", show_default=True, help="kernel command line")
 @click.option(
     "--timeout",
     "timeout_s",
-    type=float,
+    type=click.FloatRange(0, min_open=True),
     default=None,
     help="wall-clock budget in seconds  [default: 60; 86400 with --interactive]",
 )
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the summary as JSON here")
+@json_option("write the summary as JSON to FILE ('-': stdout; the console and summary go to stderr)")
 @click.option(
     "--interactive",
     "-i",
@@ -539,57 +564,53 @@ def _keys_to_guest(interactive: bool):
     "--ram", "ram_mb", type=click.IntRange(2, 3072), default=128, show_default=True, help="MiB of RAM"
 )
 @click.option("--quiet", "-q", is_flag=True, help="do not stream the guest console")
+@click.option("--debug", is_flag=True, help="print the Python traceback of a failing handler")
 @click.argument("kernel", required=False, type=click.Path(dir_okay=False))
 def run(
     hypervisor: str,
     cmdline: str,
     timeout_s: float | None,
-    json_path: str | None,
+    json_out: str | None,
     interactive: bool,
     initrd: str | None,
     no_initrd: bool,
     ram_mb: int,
     quiet: bool,
+    debug: bool,
     kernel: str | None,
 ) -> None:
     """Boot KERNEL (default: the reference kernel) on a hypervisor personality, stream its console and
-    print a summary.  The exit status reflects the guest's fate (see `vmirom.runner`)."""
-    from rich.console import Console
+    print a summary.  The exit status reflects the guest's fate."""
+    from vmirom.engines.options import parse_target
 
-    from vmirom.engines.options import TargetError, parse_target
-    from vmirom.hypervisors import UnknownHypervisor, get
-
-    try:
-        hypervisor, engine = parse_target(hypervisor)
-        get(hypervisor)
-    except (UnknownHypervisor, TargetError) as e:
-        click.echo(f"Error: {e}", err=True)
-        sys.exit(EXIT_CODES["refused"])
+    hypervisor_names(hypervisor, "--hypervisor")
+    if len(split_list(hypervisor)) != 1:
+        raise click.BadParameter("give one personality (vmirom demo boots several)",
+                                 param_hint="--hypervisor")
+    hypervisor, engine = parse_target(hypervisor)
     if timeout_s is None:
         timeout_s = 86400.0 if interactive else 60.0
-    if timeout_s <= 0:
-        click.echo("Error: --timeout must be positive", err=True)
-        sys.exit(EXIT_CODES["refused"])
     if interactive and quiet:
-        click.echo("Error: --interactive needs the console (drop --quiet)", err=True)
-        sys.exit(EXIT_CODES["refused"])
+        raise click.UsageError("--interactive needs the console (drop --quiet)")
+    if interactive and json_out == "-":
+        raise click.UsageError("--interactive and --json - both want the terminal")
     if initrd and no_initrd:
-        click.echo("Error: --initrd and --no-initrd exclude each other", err=True)
-        sys.exit(EXIT_CODES["refused"])
+        raise click.UsageError("--initrd and --no-initrd exclude each other")
     given = kernel is not None
     kernel = kernel or _default_kernel()
     initrd = _reference_initrd(kernel, initrd, no_initrd, given)
     req = RunRequest(
         hypervisor, kernel, cmdline, timeout_s, initrd, ram_mb, echo=not quiet, interactive=interactive,
-        engine=engine,
+        engine=engine, echo_fd=2 if json_out == "-" else 1,
     )
     with _keys_to_guest(interactive):
         res = run_isolated(req)
-    console = Console(width=max(Console().width, 100))
-    console.print()
-    print_summary(res, console)
-    if json_path:
-        _write_json(json_path, {k: v for k, v in res.items() if k != "traceback"})
+    con = output_console(json_out)
+    con.print()
+    print_summary(res, con)
+    _show_traceback(res, debug)
+    if json_out:
+        write_json(json_out, {k: v for k, v in res.items() if k != "traceback" or debug})
     code = exit_code(res)
     if code:
         click.echo(f"vmirom run: {res.get('fate')}: {res.get('message')}", err=True)
@@ -648,20 +669,28 @@ def _fate_text(r: dict) -> str:
     return f"{r.get('fate')} {st if st is not None else ''}".strip()
 
 
-@click.command("demo")
+DEMO_CODES = (
+    "\b\nExit status:\n"
+    "  0 every run exited cleanly with the same console result, 1 a run failed or the results\n"
+    "  differ, 2 usage error (e.g. an unknown hypervisor), 3 the kernel could not be read"
+)
+
+
+@click.command("demo", epilog=DEMO_CODES)
 @click.option(
     "--cmdline", default="init=selftest", show_default=True, help="kernel command line for every run"
 )
 @click.option(
     "--timeout",
     "timeout_s",
-    type=float,
+    type=click.FloatRange(0, min_open=True),
     default=120.0,
     show_default=True,
     help="wall-clock budget per run in seconds",
 )
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write all results as JSON here")
-@click.option("--hypervisor", "-H", "only", multiple=True, help="limit to these personalities")
+@json_option("write all results as JSON to FILE ('-': stdout; the table goes to stderr)")
+@click.option("--hypervisor", "-H", "only", multiple=True, metavar="NAME[,NAME...]",
+              help="limit to these personalities (repeat the option or give a comma list; `qemu` too)")
 @click.option(
     "--initrd",
     type=click.Path(dir_okay=False),
@@ -674,58 +703,57 @@ def _fate_text(r: dict) -> str:
     default=None,
     help="also boot on real qemu-system-i386 (default: when it is installed)",
 )
+@click.option("--debug", is_flag=True, help="print the Python traceback of a failing handler")
 @click.argument("kernel", required=False, type=click.Path(dir_okay=False))
 def demo(
     cmdline: str,
     timeout_s: float,
-    json_path: str | None,
+    json_out: str | None,
     only: tuple[str, ...],
     initrd: str | None,
     no_initrd: bool,
     with_qemu: bool | None,
+    debug: bool,
     kernel: str | None,
 ) -> None:
     """Boot the SAME kernel file on every registered hypervisor personality (and on real QEMU when it
     is installed) and compare them side by side: ROM and binding, the guest's own result (by default
     the user-space selftest: "checks passed N/N"), run time, and how each hypervisor got involved
-    (no ROM / trap-and-emulate counts / hypercall counts by VMI call).  Exit status 0 when every run
-    exited cleanly with the same console result."""
-    from rich.console import Console
+    (no ROM / trap-and-emulate counts / hypercall counts by VMI call)."""
     from rich.table import Table
 
-    from vmirom.hypervisors import UnknownHypervisor, get, names
+    from vmirom.engines.options import parse_target
+    from vmirom.hypervisors import names
 
-    console = Console(width=max(Console().width, 160))
+    con = output_console(json_out)
     if initrd and no_initrd:
         raise click.UsageError("--initrd and --no-initrd exclude each other")
+    wanted = hypervisor_names(only, "--hypervisor", extra=("qemu",))
     given = kernel is not None
     kernel = kernel or _default_kernel()
     initrd = _reference_initrd(kernel, initrd, no_initrd, given)
     try:
         digest = hashlib.sha256(Path(kernel).read_bytes()).hexdigest()
     except OSError as e:
-        raise click.ClickException(f"cannot read kernel {kernel}: {e.strerror or e}") from None
-    selected = list(only) or names()
-    for name in selected:
-        if name == "qemu":
-            continue
-        try:
-            get(name)
-        except UnknownHypervisor as e:
-            raise click.ClickException(str(e)) from None
+        click.echo(f"Error: cannot read kernel {kernel}: {e.strerror or e}", err=True)
+        sys.exit(EXIT_CODES["refused"])
+    selected = wanted or names()
     if with_qemu is None:
         from vmirom.guest.qemu import qemu_available
 
-        with_qemu = qemu_available() and (not only or "qemu" in only)
+        with_qemu = qemu_available() and (not wanted or "qemu" in wanted)
     selected = [n for n in selected if n != "qemu"]
-    console.print(f"[bold]kernel[/bold] {kernel}  sha256 {digest[:16]}...")
-    console.print(f"[bold]initrd[/bold] {initrd or 'none'}  [bold]cmdline[/bold] {cmdline!r}")
+    con.print(f"[bold]kernel[/bold] {kernel}  sha256 {digest[:16]}...")
+    con.print(f"[bold]initrd[/bold] {initrd or 'none'}  [bold]cmdline[/bold] {cmdline!r}")
     results = []
     for name in selected:
-        console.print(f"booting on [bold]{name}[/bold] ...")
-        results.append(run_isolated(RunRequest(name, kernel, cmdline, timeout_s, initrd, echo=False)))
+        con.print(f"booting on [bold]{name}[/bold] ...")
+        base_name, engine = parse_target(name)
+        results.append(run_isolated(RunRequest(base_name, kernel, cmdline, timeout_s, initrd, echo=False,
+                                               engine=engine)))
+        _show_traceback(results[-1], debug)
     if with_qemu:
-        console.print("booting on [bold]qemu[/bold] (qemu-system-i386) ...")
+        con.print("booting on [bold]qemu[/bold] (qemu-system-i386) ...")
         results.append(run_on_qemu(kernel, cmdline, initrd, timeout_s, digest))
     t = Table(title="One kernel binary, every hypervisor")
     for col, kw in (
@@ -755,16 +783,16 @@ def demo(
             str(m.get("total_exits", "-")) if m else "-",
             (r.get("hypervisor_work") or {}).get("text", "-"),
         )
-    console.print(t)
+    con.print(t)
     same_file = {r.get("kernel_sha256") for r in results} == {digest}
     texts = {(r.get("outcome") or {}).get("text") for r in results}
-    console.print(
+    con.print(
         f"same kernel file on every run: {'yes' if same_file else 'NO'} (sha256 {digest[:16]}...); "
         f"same console result everywhere: {'yes' if len(texts) == 1 else 'NO'}"
     )
-    if json_path:
-        _write_json(
-            json_path,
+    if json_out:
+        write_json(
+            json_out,
             {
                 "kernel": kernel,
                 "sha256": digest,
@@ -778,6 +806,6 @@ def demo(
         )
     bad = [r for r in results if exit_code(r) != 0]
     for r in bad:
-        console.print(f"[red]{r.get('hypervisor')}: {r.get('fate')}: {r.get('message')}[/red]")
+        con.print(f"[red]{r.get('hypervisor')}: {r.get('fate')}: {r.get('message')}[/red]")
     if bad or len(texts) != 1 or not same_file:
         sys.exit(1)

@@ -37,6 +37,15 @@ class Personality:
     #: any compiled fast path) must, for "shadow", use the guest's virtual CR3 and translate every
     #: guest-physical address through p2m - never the engine's CR3 or a machine address.
     memory_model: ClassVar[str] = "direct"
+    #: I/O port whose `out` from the kernel ring is a hypercall (None: none).  The machine asks
+    #: `is_hypercall` and calls `hypercall` instead of `port_out`, and counts it ONCE, as the
+    #: personality counts it (not also as "io:out:<port>"); the guest's IOPL is not consulted.
+    hypercall_port: ClassVar[int | None] = None
+    #: a plugin that means to REPLACE a built-in personality of the same name says so here
+    #: (otherwise the registry keeps the built-in and warns)
+    replaces_builtin: ClassVar[bool] = False
+    #: the personality API (vmirom.plugin.API_VERSION) this class was written against
+    requires_api: ClassVar[tuple[int, int]] = (1, 0)
 
     def __init__(self) -> None:
         self.machine: Machine | None = None
@@ -76,11 +85,18 @@ class Personality:
 
     # -- exits ----------------------------------------------------------------------------------------
     def is_hypercall(self, vcpu: VCpu) -> bool:
-        """Was the trap at `hypercall_vector` a hypercall from the ROM (vs. a guest `int n`)?"""
+        """Was the trap at `hypercall_vector` (or the `out` to `hypercall_port`) a hypercall from the
+        ROM, vs. a guest `int n` / `out` of its own?"""
         return False
 
     def hypercall(self, vcpu: VCpu) -> None:
-        """Handle a hypercall (registers as the stub left them).  Raise GuestFault to inject a fault."""
+        """Handle a hypercall (registers as the stub left them).  Raise GuestFault to inject a fault.
+        Count it with `count_hypercall` (the machine does not: only the personality knows the call)."""
+
+    def count_hypercall(self, call: str) -> None:
+        """Count one hypercall exit of `call` (a VMI call name or a name of the personality's own):
+        kind "hypercall", detail "hypercall:<call>", as `vmirom run`/`demo`/`bench` report them."""
+        self.machine.metrics.count(f"hypercall:{call}")
 
     def load_virtual_if(self) -> None:
         """Called before the machine reads EFLAGS.IF (to deliver an interrupt, halt, or push a frame).

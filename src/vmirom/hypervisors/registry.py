@@ -1,8 +1,14 @@
 """The registry of hypervisor personalities.
 
 Built-ins are registered here; third-party ones come from the `vmirom.hypervisors` entry-point group
-(each entry point names a `Personality` subclass) or from `register(cls)` at run time.  Lookups are
-by `cls.name`.
+(each entry point names a `Personality` subclass) or from `register(cls)` at run time.
+
+Rules a plugin author can rely on (docs/plugins.md):
+* an entry point is registered under ITS name (`acme = pkg:Cls` -> `-H acme`), whatever `Cls.name`
+  says: the name a user installs is the name they type;
+* a plugin never silently replaces a built-in: a clash is refused with a warning unless the class
+  sets `replaces_builtin = True` (or `register(cls, replace=True)`);
+* a plugin built for another major version of the personality API (`requires_api`) is refused.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ _BUILTINS = (
     "vmirom.hypervisors.hwassist",
 )
 _registry: dict[str, type[Personality]] = {}
+_origin: dict[str, str] = {}  # name -> "builtin", "register()" or "entry point <dist>"
 _loaded = False
 
 
@@ -32,18 +39,38 @@ class UnknownHypervisor(KeyError):
         return f"unknown hypervisor {self.args[0]!r}; known: {', '.join(names())}"
 
 
-def register(cls: type[Personality]) -> type[Personality]:
-    """Register a personality class (usable as a decorator).  Re-registering a name replaces it."""
+def register(cls: type[Personality], name: str | None = None, *, replace: bool = False,
+             origin: str = "register()") -> type[Personality]:
+    """Register a personality class (usable as a decorator) under `name` (default `cls.name`).
+
+    Re-registering a plugin's name replaces it; replacing a BUILT-IN needs `replace=True` or the
+    class attribute `replaces_builtin = True` (ValueError otherwise)."""
+    from vmirom.plugin import check_api
+
     if not (isinstance(cls, type) and issubclass(cls, Personality)):
         raise TypeError(f"{cls!r} is not a Personality subclass")
-    if not cls.name or cls.name == "?":
+    name = name or cls.name
+    if not name or name == "?":
         raise ValueError(f"{cls.__name__} has no name")
-    _registry[cls.name] = cls
+    check_api(cls)
+    if _origin.get(name) == "builtin" and _registry.get(name) is not cls \
+            and not (replace or cls.replaces_builtin):
+        raise ValueError(f"{cls.__name__} would replace the built-in personality {name!r}; set "
+                         "`replaces_builtin = True` on the class to mean it")
+    _registry[name] = cls
+    _origin[name] = origin
     return cls
+
+
+def origin(name: str) -> str:
+    """Where personality `name` comes from: "builtin", "register()" or "entry point <dist>"."""
+    _load()
+    return _origin.get(name, "?")
 
 
 def unregister(name: str) -> None:
     _registry.pop(name, None)
+    _origin.pop(name, None)
 
 
 def _load() -> None:
@@ -65,16 +92,19 @@ def _load() -> None:
                 and obj.__module__ == module
                 and obj.name not in ("", "?")
             ):
-                _registry.setdefault(obj.name, obj)
+                if obj.name not in _registry:
+                    _registry[obj.name] = obj
+                    _origin[obj.name] = "builtin"
     try:
         eps = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
     except Exception:  # noqa: BLE001 - broken metadata must not break the VMM
         eps = []
     for ep in eps:
+        dist = getattr(getattr(ep, "dist", None), "name", None) or "?"
         try:
-            register(ep.load())
+            register(ep.load(), ep.name, origin=f"entry point {dist}")
         except Exception as e:  # noqa: BLE001 - a broken plugin is reported, not fatal
-            warnings.warn(f"hypervisor plugin {ep.name!r} failed to load: {e}", stacklevel=2)
+            warnings.warn(f"hypervisor plugin {ep.name!r} ({dist}) not loaded: {e}", stacklevel=2)
 
 
 def get(name: str) -> type[Personality]:
@@ -94,4 +124,10 @@ def names() -> list[str]:
 
 
 def create(name: str) -> Personality:
-    return get(name)()
+    """An instance of personality `name`; its `name` is the registered one (an entry point's name
+    wins over the class attribute, so the summary says what the user typed)."""
+    cls = get(name)
+    obj = cls()
+    if obj.name != name:
+        obj.name = name
+    return obj

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from typing import ClassVar
 
 from vmirom import abi
 from vmirom.hypervisors.base import Personality
 from vmirom.machine.faults import GP, GuestFault
 from vmirom.machine.vcpu import VCpu
+from vmirom.rom.spec import RomError
 
 HYPERCALL_VECTOR = 0x82
 STUB = "int $0x82\n ret"
@@ -88,10 +90,13 @@ def _u32(v: int) -> int:
 class Vmi(Personality):
     """VMI 3.0, version 1: every operation is a hypercall (see module docstring).
 
-    Subclasses (e.g. a third-party plugin) choose their ROM per operation with class attributes only:
-    `rom_manufacturer`, `rom_product`, `rom_version`, `api_minor`, `native_calls` (sites keep the
-    native instruction, which traps at ring 1 and is emulated, or needs no hypervisor), `nop_calls`
-    (sites are removed); every other call this class handles becomes an `int $0x82` stub."""
+    Subclasses (e.g. a third-party plugin, docs/plugins.md) choose their ROM per operation with class
+    attributes: `rom_manufacturer`, `rom_product`, `rom_version`, `api_minor`, `native_calls` (sites
+    keep the native instruction, which traps at ring 1 and is emulated, or needs no hypervisor),
+    `nop_calls` (sites are removed), `rom_stubs` (call name -> their own stub code); and their
+    hypercall MECHANISM: `hypercall_vector` (`int $N`, default 0x82) or `hypercall_port` (an
+    `outb %al, $P` from the kernel ring; then set `hypercall_vector = None`).  Every other call this
+    class handles becomes a stub of that one trapping instruction (`hypercall_stub`)."""
 
     name = "vmi"
     description = "de-privileging hypervisor, VMI 3.0 ROM, every op a hypercall"
@@ -134,6 +139,39 @@ class Vmi(Personality):
     )
     #: calls the hypervisor does not need: the kernel removes the site
     nop_calls = ("UpdatePxE", "SetLinearMapping", "IODelay", "WBINVD")
+    #: a subclass's own stub code for some calls (name -> GNU as text, CALL_REL; IRET/SYSEXIT JUMP_REL).
+    #: A stub whose FIRST instruction is the trapping one (`hypercall_stub`'s) is a hypercall site.
+    rom_stubs: ClassVar[dict[str, str]] = {}
+
+    # -- the hypercall mechanism -------------------------------------------------------------------
+    @classmethod
+    def trap_asm(cls) -> str:
+        """The one instruction a stub traps with: `int $vector` or `outb %al, $port`."""
+        if cls.hypercall_port is not None:
+            if not 0 <= cls.hypercall_port <= 0xFF:
+                raise RomError(f"{cls.__name__}.hypercall_port {cls.hypercall_port:#x} is not an 8-bit "
+                               "port (the stub's `outb %al, $port` takes an immediate)")
+            return f"outb %al, ${cls.hypercall_port:#x}"
+        if cls.hypercall_vector is None or not 0x20 <= cls.hypercall_vector <= 0xFF:
+            raise RomError(f"{cls.__name__} has no hypercall mechanism: set hypercall_vector (0x20-0xff) "
+                           "or hypercall_port")
+        return f"int ${cls.hypercall_vector:#x}"
+
+    @classmethod
+    def hypercall_stub(cls, call: str) -> str:
+        """The stub of a returning call: the trapping instruction, then `ret`."""
+        return f"{cls.trap_asm()}\n ret"
+
+    @classmethod
+    def noreturn_stub(cls, call: str) -> str:
+        """The stub of IRET/SYSEXIT (JUMP_REL): the trapping instruction alone (the VMM never returns)."""
+        return cls.trap_asm()
+
+    @classmethod
+    def mechanism(cls) -> str:
+        """How this ROM enters the VMM, in words (`vmirom hypervisors`)."""
+        return f"out {cls.hypercall_port:#x}" if cls.hypercall_port is not None else \
+            f"int {cls.hypercall_vector:#x}"
 
     def __init__(self) -> None:
         super().__init__()
@@ -157,6 +195,8 @@ class Vmi(Personality):
         #: the register arguments of the hypercall being handled (EAX, EDX, ECX as the stub left them)
         self.eax = self.edx = self.ecx = 0
         self._frame = None  # engine reader of (cs, eip, eax, edx, ecx), set by attach()
+        #: bytes from the trapping instruction to the EIP the exit reports (int: after it; out: at it)
+        self._trap_back = 0 if self.hypercall_port is not None else 2
 
     # -- the ROM ----------------------------------------------------------------------------------
     def rom_spec(self):
@@ -170,10 +210,13 @@ class Vmi(Personality):
                 entries[c.number] = CallEntry.native()
             elif c.name in self.nop_calls:
                 entries[c.number] = CallEntry.nop()
+            elif c.name in self.rom_stubs:
+                jump = c.name in ("IRET", "SYSEXIT")
+                entries[c.number] = (CallEntry.jump if jump else CallEntry.call)(self.rom_stubs[c.name])
             elif c.name in ("IRET", "SYSEXIT"):
-                entries[c.number] = CallEntry.jump(NORETURN_STUB)
+                entries[c.number] = CallEntry.jump(self.noreturn_stub(c.name))
             elif c.number in self.dispatch:
-                entries[c.number] = CallEntry.call(STUB)
+                entries[c.number] = CallEntry.call(self.hypercall_stub(c.name))
         return RomSpec(
             manufacturer=self.rom_manufacturer,
             product=self.rom_product,
@@ -185,8 +228,12 @@ class Vmi(Personality):
     def attach(self, machine) -> None:
         super().attach(machine)
         rom = self.rom_image()
+        trap = self.trap_asm()
         for c in abi.CALLS:
             off = rom.stub_offset(c.number)
+            own = self.rom_stubs.get(c.name)
+            if own is not None and not own.lstrip().startswith(trap):
+                continue  # the subclass's stub does not begin with a hypercall
             if off is not None and c.number in self.dispatch:
                 self.call_at[off] = c.number
         from vmirom.machine.emulate import GuestControl, TrapEmulator
@@ -212,10 +259,10 @@ class Vmi(Personality):
         cs, eip, self.eax, self.edx, self.ecx = self._frame()
         if cs & 3 > self.kernel_ring:
             return False  # user code: an `int $0x82` of its own, delivered through the IDT
-        # The stub's `int $0x82` is the 2 bytes before EIP.  The answer is remembered per linear EIP
-        # (kernel-ring code only); a kernel that remaps its ROM window can only confuse itself: any
-        # kernel-ring code may make hypercalls anyway.
-        site = (eip - 2) & 0xFFFFFFFF
+        # The stub's `int $0x82` is the 2 bytes before EIP (an `out` hook sees EIP AT the `out`).
+        # The answer is remembered per linear EIP (kernel-ring code only); a kernel that remaps its
+        # ROM window can only confuse itself: any kernel-ring code may make hypercalls anyway.
+        site = (eip - self._trap_back) & 0xFFFFFFFF
         call = self.eip_cache.get(site, -1)
         if call == -1:
             call = None

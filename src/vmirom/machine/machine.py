@@ -21,6 +21,7 @@ import select
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vmirom.engines.base import EngineError, segment_descriptor
@@ -69,6 +70,8 @@ class RunResult:
     run_time_s: float
     metrics: dict = field(default_factory=dict)
     console: str = ""
+    #: fate "vmm_bug": the Python traceback of the handler that raised (shown by `vmirom run --debug`)
+    traceback: str | None = None
 
 
 def boot_selectors(ring: int) -> tuple[int, int]:
@@ -173,15 +176,21 @@ class Machine:
     def run(self) -> RunResult:
         t0 = time.monotonic()
         deadline = t0 + self.config.timeout_s if self.config.timeout_s else None
+        tb = None
         try:
             while self.fate is None:
-                self.personality.before_slice()
-                self.update_timers()
-                if self.config.console_input is not None:
-                    self.poll_console_input()
-                if self.halted and not self.wait_for_interrupt():
-                    break
-                self.deliver_pending_interrupt()
+                try:  # every personality hook may raise GuestFault: the guest takes it
+                    self.personality.before_slice()
+                    self.update_timers()
+                    if self.config.console_input is not None:
+                        self.poll_console_input()
+                    if self.halted and not self.wait_for_interrupt():
+                        break
+                    self.deliver_pending_interrupt()
+                except GuestFault as f:
+                    self.metrics.count(f"exception:{f.vector}")
+                    self._reflect(f.vector, f.error_code, f.cr2)
+                    continue
                 res = self.engine.run_slice(self.slice_budget_us())
                 self.metrics.count("slice")
                 if res.halted:
@@ -201,6 +210,19 @@ class Machine:
             self.stop("triple_fault", f"triple fault: {e}")
         except (EngineError, VmError) as e:
             self.stop(getattr(e, "fate", "engine_error"), str(e))
+        except Exception as e:  # noqa: BLE001 - a bug in a handler (ours or a plugin's), not the guest's
+            # Why here: the console, the exits counted so far and the personality's facts are what
+            # its author needs to find the bug; the child process would only report the type.
+            import traceback
+
+            tb = traceback.format_exc()
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            self.fate = None
+            self.stop(
+                "vmm_bug",
+                f"a handler of the {self.personality.name} personality raised {type(e).__name__}: {e} "
+                f"({Path(where.filename).name}:{where.lineno} in {where.name}; --debug shows the traceback)",
+            )
         return RunResult(
             self.fate or "engine_error",
             self.exit_status,
@@ -208,6 +230,7 @@ class Machine:
             time.monotonic() - t0,
             self.metrics.as_dict(),
             self.uart.text(),
+            tb,
         )
 
     def stop(self, fate: str, message: str = "") -> None:
@@ -382,24 +405,36 @@ class Machine:
     def on_port_in(self, port: int, size: int) -> int:
         self.metrics.count(f"io:in:{port:#x}")
         keep = self.engine.reg("eax")
-        if not self._io_allowed():
-            self._fault_in_hook(GP, 0)
-            return keep  # leave EAX as it was: the #GP handler must see the guest's EAX
         try:
+            if not self._io_allowed():
+                raise GuestFault(GP, 0)
             v = self.personality.port_in(self.vcpu, port, size)
         except GuestFault as f:
-            self._fault_in_hook(f.vector, f.error_code)
-            return keep
+            self._fault_in_hook(f.vector, f.error_code, f.cr2)
+            return keep  # leave EAX as it was: the fault handler must see the guest's EAX
         if v is None:
             v = self.io.port_in(port, size)
         return v
 
     def on_port_out(self, port: int, size: int, value: int) -> None:
+        p = self.personality
+        if port == p.hypercall_port:
+            try:
+                if p.is_hypercall(self.vcpu):  # counted once, by the personality, as a hypercall
+                    p.hypercall(self.vcpu)
+                    return
+            except GuestFault as f:
+                self._fault_in_hook(f.vector, f.error_code, f.cr2)
+                return
         self.metrics.count(f"io:out:{port:#x}")
-        if not self._io_allowed():
-            self._fault_in_hook(GP, 0)
+        try:
+            if not self._io_allowed():
+                raise GuestFault(GP, 0)
+            consumed = p.port_out(self.vcpu, port, size, value)
+        except GuestFault as f:
+            self._fault_in_hook(f.vector, f.error_code, f.cr2)
             return
-        if not self.personality.port_out(self.vcpu, port, size, value):
+        if not consumed:
             self.io.port_out(port, size, value)
 
     def _reflect(self, vector: int, err: int = 0, cr2: int | None = None) -> None:
@@ -410,14 +445,14 @@ class Machine:
         except TripleFault as e:
             self.stop("triple_fault", f"triple fault: {e}")
 
-    def _fault_in_hook(self, vector: int, err: int) -> None:
+    def _fault_in_hook(self, vector: int, err: int, cr2: int | None = None) -> None:
         """Deliver a fault raised by an instruction that the engine reports after the fact (I/O):
         rewind EIP to the instruction first."""
         eip = self.engine.reg("eip")
         start = self.io_insn_start(eip)
         self.engine.set_reg("eip", start)
         try:
-            self.delivery.exception(vector, err)
+            self.delivery.exception(vector, err, cr2)
         except TripleFault as e:
             self.stop("triple_fault", f"triple fault: {e}")
 
