@@ -145,7 +145,11 @@ def test_cli_build_list_and_errors(tmp_path: Path) -> None:
     for args in (["list", str(garbage)], ["list", str(tmp_path / "missing")],
                  ["build", "-o", str(out), str(tmp_path / "missing")]):
         r = subprocess.run(run + args, capture_output=True, text=True)
-        assert r.returncode == 2 and "initrd: error:" in r.stderr and "Traceback" not in r.stderr
+        assert r.returncode == 3 and "Error: refused:" in r.stderr and "Traceback" not in r.stderr
+    # the same tool as a subcommand (python -m is its old spelling)
+    r = subprocess.run([sys.executable, "-m", "vmirom", "guest", "initrd", "list", str(out)], capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and "renamed" in r.stdout
 
 
 def test_build_initrd_is_reproducible(tmp_path: Path) -> None:

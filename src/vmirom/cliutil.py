@@ -98,10 +98,11 @@ def write_json(dest: str, doc: Any) -> None:
 
 def console(json_out: str | None = None) -> Any:
     """A rich Console for the human-readable output: the terminal's width (or $COLUMNS; 80 when
-    neither is known), on stderr when the JSON goes to stdout."""
+    neither is known), on stderr when the JSON goes to stdout.  Plain lines are never wrapped
+    (soft wrap: a terminal folds them, a pipe keeps them whole); tables fit the width."""
     from rich.console import Console
 
-    return Console(stderr=json_out == "-", soft_wrap=False)
+    return Console(stderr=json_out == "-", soft_wrap=True)
 
 
 def hypervisor_names(values: Iterable[str] | str | None, param: str = "--hypervisor",

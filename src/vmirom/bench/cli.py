@@ -13,16 +13,14 @@ import click
 
 from vmirom.bench import report, runs
 from vmirom.bench.runs import GUEST_TESTS, PSEUDO_TESTS, BenchError, Kernels, Target, Workload
+from vmirom.cliutil import OutputPath, exit_epilog, json_option, split_list, write_json
+from vmirom.cliutil import console as output_console
 
 #: --quick: every target of the full run (so the table still has fullvirt, vmi, QEMU and the
 #: native-build pairs), one repeat, a kernel-heavy subset at 2% of the guest's counts: ~15 s here
 QUICK_TESTS = ("null_syscall", "pipe_latency", "fork_exit", "page_fault", "cpu_loop")
 QUICK_SCALE = 2
 DEFAULT_SCALE = 20
-
-
-def _split(value: str | None) -> list[str]:
-    return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
 def default_targets(native: bool) -> list[str]:
@@ -78,23 +76,28 @@ def resolve_kernels(kernel: str | None, native_kernel: str | None, initrd: str |
     return Kernels(k, nk, rd), warning
 
 
-@click.command("bench")
-@click.option("--hypervisors", "targets_opt", metavar="A,B,...",
-              help="Targets: registered personalities, `qemu`, optional `@native` suffix "
-                   "(the kernel built without VMI call sites).  "
+BENCH_CODES = exit_epilog(
+    "(here 1 means: nothing was measured, or the run was interrupted; what finished is still saved)",
+    "3 refused: the guest files are missing and cannot be built")
+
+
+@click.group("bench", invoke_without_command=True, epilog=BENCH_CODES)
+@click.option("--hypervisors", "-H", "targets_opt", metavar="A,B,...", multiple=True,
+              help="Targets (repeat the option or give a comma list): registered personalities, `qemu`, "
+                   "optional `@native` suffix (the kernel built without VMI call sites).  "
                    "Default: all + qemu + bare@native, qemu@native.")
-@click.option("--tests", "tests_opt", metavar="T,U,...",
-              help=f"Guest tests ({', '.join(GUEST_TESTS)}) and/or pseudo tests ({', '.join(PSEUDO_TESTS)}). "
-                   "Default: every guest test.")
+@click.option("--tests", "tests_opt", metavar="T,U,...", multiple=True,
+              help=f"Guest tests ({', '.join(GUEST_TESTS)}) and/or pseudo tests ({', '.join(PSEUDO_TESTS)}); "
+                   "repeat the option or give a comma list.  Default: every guest test.")
 @click.option("--repeat", type=click.IntRange(1, 100), default=None,
               help="Repeats (targets interleaved). [3]")
 @click.option("--scale", type=click.IntRange(1, 10000), default=None,
               help=f"Percent of the guest's default iteration counts (bench -s). [{DEFAULT_SCALE}]")
 @click.option("--iterations", "-n", type=click.IntRange(1), default=None,
               help="Exact iterations of every test (bench -n; wins over --scale).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
-              help="Write the results here.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True),
+@json_option("Write the results as JSON to FILE ('-': stdout; the tables go to stderr).  Checked before "
+             "the run; written also when the run is interrupted (Ctrl-C).")
+@click.option("--plot", "plot_path", type=OutputPath(allow_stdout=False),
               help="Write the overhead chart here (.png or .svg).")
 @click.option("--quick", is_flag=True,
               help=f"Short configuration (seconds, for CI): every target, 1 repeat, {','.join(QUICK_TESTS)} "
@@ -109,33 +112,41 @@ def resolve_kernels(kernel: str | None, native_kernel: str | None, initrd: str |
               help="Native kernel (default: make -C guest native).")
 @click.option("--initrd", type=click.Path(exists=True, dir_okay=False),
               help="Initrd (default: the built one).")
-def bench(targets_opt: str | None, tests_opt: str | None, repeat: int | None, scale: int | None,
-          iterations: int | None, json_path: str | None, plot_path: str | None, quick: bool, timeout: float,
-          idle_ticks: int, kernel: str | None, native_kernel: str | None, initrd: str | None) -> None:
+@click.pass_context
+def bench(ctx: click.Context, targets_opt: tuple[str, ...], tests_opt: tuple[str, ...], repeat: int | None,
+          scale: int | None, iterations: int | None, json_out: str | None, plot_path: str | None, quick: bool,
+          timeout: float, idle_ticks: int, kernel: str | None, native_kernel: str | None,
+          initrd: str | None) -> None:
     """Run the guest benchmark suite on each target, interleaved across repeats, and report medians
-    with ratios to `bare` (see docs/performance.md)."""
-    from rich.console import Console
-
-    console = Console(width=None if sys.stdout.isatty() else 140)
-    names = _split(targets_opt) or None
-    tests = _split(tests_opt) or list(QUICK_TESTS if quick else GUEST_TESTS)
+    with ratios to `bare` (see docs/performance.md).  `vmirom bench report` and `vmirom bench
+    profile` work on the results and the VMM's own time."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if plot_path and plot_path == json_out:
+        raise click.UsageError("--json and --plot name the same file")
+    console = output_console(json_out)
+    names = split_list(targets_opt) or None
+    tests = split_list(tests_opt) or list(QUICK_TESTS if quick else GUEST_TESTS)
     for t in tests:
         if t not in GUEST_TESTS and t not in PSEUDO_TESTS:
             raise click.BadParameter(f"unknown test {t!r}; known: {', '.join(GUEST_TESTS + PSEUDO_TESTS)}",
                                      param_hint="--tests")
+    try:
+        targets_given = [Target.parse(n) for n in names] if names else None
+    except BenchError as e:
+        raise click.BadParameter(str(e), param_hint="--hypervisors") from None
     repeat = repeat or (1 if quick else 3)
     if iterations is None and scale is None:
         scale = QUICK_SCALE if quick else DEFAULT_SCALE
     want_native = names is None or any(n.endswith(runs.NATIVE_SUFFIX) for n in names)
     kernels, warning = resolve_kernels(kernel, native_kernel, initrd, want_native)
-    if names is None:
-        names = default_targets(kernels.native is not None)
-    elif kernels.native is None and any(n.endswith(runs.NATIVE_SUFFIX) for n in names):
-        raise click.ClickException(warning or "no native kernel")
-    try:
-        targets = [Target.parse(n) for n in names]
-    except BenchError as e:
-        raise click.BadParameter(str(e), param_hint="--hypervisors") from None
+    if targets_given is None:
+        targets = [Target.parse(n) for n in default_targets(kernels.native is not None)]
+    elif kernels.native is None and any(t.kernel == "native" for t in targets_given):
+        click.echo(f"Error: refused: {warning or 'no native kernel'}", err=True)
+        sys.exit(3)
+    else:
+        targets = targets_given
     if warning:
         console.print(f"[yellow]warning:[/] {warning}")
     guest_tests = tuple(t for t in tests if t in GUEST_TESTS)
@@ -143,14 +154,18 @@ def bench(targets_opt: str | None, tests_opt: str | None, repeat: int | None, sc
     workload = Workload(guest_tests, pseudo, scale=scale, iterations=iterations, idle_ticks=idle_ticks,
                         timeout_s=timeout)
     if guest_tests and kernels.initrd is None:
-        raise click.ClickException("no initrd: build the guest (vmirom guest build) or pass --initrd")
+        click.echo("Error: refused: no initrd: build the guest (vmirom guest build) or pass --initrd",
+                   err=True)
+        sys.exit(3)
 
-    boots, records = _run_matrix(console, targets, workload, kernels, repeat)
+    boots, records, interrupted = _run_matrix(console, targets, workload, kernels, repeat)
 
     files = {"kernel": kernels.vmi, "native_kernel": kernels.native, "initrd": kernels.initrd}
     config: dict[str, Any] = {"targets": [t.name for t in targets], "tests": tests, "repeat": repeat,
                               "scale": scale, "iterations": iterations, "quick": quick, "timeout_s": timeout,
                               "idle_ticks": idle_ticks}
+    if interrupted:
+        config["interrupted"] = True
     doc = report.document(command="vmirom bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
                           config=config, env=report.environment(files), boots=[b.as_json() for b in boots],
                           records=records)
@@ -163,16 +178,14 @@ def bench(targets_opt: str | None, tests_opt: str | None, repeat: int | None, sc
         shown = {(r["target"], r["test"]): r["error"] for r in failed}
         console.print(f"[yellow]{len(failed)} of {len(records)} measurements failed:[/]")
         for (tg, test), err in list(shown.items())[:20]:
-            console.print(f"  {tg} {test}: {err}")
-    if json_path:
+            console.print(f"  {tg} {test}: {err}", markup=False)
+    if json_out:
         problems = report.validate(doc)
         if problems:          # a bug of ours: say so, but keep the data
-            console.print(f"[red]the JSON does not match schema.json:[/] {problems[:5]}")
-        try:
-            Path(json_path).write_text(json.dumps(doc, indent=1) + "\n")
-        except OSError as e:
-            raise click.ClickException(f"cannot write {json_path}: {e}") from None
-        console.print(f"wrote {json_path}")
+            console.print(f"[red]the JSON does not match schema.json:[/] {problems[:5]}", markup=False)
+        write_json(json_out, doc)
+        if json_out != "-":
+            console.print(f"wrote {json_out}")
     if plot_path:
         if not doc["summary"]:
             console.print("[yellow]no results to plot[/]")
@@ -182,13 +195,68 @@ def bench(targets_opt: str | None, tests_opt: str | None, repeat: int | None, sc
             except (OSError, ValueError) as e:
                 raise click.ClickException(f"cannot write {plot_path}: {e}") from None
             console.print(f"wrote {plot_path}")
+    measured = sum(1 for r in records if r["status"] == "ok")
+    if interrupted:
+        console.print(f"[yellow]interrupted:[/] {measured} measurement(s) finished and are reported above")
+        sys.exit(1)
+    if not measured:
+        console.print("[red]nothing was measured[/] (every boot failed: see above)")
+        sys.exit(1)
+
+
+@bench.command("report", epilog=exit_epilog("3 refused: the file is not a vmirom bench JSON document"))
+@click.argument("results", type=click.Path(dir_okay=False))
+@click.argument("markdown", required=False, type=click.Path(dir_okay=False))
+def report_cmd(results: str, markdown: str | None) -> None:
+    """Print the Markdown tables of a `vmirom bench --json` RESULTS file, or, with MARKDOWN,
+    rewrite that file's generated sections (<!-- bench:NAME --> ... <!-- /bench:NAME -->)."""
+    try:
+        doc = json.loads(Path(results).read_text())
+    except OSError as e:
+        click.echo(f"Error: refused: cannot read {results}: {e.strerror or e}", err=True)
+        sys.exit(3)
+    except ValueError as e:
+        click.echo(f"Error: refused: {results} is not JSON: {e}", err=True)
+        sys.exit(3)
+    problems = report.validate(doc)
+    if problems:
+        click.echo(f"Error: refused: {results} is not a vmirom bench document: {'; '.join(problems[:3])}",
+                   err=True)
+        sys.exit(3)
+    if markdown is None:
+        click.echo(report.markdown_all(doc))
+        return
+    try:
+        text, names = report.update_markdown(Path(markdown).read_text(), doc)
+        Path(markdown).write_text(text)
+    except OSError as e:
+        raise click.ClickException(f"cannot update {markdown}: {e.strerror or e}") from None
+    click.echo(f"{markdown}: updated {', '.join(names) or 'nothing'}")
+
+
+@bench.command("profile", epilog=exit_epilog("(here 1 means: the boot did not exit cleanly)"))
+@click.argument("target")
+@click.argument("tests", nargs=-1)
+@click.option("-n", "--iterations", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--top", type=click.IntRange(1), default=25, show_default=True, help="functions to list")
+@click.option("--kernel", type=click.Path(exists=True, dir_okay=False), help="VMI kernel (default: built)")
+@click.option("--initrd", type=click.Path(exists=True, dir_okay=False), help="initrd (default: built)")
+def profile_cmd(target: str, tests: tuple[str, ...], iterations: int, top: int, kernel: str | None,
+                initrd: str | None) -> None:
+    """Where the VMM's own time goes: one benchmark boot of TARGET in this process, plain (the
+    per-hook handler times) and under cProfile (the Python functions behind them).  TESTS default
+    to null_syscall pipe_latency fork_exit page_fault."""
+    from vmirom.bench import profile
+
+    sys.exit(profile.run(target, split_list(tests) or list(profile.DEFAULT_TESTS), iterations, top,
+                         kernel, initrd))
 
 
 def _run_matrix(console: Any, targets: list[Target], workload: Workload, kernels: Kernels,
-                repeat: int) -> tuple[list[runs.BootResult], list[dict[str, Any]]]:
+                repeat: int) -> tuple[list[runs.BootResult], list[dict[str, Any]], bool]:
     """Repeat 1: every target in order; repeat 2: again ... (interleaved, so drifts of a shared
-    machine hit every target alike)."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    machine hit every target alike).  Ctrl-C stops the matrix and keeps every boot that finished
+    (the third value says it was interrupted)."""
 
     def kinds(t: Target) -> list[bool]:
         # boot and idle are host times: meaningless for a target whose clock counts instructions
@@ -197,6 +265,17 @@ def _run_matrix(console: Any, targets: list[Target], workload: Workload, kernels
 
     boots: list[runs.BootResult] = []
     records: list[dict[str, Any]] = []
+    try:
+        _matrix(console, targets, workload, kernels, repeat, kinds, boots, records)
+    except KeyboardInterrupt:
+        return boots, records, True
+    return boots, records, False
+
+
+def _matrix(console: Any, targets: list[Target], workload: Workload, kernels: Kernels, repeat: int,
+            kinds: Any, boots: list[runs.BootResult], records: list[dict[str, Any]]) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     with Progress(TextColumn("{task.description}"), BarColumn(),
                   TextColumn("{task.completed}/{task.total} boots"), TimeElapsedColumn(),
                   console=console, transient=False) as progress:
@@ -226,4 +305,3 @@ def _run_matrix(console: Any, targets: list[Target], workload: Workload, kernels
                                            f"{'' if b.exit_status is None else f' {b.exit_status}'} "
                                            f"in {b.wall_s:.1f} s: [{colour}]{ok}/{len(b.records)} ok[/]")
                     progress.advance(task)
-    return boots, records

@@ -3,12 +3,11 @@ probe's per-hook handler times: calls, total, mean per exit kind) and once under
 Python functions behind them).  For docs/performance.md; not part of `vmirom bench`, because
 cProfile multiplies the cost of every Python call and would distort the benchmark itself.
 
-    python -m vmirom.bench.profile vmi -n 200 null_syscall fork_exit page_fault
+    vmirom bench profile vmi -n 200 null_syscall fork_exit page_fault
 """
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import io
 import pstats
@@ -34,43 +33,43 @@ def handler_table(profile: dict[str, dict[str, float]]) -> str:
     return "\n".join(out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m vmirom.bench.profile", description=__doc__.split("\n\n")[0])
-    ap.add_argument("target", help="personality (bare, fullvirt, vmi ...)")
-    ap.add_argument("tests", nargs="*", default=["null_syscall", "pipe_latency", "fork_exit", "page_fault"])
-    ap.add_argument("-n", "--iterations", type=int, default=100)
-    ap.add_argument("--top", type=int, default=25, help="functions to list [25]")
-    ap.add_argument("--kernel", type=Path, default=None)
-    ap.add_argument("--initrd", type=Path, default=None)
-    a = ap.parse_intermixed_args(argv)   # "vmi -n 100 null_syscall fork_exit", as documented
-    from vmirom.guest.build import build_kernel
+DEFAULT_TESTS = ("null_syscall", "pipe_latency", "fork_exit", "page_fault")
+
+
+def run(target_name: str, tests: list[str], iterations: int, top: int, kernel: str | None,
+        initrd: str | None) -> int:
+    """`vmirom bench profile`: print the handler table and the cProfile listing; the exit status."""
+    from vmirom.guest.build import BuildError, build_kernel
     from vmirom.guest.initrd import INITRD_PATH
 
     try:
-        target = runs.Target.parse(a.target)
+        target = runs.Target.parse(target_name)
         if target.platform in runs.QEMU_PLATFORMS:
             raise runs.BenchError("QEMU runs outside this process: nothing to profile")
-        unknown = [t for t in a.tests if t not in runs.GUEST_TESTS]
+        unknown = [t for t in tests if t not in runs.GUEST_TESTS]
         if unknown:
             raise runs.BenchError(f"unknown tests {unknown}; known: {', '.join(runs.GUEST_TESTS)}")
-        kernels = runs.Kernels(a.kernel or build_kernel(), None, a.initrd or INITRD_PATH)
-    except Exception as e:  # noqa: BLE001 - one line, no traceback
-        print(f"error: {e}", file=sys.stderr)
+        kernels = runs.Kernels(Path(kernel) if kernel else build_kernel(), None,
+                               Path(initrd) if initrd else INITRD_PATH)
+    except (runs.BenchError, BuildError) as e:
+        print(f"Error: {e}", file=sys.stderr)
         return 2
-    workload = runs.Workload(tuple(a.tests), iterations=a.iterations, timeout_s=600)
+    workload = runs.Workload(tuple(tests), iterations=iterations, timeout_s=600)
     plain = runs.run_boot_here(target, 0, kernels, workload)
-    print(f"# {a.target}: bench -n {a.iterations} {' '.join(a.tests)} -> {plain.fate} ({plain.message})\n")
+    print(f"# {target_name}: bench -n {iterations} {' '.join(tests)} -> {plain.fate} ({plain.message})\n")
     print(handler_table(plain.handler_profile))
     prof = cProfile.Profile()
     prof.enable()
     runs.run_boot_here(target, 0, kernels, workload)
     prof.disable()
     buf = io.StringIO()
-    pstats.Stats(prof, stream=buf).strip_dirs().sort_stats("tottime").print_stats(a.top)
-    print(f"\n## cProfile (same boot again; times inflated by the profiler), top {a.top} by own time\n")
+    pstats.Stats(prof, stream=buf).strip_dirs().sort_stats("tottime").print_stats(top)
+    print(f"\n## cProfile (same boot again; times inflated by the profiler), top {top} by own time\n")
     print(buf.getvalue().strip())
     return 0 if plain.fate == "exit" else 1
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the old spelling of `vmirom bench profile`
+    from vmirom.bench.cli import profile_cmd
+
+    profile_cmd(prog_name="python -m vmirom.bench.profile")

@@ -99,86 +99,22 @@ def load_schema() -> dict[str, Any]:
     return json.loads(SCHEMA_PATH.read_text())
 
 
-def validate(doc: Any) -> list[str]:
-    """Problems of `doc` against schema.json ([] = valid).  Uses `jsonschema` when installed, else a
-    small validator for the subset of JSON Schema that schema.json uses."""
-    schema = load_schema()
-    try:
-        import jsonschema
-    except ImportError:
-        return _validate(doc, schema, schema, "$")
+def _errors(value: Any, schema: dict[str, Any]) -> list[str]:
+    import jsonschema
+
     v = jsonschema.Draft202012Validator(schema)
-    return [f"{'/'.join(str(p) for p in e.absolute_path) or '$'}: {e.message}" for e in v.iter_errors(doc)]
+    return [f"{'/'.join(str(p) for p in e.absolute_path) or '$'}: {e.message}" for e in v.iter_errors(value)]
+
+
+def validate(doc: Any) -> list[str]:
+    """Problems of `doc` against schema.json ([] = valid), by `jsonschema` (Draft 2020-12)."""
+    return _errors(doc, load_schema())
 
 
 def validate_record(record: Any) -> list[str]:
     """Problems of one record against the schema's record definition ([] = valid)."""
     schema = load_schema()
-    return _validate(record, schema["$defs"]["record"], schema, "$")
-
-
-_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
-
-
-def _is(value: Any, t: str) -> bool:
-    if t == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if t == "number":
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    return isinstance(value, _TYPES[t])
-
-
-def _validate(value: Any, schema: dict[str, Any], root: dict[str, Any], where: str) -> list[str]:
-    if "$ref" in schema:
-        ref = schema["$ref"]
-        node: Any = root
-        for part in ref.removeprefix("#/").split("/"):
-            node = node[part]
-        return _validate(value, node, root, where)
-    errs: list[str] = []
-    if "oneOf" in schema:
-        matches = sum(1 for sub in schema["oneOf"] if not _validate(value, sub, root, where))
-        if matches != 1:
-            errs.append(f"{where}: matches {matches} of the oneOf alternatives, not exactly one")
-    types = schema.get("type")
-    if types is not None:
-        ts = types if isinstance(types, list) else [types]
-        if not any(_is(value, t) for t in ts):
-            return [f"{where}: {value!r:.60} is not of type {'/'.join(ts)}"]
-    if "const" in schema and value != schema["const"]:
-        errs.append(f"{where}: must be {schema['const']!r}")
-    if "enum" in schema and value not in schema["enum"]:
-        errs.append(f"{where}: {value!r} not one of {schema['enum']}")
-    if _is(value, "number"):
-        if "minimum" in schema and value < schema["minimum"]:
-            errs.append(f"{where}: {value} < minimum {schema['minimum']}")
-        if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
-            errs.append(f"{where}: {value} <= exclusive minimum {schema['exclusiveMinimum']}")
-        if "maximum" in schema and value > schema["maximum"]:
-            errs.append(f"{where}: {value} > maximum {schema['maximum']}")
-    if isinstance(value, str) and "minLength" in schema and len(value) < schema["minLength"]:
-        errs.append(f"{where}: shorter than {schema['minLength']}")
-    if isinstance(value, dict):
-        for k in schema.get("required", []):
-            if k not in value:
-                errs.append(f"{where}: missing required property {k!r}")
-        props = schema.get("properties", {})
-        for k, v in value.items():
-            if k in props:
-                errs += _validate(v, props[k], root, f"{where}/{k}")
-            elif "additionalProperties" in schema:
-                extra = schema["additionalProperties"]
-                if extra is False:
-                    errs.append(f"{where}: unexpected property {k!r}")
-                elif isinstance(extra, dict):
-                    errs += _validate(v, extra, root, f"{where}/{k}")
-    if isinstance(value, list):
-        if "minItems" in schema and len(value) < schema["minItems"]:
-            errs.append(f"{where}: fewer than {schema['minItems']} items")
-        if "items" in schema:
-            for i, item in enumerate(value):
-                errs += _validate(item, schema["items"], root, f"{where}/{i}")
-    return errs
+    return _errors(record, {"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": "#/$defs/record"})
 
 
 # -- the table -----------------------------------------------------------------------------------------
@@ -686,16 +622,7 @@ def update_markdown(text: str, doc: dict[str, Any]) -> tuple[str, list[str]]:
     return text, done
 
 
-if __name__ == "__main__":
-    # python -m vmirom.bench.report bench.json              print the Markdown tables
-    # python -m vmirom.bench.report bench.json DOC.md       rewrite DOC.md's generated sections
-    import sys as _sys
+if __name__ == "__main__":  # the old spelling of `vmirom bench report`
+    from vmirom.bench.cli import report_cmd
 
-    _doc = json.loads(Path(_sys.argv[1]).read_text())
-    if len(_sys.argv) > 2:
-        _path = Path(_sys.argv[2])
-        _text, _names = update_markdown(_path.read_text(), _doc)
-        _path.write_text(_text)
-        print(f"{_path}: updated {', '.join(_names) or 'nothing'}")
-    else:
-        print(markdown_all(_doc))
+    report_cmd(prog_name="python -m vmirom.bench.report")

@@ -415,6 +415,11 @@ def _boot_child(target: Target, repeat: int, kernels: Kernels, workload: Workloa
             recs, _ = records_from_lines(target, repeat, seen, workload.tests)
             conn.send(("partial", [r for r in recs if r["status"] == "ok"]))
 
+    import signal
+
+    # Ctrl-C is the parent's business (it keeps what finished and kills us): a KeyboardInterrupt
+    # raised here inside an engine callback would only print a ctypes traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         res: Any = run_boot_here(target, repeat, kernels, workload, pseudo=pseudo, on_line=on_line)
     except BaseException as e:  # noqa: BLE001 - reported to the parent as a fate, never a traceback
@@ -445,26 +450,13 @@ def run_boot(target: Target, repeat: int, kernels: Kernels, workload: Workload, 
     t0 = time.monotonic()
     proc.start()
     child.close()
-    result: BootResult | None = None
-    finished: list[dict[str, Any]] = []     # records of the tests the child finished so far
-    running: str | None = None              # the test it started last
     deadline = t0 + workload.timeout_s + GRACE_S
-    while result is None and time.monotonic() < deadline:
-        if parent.poll(min(0.5, max(0.0, deadline - time.monotonic()))):
-            try:
-                kind, payload = parent.recv()
-            except (EOFError, OSError):
-                break
-            if kind == "done":
-                result = payload
-            elif kind == "partial":
-                finished = payload
-            else:
-                running = str(payload.get("test"))
-                if on_line is not None:
-                    on_line(ConsoleLine("", Snapshot(0, 0, 0, {}, {}), Snapshot(0, 0, 0, {}, {}), payload))
-        elif not proc.is_alive() and not parent.poll(0.1):
-            break
+    try:
+        result, finished, running = _wait_for_child(proc, parent, deadline, on_line)
+    except KeyboardInterrupt:
+        proc.kill()
+        proc.join(5)
+        raise
     if result is not None:
         proc.join(5)
         return result
@@ -487,6 +479,32 @@ def run_boot(target: Target, repeat: int, kernels: Kernels, workload: Workload, 
         msg += f" (while running {running})"
     return BootResult(target.name, repeat, cmdline, fate, None, msg, time.monotonic() - t0,
                       finished + [error_record(target, repeat, t, msg) for t in wanted if t not in done])
+
+
+def _wait_for_child(proc: Any, parent: Any, deadline: float, on_line: Callable[[ConsoleLine], None] | None
+                    ) -> tuple[BootResult | None, list[dict[str, Any]], str | None]:
+    """Read the boot child's messages until its result, its death or the deadline: (result or None,
+    the records of the tests it finished, the test it started last)."""
+    result: BootResult | None = None
+    finished: list[dict[str, Any]] = []
+    running: str | None = None
+    while result is None and time.monotonic() < deadline:
+        if parent.poll(min(0.5, max(0.0, deadline - time.monotonic()))):
+            try:
+                kind, payload = parent.recv()
+            except (EOFError, OSError):
+                break
+            if kind == "done":
+                result = payload
+            elif kind == "partial":
+                finished = payload
+            else:
+                running = str(payload.get("test"))
+                if on_line is not None:
+                    on_line(ConsoleLine("", Snapshot(0, 0, 0, {}, {}), Snapshot(0, 0, 0, {}, {}), payload))
+        elif not proc.is_alive() and not parent.poll(0.1):
+            break
+    return result, finished, running
 
 
 def run_boot_here(target: Target, repeat: int, kernels: Kernels, workload: Workload, *, pseudo: bool = False,

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
+
+from vmirom.cliutil import OutputPath, console, exit_epilog, json_option, write_json
 
 from .build import BuildError, build_kernel, kernel_path
 
@@ -82,10 +85,55 @@ def guest_qemu(kernel: str | None, option_rom: str | None, initrd: str | None, c
         sys.exit(1)
 
 
+@guest.group("initrd")
+def guest_initrd() -> None:
+    """Build or list a guest initrd (cpio newc), as guest/user/Makefile does."""
+
+
+@guest_initrd.command("build", epilog=exit_epilog("3 refused: a FILE cannot be read or packed"))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Archive to write (its directory is created).")
+@click.argument("files", nargs=-1, required=True)
+def initrd_build(output: str, files: tuple[str, ...]) -> None:
+    """Write an archive of FILES (or NAME=FILE pairs: the member's name in the archive)."""
+    from .initrd import InitrdError, build_initrd, parse_file_arg
+
+    try:
+        entries = build_initrd([parse_file_arg(f) for f in files], Path(output))
+    except InitrdError as e:
+        click.echo(f"Error: refused: {e}", err=True)
+        sys.exit(3)
+    click.echo(f"initrd: {output} ({len(entries)} files, {sum(len(e.data) for e in entries)} bytes of data)")
+
+
+@guest_initrd.command("list", epilog=exit_epilog("3 refused: not a readable cpio newc archive"))
+@click.argument("archive", type=click.Path(dir_okay=False))
+@json_option("Write the members as JSON to FILE ('-': stdout).")
+def initrd_list(archive: str, json_out: str | None) -> None:
+    """List an archive's members: mode, size, name."""
+    from .initrd import InitrdError, read_cpio
+
+    try:
+        members = read_cpio(Path(archive).read_bytes())
+    except OSError as e:
+        click.echo(f"Error: refused: cannot read {archive}: {e.strerror or e}", err=True)
+        sys.exit(3)
+    except InitrdError as e:
+        click.echo(f"Error: refused: {e}", err=True)
+        sys.exit(3)
+    out = console(json_out)
+    for m in members:
+        out.print(f"{m.mode:07o} {len(m.data):9d} {m.name}", markup=False, highlight=False)
+    if json_out:
+        write_json(json_out, {"members": [{"name": m.name, "mode": m.mode, "size": len(m.data)}
+                                          for m in members]})
+
+
 @click.command("inspect")
 @click.argument("kernel", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def inspect(kernel: str, as_json: bool) -> None:
+@click.option("--json", "as_json", flag_value="-", default=None, type=OutputPath(),
+              help="Machine-readable output on stdout (or --json=FILE).")
+def inspect(kernel: str, as_json: str | None) -> None:
     """List every VMI call site recorded in KERNEL's .vmi_sites section.
 
     For each site: address, call, length, clobbers and the native code (capstone); then a
@@ -97,13 +145,13 @@ def inspect(kernel: str, as_json: bool) -> None:
     except InspectError as e:
         raise click.ClickException(str(e)) from e
     if as_json:
-        click.echo(json.dumps({
+        write_json(as_json, {
             "sites": [{"call": s.call, "name": s.name, "address": s.address, "length": s.length,
                        "clobbers": s.clobber_names, "flags": s.flags, "native": s.native.hex(),
                        "disassembly": s.disassemble()} for s in sites],
             "summary": [{"call": n, "name": name, "count": c, "lengths": lens}
                         for n, name, c, lens in summary(sites)],
-        }, indent=1))
+        })
         return
     click.echo(f"{len(sites)} VMI call sites in {kernel}")
     click.echo(f"{'address':>10}  {'call':<22} {'len':>3}  {'clobbers':<22} native code")

@@ -17,17 +17,15 @@ Builds are reproducible: mtime 0, uid/gid 0, inode numbers in archive order.
 
 Command line (used by guest/user/Makefile, needs no installed package beyond this module)::
 
-    python3 -m vmirom.guest.initrd build -o guest/build/initrd.cpio FILE... [NAME=FILE ...]
-    python3 -m vmirom.guest.initrd list guest/build/initrd.cpio
+    vmirom guest initrd build -o guest/build/initrd.cpio FILE... [NAME=FILE ...]
+    vmirom guest initrd list guest/build/initrd.cpio        (python3 -m vmirom.guest.initrd: the same)
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import stat
 import subprocess
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,40 +207,14 @@ def build_user_space(target: str = "all", timeout: float = 600.0) -> Path:
     return USER_HOST_BUILD if target == "host" else INITRD_PATH
 
 
-def _parse_file_arg(arg: str) -> Path | tuple[str, Path]:
+def parse_file_arg(arg: str) -> Path | tuple[str, Path]:
     if "=" in arg and not Path(arg).exists():
         name, _, path = arg.partition("=")
         return (name, Path(path))
     return Path(arg)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m vmirom.guest.initrd",
-                                     description="Build or list the guest initrd (cpio newc).")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="write an archive of FILEs (or NAME=FILE pairs)")
-    b.add_argument("-o", "--output", required=True, type=Path)
-    b.add_argument("files", nargs="+")
-    ls = sub.add_parser("list", help="list an archive's members")
-    ls.add_argument("archive", type=Path)
-    args = parser.parse_args(argv)
-    try:
-        if args.cmd == "build":
-            entries = build_initrd([_parse_file_arg(f) for f in args.files], args.output)
-            total = sum(len(e.data) for e in entries)
-            print(f"initrd: {args.output} ({len(entries)} files, {total} bytes of data)")
-        else:
-            try:
-                blob = args.archive.read_bytes()
-            except OSError as e:
-                raise InitrdError(f"cannot read {args.archive}: {e.strerror}") from None
-            for e in read_cpio(blob):
-                print(f"{e.mode:07o} {len(e.data):9d} {e.name}")
-    except InitrdError as e:
-        print(f"initrd: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+if __name__ == "__main__":  # guest/user/Makefile's spelling of `vmirom guest initrd`
+    from vmirom.guest.cli import guest_initrd
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    guest_initrd(prog_name="python3 -m vmirom.guest.initrd")

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from vmirom.abi import RelocType
+from vmirom.cliutil import OutputPath, console, exit_epilog, json_option, write_json
 
 from .spec import RomError, RomSpec
 
@@ -51,14 +52,15 @@ def _read(path: str) -> bytes:
         raise click.ClickException(f"cannot read {path}: {e.strerror or e}") from None
 
 
-@rom.command("build")
+@rom.command("build", epilog=exit_epilog("3 refused: the ROM description cannot be built (the reason "
+                                                "is printed)"))
 @click.option("--hypervisor", "hypervisor", metavar="NAME",
               help="Build the ROM this hypervisor personality publishes (e.g. vmi; an unknown "
                    "name lists the registered ones).")
 @click.option("--variant", metavar="NAME",
               help="A built-in ROM (see `vmirom rom variants`); default: native.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Where to write the image.")
+@click.option("-o", "--output", required=True, type=OutputPath(allow_stdout=False),
+              help="Where to write the image (checked before anything is built).")
 def build_cmd(hypervisor: str | None, variant: str | None, output: str) -> None:
     """Build a ROM image and write it to FILE (-o).
 
@@ -81,7 +83,8 @@ def build_cmd(hypervisor: str | None, variant: str | None, output: str) -> None:
     try:
         image = build_rom(spec)
     except RomError as e:
-        raise click.ClickException(str(e)) from None
+        click.echo(f"Error: refused: the ROM description cannot be built: {e}", err=True)
+        sys.exit(3)
     try:
         Path(output).write_bytes(image.data)
     except OSError as e:
@@ -107,9 +110,42 @@ def variants_cmd() -> None:
         click.echo(f"{v.name:14s} {'valid  ' if v.valid else 'INVALID'} {v.about}")
 
 
-@rom.command("check")
+def _not_a_rom(data: bytes) -> str | None:
+    """Why `data` is not a VMI ROM at all (no header, no "cVmi"), or None: then there is nothing
+    to show, and showing its bytes as VMI fields would only invent facts ("API 111.111")."""
+    from vmirom import abi
+
+    from . import check_rom
+
+    if len(data) >= abi.ROM_HEADER.size and data[8:12] == abi.VMI_SIGNATURE.to_bytes(4, "little"):
+        return None
+    problems = check_rom(data)
+    return problems[-1] if problems else "no VMI signature"
+
+
+def _rom_facts(info) -> dict:
+    """The JSON form of a read ROM (what `rom check/show --json` report)."""
+    from vmirom import abi
+
+    answers = []
+    for n, a in sorted(info.answers.items()):
+        if n >= abi.NUM_CALLS and a.reloc == 0 and a.target is None:
+            continue
+        answers.append({"call": n, "name": abi.call(n).name if n < abi.NUM_CALLS else None,
+                        "reloc": a.type_name, "target": a.target, "problem": a.problem})
+    return {
+        "size": info.size, "rom_length": info.rom_length, "api": f"{info.api_major}.{info.api_minor}",
+        "jump_slots": info.jump_slots, "virtual_top": info.virtual_top, "license": info.license,
+        "manufacturer": info.manufacturer, "product": info.product,
+        "rom_version": ".".join(map(str, info.rom_version)) if info.rom_version else None,
+        "checksum_ok": info.checksum_ok, "vmi_init": info.init_result, "answers": answers,
+    }
+
+
+@rom.command("check", epilog=exit_epilog("(here 1 means: not a valid VMI ROM)"))
 @click.argument("file", type=click.Path(dir_okay=False))
-def check_cmd(file: str) -> None:
+@json_option("Write the verdict, the problems and the ROM's facts as JSON to FILE ('-': stdout).")
+def check_cmd(file: str, json_out: str | None) -> None:
     """Validate FILE as a VMI 3.x ROM and list every violation in plain words.
 
     Checks what a guest checks (55 AA, "cVmi", major version 3, a PCI header, a GPL license),
@@ -121,28 +157,49 @@ def check_cmd(file: str) -> None:
 
     data = _read(file)
     problems = check_rom(data)
+    out = console(json_out)
+    doc: dict = {"file": file, "valid": not problems, "problems": problems}
     if problems:
-        click.echo(f"{file}: NOT a valid VMI ROM ({len(problems)} problem(s)):")
+        out.print(f"{file}: NOT a valid VMI ROM ({len(problems)} problem(s)):", highlight=False, markup=False)
         for p in problems:
-            click.echo(f"  - {p}")
-        sys.exit(1)
-    info = read_rom(data)
-    counts = Counter(a.type_name for n, a in info.answers.items() if n < info.jump_slots)
-    click.echo(f"{file}: valid VMI {info.api_major}.{info.api_minor} ROM, {info.size} bytes, "
-               f"{info.manufacturer or '?'} {info.product or '?'}; "
-               + ", ".join(f"{counts.get(t.name, 0)} {t.name}" for t in RelocType))
+            out.print(f"  - {p}", highlight=False, markup=False)
+    else:
+        info = read_rom(data)
+        doc["rom"] = _rom_facts(info)
+        counts = Counter(a.type_name for n, a in info.answers.items() if n < info.jump_slots)
+        doc["counts"] = {t.name: counts.get(t.name, 0) for t in RelocType}
+        out.print(f"{file}: valid VMI {info.api_major}.{info.api_minor} ROM, {info.size} bytes, "
+                  f"{info.manufacturer or '?'} {info.product or '?'}; "
+                  + ", ".join(f"{counts.get(t.name, 0)} {t.name}" for t in RelocType),
+                  highlight=False, markup=False)
+    if json_out:
+        write_json(json_out, doc)
+    sys.exit(1 if problems else 0)
 
 
-@rom.command("show")
+@rom.command("show", epilog=exit_epilog("(here 1 means: shown, but not a valid VMI ROM)",
+                                        "3 refused: the file is not a VMI ROM at all (nothing to show)"))
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--no-disasm", is_flag=True, help="Leave out the stub disassembly.")
-def show_cmd(file: str, no_disasm: bool) -> None:
+@json_option("Write the header, the get_reloc answers, the stub code and the problems as JSON to FILE "
+             "('-': stdout).")
+def show_cmd(file: str, no_disasm: bool, json_out: str | None) -> None:
     """Show FILE: header fields, PCI/PnP data, what get_reloc answers for every call (executed,
     not read from a table) and a disassembly of every stub, then the problems `rom check` finds."""
     from .show import show
 
     data = _read(file)
+    why = _not_a_rom(data)
+    if why is not None:
+        click.echo(f"Error: {file}: refused: {why}", err=True)
+        if json_out:
+            write_json(json_out, {"file": file, "refused": why})
+        sys.exit(3)
     try:
-        show(data, file, disasm=not no_disasm)
+        doc = show(data, file, disasm=not no_disasm, console=console(json_out))
     except RomError as e:
-        raise click.ClickException(f"{file}: {e}") from None
+        click.echo(f"Error: {file}: refused: {e}", err=True)
+        sys.exit(3)
+    if json_out:
+        write_json(json_out, doc)
+    sys.exit(1 if doc["problems"] else 0)

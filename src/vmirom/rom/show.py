@@ -5,6 +5,7 @@ from __future__ import annotations
 from capstone import CS_ARCH_X86, CS_MODE_32, Cs
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from vmirom import abi
 
@@ -39,8 +40,11 @@ def _stub_bounds(info: RomInfo, size: int) -> dict[int, int]:
     return {t: (targets[i + 1] if i + 1 < len(targets) else max(end, t)) for i, t in enumerate(targets)}
 
 
-def show(data: bytes, name: str, disasm: bool = True, console: Console | None = None) -> None:
+def show(data: bytes, name: str, disasm: bool = True, console: Console | None = None) -> dict:
+    """Print the ROM for people and return the same facts as a JSON-able dict (`rom show --json`).
+    Every text from the image is printed with markup off: `[eax + 4]` is an operand, not a style."""
     con = console or Console()
+    doc: dict = {"file": name, "stubs": []}
     info = read_rom(data)
     problems = check_rom(data)
     image = data[:info.image_size] if info.complete else data
@@ -74,6 +78,8 @@ def show(data: bytes, name: str, disasm: bool = True, console: Console | None = 
     for k, v in rows:
         head.add_row(k, v)
     con.print(head)
+    doc["header"] = dict(rows)
+    doc["answers"] = []
     if info.answers:
         calls = Table(title="get_reloc answers (executed at 0xC0000)")
         for col in ("#", "call", "reloc", "target", "since"):
@@ -83,21 +89,27 @@ def show(data: bytes, name: str, disasm: bool = True, console: Console | None = 
                 continue
             c = abi.call(n) if n < abi.NUM_CALLS else None
             style = _STYLES.get(a.type_name, "red")
-            calls.add_row(str(n), c.name if c else "(beyond the ABI)", f"[{style}]{a.type_name}[/]",
-                          a.problem or (f"ROM+{a.target:#x}" if a.target is not None else "-"),
-                          f"3.{c.since_minor}" if c else "")
+            target = a.problem or (f"ROM+{a.target:#x}" if a.target is not None else "-")
+            calls.add_row(str(n), c.name if c else "(beyond the ABI)", Text(a.type_name, style=style),
+                          Text(target), f"3.{c.since_minor}" if c else "")
+            doc["answers"].append({"call": n, "name": c.name if c else None, "reloc": a.type_name,
+                                   "target": a.target, "problem": a.problem})
         con.print(calls)
         if disasm:
             bounds = _stub_bounds(info, len(image))
             for n, a in info.answers.items():
                 if a.target is not None and a.target in bounds:
                     title = abi.call(n).name if n < abi.NUM_CALLS else str(n)
-                    con.print(f"[bold]{title}[/] (call {n}, {a.type_name}) at ROM+{a.target:#x}:")
-                    for line in disassemble(image, a.target, bounds[a.target]):
-                        con.print("    " + line, highlight=False)
+                    con.print(Text(title, style="bold") + f" (call {n}, {a.type_name}) at ROM+{a.target:#x}:")
+                    lines = disassemble(image, a.target, bounds[a.target])
+                    for line in lines:
+                        con.print("    " + line, highlight=False, markup=False)
+                    doc["stubs"].append({"call": n, "name": title, "offset": a.target, "code": lines})
+    doc["problems"] = problems
     if problems:
         con.print(f"[red]{len(problems)} problem(s):[/]")
         for p in problems:
-            con.print(f"  - {p}", highlight=False)
+            con.print(f"  - {p}", highlight=False, markup=False)
     else:
         con.print("[green]valid[/]")
+    return doc
