@@ -159,12 +159,19 @@ class Vmi(Personality):
 
     @classmethod
     def hypercall_stub(cls, call: str) -> str:
-        """The stub of a returning call: the trapping instruction, then `ret`."""
+        """The stub of a returning call: the trapping instruction, then `ret`.  After an `out` the
+        engine goes on with the rest of its translation block, so a port stub ends the block at
+        once (`jmp 1f`): the VMM handles the hypercall with EIP at the `ret` (Machine.on_port_out)."""
+        if cls.hypercall_port is not None:
+            return f"{cls.trap_asm()}\n jmp 1f\n1: ret"
         return f"{cls.trap_asm()}\n ret"
 
     @classmethod
     def noreturn_stub(cls, call: str) -> str:
-        """The stub of IRET/SYSEXIT (JUMP_REL): the trapping instruction alone (the VMM never returns)."""
+        """The stub of IRET/SYSEXIT (JUMP_REL): the trapping instruction (the VMM never returns; a
+        port stub parks on a `jmp` to itself until the VMM has moved EIP)."""
+        if cls.hypercall_port is not None:
+            return f"{cls.trap_asm()}\n1: jmp 1b"
         return cls.trap_asm()
 
     @classmethod
@@ -329,8 +336,9 @@ class Vmi(Personality):
 
     # -- helpers --------------------------------------------------------------------------------------
     @staticmethod
-    def _stack_arg(vcpu: VCpu, n: int) -> int:
-        """The n-th stack argument of a regparm(3) call (past the return address)."""
+    def stack_arg(vcpu: VCpu, n: int) -> int:
+        """The n-th stack argument of a regparm(3) call (past the return address); the register
+        arguments are `self.eax`, `self.edx`, `self.ecx` (read once, when the hypercall arrived)."""
         return vcpu.read_u32(_u32(vcpu.get("esp") + 4 + 4 * n))
 
     def _after_if_change(self, vcpu: VCpu) -> None:
@@ -441,7 +449,7 @@ class Vmi(Personality):
 
     def _write_entry(self, vcpu: VCpu) -> None:
         table, index, lo = self.eax, self.edx, self.ecx
-        hi = self._stack_arg(vcpu, 0)
+        hi = self.stack_arg(vcpu, 0)
         if index > 8191:
             raise GuestFault(GP, 0)
         vcpu.write(_u32(table + 8 * index), struct.pack("<II", lo, hi))
@@ -669,7 +677,7 @@ class Vmi(Personality):
         self._check_pfn(self.eax)
         if self.edx & abi.PAGE_CLONE:
             self._check_pfn(self.ecx)
-            start, count = self._stack_arg(vcpu, 0), self._stack_arg(vcpu, 1)
+            start, count = self.stack_arg(vcpu, 0), self.stack_arg(vcpu, 1)
             if start > 1024 or count > 1024 - start:
                 raise GuestFault(GP, 0)
 
@@ -715,7 +723,7 @@ class Vmi(Personality):
     def set_alarm(self, vcpu: VCpu) -> None:
         flags = self.eax
         expiry = self.edx | (self.ecx << 32)
-        period = self._stack_arg(vcpu, 0) | (self._stack_arg(vcpu, 1) << 32)
+        period = self.stack_arg(vcpu, 0) | (self.stack_arg(vcpu, 1) << 32)
         counter = flags & abi.ALARM_COUNTER_MASK
         if counter not in (abi.CYCLE_COUNTER_REAL, abi.CYCLE_COUNTER_AVAILABLE):
             return  # STOLEN / unknown counter: a NOP

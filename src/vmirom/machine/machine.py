@@ -110,6 +110,7 @@ class Machine:
         self.exit_status: int | None = None
         self.message = ""
         self.halted = False
+        self._port_hypercall = False  # an `out` to the personality's hypercall port waits for the slice end
         self.boot = None
         self.rom = None
         self.rom_range: tuple[int, int] | None = None
@@ -180,6 +181,9 @@ class Machine:
         try:
             while self.fate is None:
                 try:  # every personality hook may raise GuestFault: the guest takes it
+                    if self._port_hypercall:
+                        self._port_hypercall = False
+                        self.personality.hypercall(self.vcpu)
                     self.personality.before_slice()
                     self.update_timers()
                     if self.config.console_input is not None:
@@ -421,7 +425,12 @@ class Machine:
         if port == p.hypercall_port:
             try:
                 if p.is_hypercall(self.vcpu):  # counted once, by the personality, as a hypercall
-                    p.hypercall(self.vcpu)
+                    # Unicorn runs the rest of the current translation block after an I/O hook, so
+                    # a handler that moves EIP/CS/ESP (IRET, a fault, an interrupt it delivers) must
+                    # not run here: the slice ends at the stub's next instruction (a `jmp`, see
+                    # Vmi.hypercall_stub) and `run` calls the handler between slices.
+                    self._port_hypercall = True
+                    self.engine.stop()
                     return
             except GuestFault as f:
                 self._fault_in_hook(f.vector, f.error_code, f.cr2)
