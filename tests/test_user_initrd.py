@@ -147,8 +147,8 @@ def test_cli_build_list_and_errors(tmp_path: Path) -> None:
         r = subprocess.run(run + args, capture_output=True, text=True)
         assert r.returncode == 3 and "Error: refused:" in r.stderr and "Traceback" not in r.stderr
     # the same tool as a subcommand (python -m is its old spelling)
-    r = subprocess.run([sys.executable, "-m", "vmirom", "guest", "initrd", "list", str(out)], capture_output=True,
-                       text=True)
+    r = subprocess.run([sys.executable, "-m", "vmirom", "guest", "initrd", "list", str(out)],
+                       capture_output=True, text=True)
     assert r.returncode == 0 and "renamed" in r.stdout
 
 
