@@ -61,6 +61,11 @@ W15 Memory hooks only where they can fire.  Unicorn keeps a page's guest stores 
     (docs/engine.md).  The unmapped hooks cover physical addresses from the end of RAM up (RAM is
     mapped whole from 0: nothing below it is unmapped), the write-protect hook only the read-only
     ROM pages; the ranges are physical, as Unicorn checks them (paddr).
+W16 Code written by the VMM (a descriptor-table write made for the guest over bytes it executes,
+    the loader) is invisible to the translation cache: the VMM writes guest RAM through the mmap,
+    and even uc_mem_write never invalidated in 2.1.4 (W4).  `invalidate_code` (physical) therefore
+    rewrites a small range through uc_mem_write on our patched engine, which drops exactly the
+    translations overwritten (part 3 of the patch); on any other build it flushes as W4/W10 say.
 Unicorn can still abort the host process on some CPU states it does not support, which is why the
 runner executes each VM in a child process (see vmirom.runner).
 """
@@ -97,6 +102,7 @@ from unicorn import (
 )
 from unicorn import x86_const as X
 
+from vmirom.engines import libunicorn
 from vmirom.engines.base import Engine, EngineError, EngineHooks, SliceResult, segment_descriptor
 from vmirom.engines.slicetimer import SliceTimer
 
@@ -141,6 +147,7 @@ _SCALAR_MASK = {
 }
 #: registers whose write has no side effect beyond the value (no descriptor load, no TLB/mode change)
 _PLAIN_WRITE = frozenset(("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eip", "eflags", "cr2"))
+_REWRITE_MAX = 0x10000  # W16: larger invalidations flush the whole translation cache instead
 _PHYS_END = (1 << 64) - 1  # hook ranges are inclusive physical addresses (W15)
 _NO_UNTIL = 0  # ignored: the engine runs with an empty exit set (W11); slices end by time or stop()
 
@@ -396,6 +403,11 @@ class UnicornEngine(Engine):
         self._ram: mmap.mmap | None = None
         self._ram_buf = None
         self._c = _CRegs.make(self.uc)  # W12
+        self.build = libunicorn.describe()
+        #: W16: uc_mem_write invalidates overwritten translations (part 3 of OUR patch, this version)
+        self._coherent_writes = self.build.build == "patched" and self.build.patch_sha256 == (
+            libunicorn.patch_sha256()
+        )
         self._pctx = self._make_pctx()  # after _ctx and _c
         #: bumped by every hook entry, slice and register/context write: a batched register read
         #: taken at generation g is still the CPU state while reg_gen == g (see Delivery)
@@ -723,6 +735,13 @@ class UnicornEngine(Engine):
 
     # -- caches, MSRs -----------------------------------------------------------------------------
     def invalidate_code(self, start: int, end: int) -> None:
+        # W16: on our patched engine uc_mem_write drops the translations of the code it overwrites
+        # (physical, exact; a page without code costs one lookup), so a small range is written
+        # again through it.  Big ranges (a whole kernel load) still flush everything below.
+        lo, hi = max(0, start), min(end, self._ram_size)
+        if self._coherent_writes and 0 < hi - lo <= _REWRITE_MAX:
+            self.uc.mem_write(lo, self._ram[lo:hi])
+            return
         # W4 + W10: ctl_remove_cache takes LINEAR addresses and translates them with a TLB fill of its
         # own; an address the guest has not mapped raises a #PF inside QEMU that no hook sees (it
         # leaves old_exception = 14 and a pending exception: later faults become #DF, or the vCPU

@@ -452,7 +452,7 @@ class Vmi(Personality):
         hi = self.stack_arg(vcpu, 0)
         if index > 8191:
             raise GuestFault(GP, 0)
-        vcpu.write(_u32(table + 8 * index), struct.pack("<II", lo, hi))
+        vcpu.write_code(_u32(table + 8 * index), struct.pack("<II", lo, hi))  # over code it ran: seen
 
     @handles("WriteGDTEntry")
     def write_gdt_entry(self, vcpu: VCpu) -> None:

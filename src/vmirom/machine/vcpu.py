@@ -66,6 +66,16 @@ class VCpu:
         """Write bytes at a guest linear address (checks present, writable per CR0.WP, user)."""
         self.m.paging.write(linear, data, user=self.cpl == 3 if user is None else user)
 
+    def write_code(self, linear: int, data: bytes, *, user: bool | None = None) -> None:
+        """`write` for bytes the guest may execute (a descriptor-table write made for it can land
+        on code it already ran, as a store would on hardware): afterwards the engine drops any
+        translation of the old bytes, so the guest sees what it asked to be written."""
+        u = self.cpl == 3 if user is None else user
+        self.m.paging.write(linear, data, user=u)
+        for lin, n in self.m.paging._chunks(linear, len(data)):
+            phys = self.m.paging.translate(lin, write=True, user=u)
+            self.m.engine.invalidate_code(phys, phys + n)
+
     def read_u32(self, linear: int, **kw) -> int:
         return int.from_bytes(self.read(linear, 4, **kw), "little")
 

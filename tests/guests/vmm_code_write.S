@@ -1,0 +1,59 @@
+/* Code written by the VMM must be seen (tests/test_engine_smc.py), on `vmi` (ring 1).
+   f runs, then the guest asks the VMM to write "a descriptor" over f's first 8 bytes through the
+   ROM's WriteGDTEntry (table = f, index 0): the bytes are `mov $0x22222222, %eax; ret; nop; nop`.
+   A VMM write is no guest store, so no engine sees it by itself: the VMM must drop the stale
+   translation of f.  Exit status 0 when the second call of f returns the new value, 1 if the
+   old code ran again, 2 if the first call was wrong. */
+        .section .multiboot, "a"
+        .align 4
+        .long 0x1BADB002, 0, -0x1BADB002
+        .text
+        .globl _start
+_start:
+        mov $stack_top, %esp
+        call f
+        cmp $0x11111111, %eax
+        jne bad_first
+        mov $11, %eax                        /* WriteGDTEntry */
+        mov $0xC0088, %ebx
+        call *%ebx                           /* get_reloc: EAX = the stub */
+        mov %eax, %ebx
+        push $0x9090c322                     /* hi: 22 c3 90 90 */
+        mov $f, %eax                         /* table */
+        xor %edx, %edx                       /* index 0 */
+        mov $0x222222b8, %ecx                /* lo: b8 22 22 22 */
+        call *%ebx
+        add $4, %esp
+        call f
+        cmp $0x22222222, %eax
+        jne stale
+        mov $msg, %esi
+1:      lodsb
+        test %al, %al
+        jz 2f
+        mov $0x3f8, %dx
+        out %al, %dx
+        jmp 1b
+2:      xor %eax, %eax
+        jmp exit_with
+bad_first:
+        mov $2, %eax
+        jmp exit_with
+stale:  mov $1, %eax
+exit_with:
+        mov $0xf4, %dx
+        out %eax, %dx
+        cli
+        hlt
+        .align 4096
+f:      mov $0x11111111, %eax
+        ret
+        nop
+        nop
+        .align 4096
+        .data
+msg:    .asciz "vmm code write seen\n"
+        .bss
+        .align 16
+        .space 8192
+stack_top:
