@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from vmirom.bench import report, runs
+from vmirom.engines.libunicorn import patched_library
 from vmirom.guest.build import build_kernel
 from vmirom.guest.initrd import INITRD_PATH, build_user_space
 
@@ -279,3 +280,30 @@ def test_qemu_icount_counts_instructions_deterministically(kernels: runs.Kernels
     assert counts[0] == counts[1]
     # a system call is tens of instructions, not thousands; a cpu_loop iteration a handful
     assert 10 < counts[0]["null_syscall"] / 200 < 1000 and 1 < counts[0]["cpu_loop"] / 200 < 100
+
+
+@pytest.mark.parametrize("target, build", [
+    pytest.param("bare", "patched", marks=pytest.mark.skipif(patched_library() is None,
+                                                            reason="the patched engine is not built")),
+    ("bare+stock", "stock"),
+])
+def test_each_boot_records_the_engine_build_it_ran_on(kernels: runs.Kernels, target: str, build: str) -> None:
+    """`bare` and `bare+stock` in one process: the +stock boot runs in an exec'd child on the wheel's
+    library, and the boot and every record say which build measured them; the guest's exits are the
+    same on both (the fix changes the engine's speed, not what the guest does)."""
+    workload = runs.Workload(("null_syscall", "page_fault"), iterations=N, timeout_s=120)
+    b = runs.run_boot(runs.Target.parse(target), 0, kernels, workload)
+    assert b.fate == "exit" and b.exit_status == 0, (b.fate, b.message)
+    assert b.engine is not None and b.engine["build"] == build
+    assert b.as_json()["engine"] == b.engine
+    recs = by_test_of(b, ("null_syscall", "page_fault"))
+    assert {r["engine_build"] for r in recs.values()} == {build}
+    assert all(report.validate_record(r) == [] for r in recs.values())
+    assert detail(recs["null_syscall"], "softint:0x80") >= N
+    assert detail(recs["page_fault"], "exception:14") >= N
+
+
+def by_test_of(b: runs.BootResult, tests: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    recs = {r["test"]: r for r in b.records}
+    assert set(recs) == set(tests) and all(r["status"] == "ok" for r in recs.values())
+    return recs

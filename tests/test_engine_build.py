@@ -101,3 +101,14 @@ def test_run_reports_the_patched_engine_by_default(tmp_path):
     doc = _run_json(tmp_path, "bare")
     assert doc["engine"]["build"] == "patched"
     assert doc["engine"]["patch_sha256"] == lu.patch_sha256()
+
+
+def test_bench_targets_take_modifiers_before_native():
+    from vmirom.bench.runs import BenchError, Target
+
+    t = Target.parse("bare+stock@native")
+    assert (t.platform, t.kernel, t.engine.build, t.name) == ("bare", "native", "stock", "bare+stock@native")
+    assert Target.parse("vmi").engine == EngineOptions()
+    for bad in ("qemu+stock", "bare+fast", "nosuch+stock"):
+        with pytest.raises(BenchError):
+            Target.parse(bad)

@@ -84,6 +84,7 @@ BENCH_CODES = exit_epilog(
 @click.group("bench", invoke_without_command=True, epilog=BENCH_CODES)
 @click.option("--hypervisors", "-H", "targets_opt", metavar="A,B,...", multiple=True,
               help="Targets (repeat the option or give a comma list): registered personalities, `qemu`, "
+                   "optional engine modifiers (`bare+stock`: the stock Unicorn wheel, docs/engine.md), "
                    "optional `@native` suffix (the kernel built without VMI call sites).  "
                    "Default: all + qemu + bare@native, qemu@native.")
 @click.option("--tests", "tests_opt", metavar="T,U,...", multiple=True,
@@ -158,6 +159,12 @@ def bench(ctx: click.Context, targets_opt: tuple[str, ...], tests_opt: tuple[str
                    err=True)
         sys.exit(3)
 
+    from vmirom.engines.libunicorn import describe
+    from vmirom.runner import engine_text
+
+    stock = any(t.engine.build == "stock" for t in targets)
+    console.print(f"engine: {engine_text(describe().as_json())}"
+                  + ("; +stock targets: the stock wheel" if stock else ""))
     boots, records, interrupted = _run_matrix(console, targets, workload, kernels, repeat)
 
     files = {"kernel": kernels.vmi, "native_kernel": kernels.native, "initrd": kernels.initrd}

@@ -17,7 +17,7 @@ from typing import Any
 from vmirom.bench import stats
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
-SCHEMA_ID = "vmirom-bench/3"
+SCHEMA_ID = "vmirom-bench/4"
 REPO = Path(__file__).resolve().parents[3]
 
 
@@ -75,7 +75,14 @@ def environment(kernels: dict[str, Path | None]) -> dict[str, Any]:
         "commit": _cmd(["git", "rev-parse", "HEAD"]),
         "tree_dirty": bool(dirty),
         "files": {name: {"path": str(p) if p else None, "sha256": sha256(p)} for name, p in kernels.items()},
+        "engine": _engine(),
     }
+
+
+def _engine() -> dict[str, Any]:
+    from vmirom.engines.libunicorn import describe
+
+    return describe().as_json()
 
 
 def document(*, command: str, config: dict[str, Any], env: dict[str, Any], boots: list[dict[str, Any]],

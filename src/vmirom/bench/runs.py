@@ -23,6 +23,8 @@ from typing import Any
 
 from vmirom.bench.clock import Reading, check, tick_ns
 from vmirom.bench.probe import ConsoleLine, Delta, Probe, Snapshot, bench_windows
+from vmirom.engines.libunicorn import loaded_build
+from vmirom.engines.options import EngineOptions, TargetError, parse_target
 from vmirom.guest.console import JSON_PREFIX, parse_events
 
 #: the benchmark program's tests, in its order (bench -l)
@@ -45,21 +47,28 @@ class BenchError(Exception):
 
 @dataclass(frozen=True)
 class Target:
-    name: str            # as given: "vmi", "bare@native", "qemu"
+    name: str            # as given: "vmi", "bare@native", "qemu", "bare+stock"
     platform: str        # personality name or "qemu"
     kernel: str          # "vmi" (the kernel with call sites) or "native"
+    engine: EngineOptions = EngineOptions()  # from the +modifiers (vmirom.engines.options)
 
     @classmethod
     def parse(cls, name: str) -> Target:
+        """NAME[+modifier...][@native]: `bare+stock@native` is bare on the stock engine, native kernel."""
         native = name.endswith(NATIVE_SUFFIX)
-        platform = name[: -len(NATIVE_SUFFIX)] if native else name
+        try:
+            platform, engine = parse_target(name[: -len(NATIVE_SUFFIX)] if native else name)
+        except TargetError as e:
+            raise BenchError(str(e)) from None
+        if platform in QEMU_PLATFORMS and engine != EngineOptions():
+            raise BenchError(f"{name}: engine modifiers apply to the VMM's personalities, not to QEMU")
         if platform not in QEMU_PLATFORMS:
             from vmirom.hypervisors import registry
             try:
                 registry.get(platform)
             except registry.UnknownHypervisor as e:
                 raise BenchError(f"{e}; or qemu, qemu-icount, with an optional @native suffix") from None
-        return cls(name, platform, "native" if native else "vmi")
+        return cls(name, platform, "native" if native else "vmi", engine)
 
     @property
     def counts_instructions(self) -> bool:
@@ -120,11 +129,12 @@ class BootResult:
     errors: list[str] = field(default_factory=list)
     handler_profile: dict[str, Any] = field(default_factory=dict)
     console_tail: str = ""
+    engine: dict[str, Any] | None = None    # the libunicorn the VM ran on (EngineBuild.as_json); None: QEMU
 
     def as_json(self) -> dict[str, Any]:
         return {"target": self.target, "repeat": self.repeat, "cmdline": self.cmdline, "fate": self.fate,
                 "exit_status": self.exit_status, "message": self.message, "wall_s": round(self.wall_s, 4),
-                "errors": self.errors, "handler_profile": self.handler_profile}
+                "errors": self.errors, "handler_profile": self.handler_profile, "engine": self.engine}
 
 
 def primary_time(platform: str, guest_per_iter: float | None, guest_unit: str | None,
@@ -173,6 +183,7 @@ def _record(target: Target, repeat: int, test: str, iterations: int, *, guest_to
         "host_ns": host_ns, "host_ns_per_iter": host_per_iter,
         "exits": None, "exits_detail": None, "exits_per_iter": {}, "exits_total_per_iter": None,
         "in_guest": None, "slices": None, "handler_ns_per_iter": None, "outside_share": None,
+        "engine_build": None if target.platform in QEMU_PLATFORMS else loaded_build(),
     }
     if delta is not None:
         kinds = {k: v for k, v in delta.kinds.items() if k not in ("slice", "delivery")}
@@ -185,7 +196,7 @@ def _record(target: Target, repeat: int, test: str, iterations: int, *, guest_to
 
 def error_record(target: Target, repeat: int, test: str, error: str) -> dict[str, Any]:
     rec = _record(target, repeat, test, 0, guest_total=None, guest_unit=None, delta=None, host_ns=None)
-    rec.update(status="error", error=error)
+    rec.update(status="error", error=error, engine_build=None)  # not measured: no claim about the engine
     return rec
 
 
@@ -267,9 +278,12 @@ def run_vmm(target: Target, kernel: Path, initrd: Path | None, cmdline: str, tim
     """Boot `kernel` on personality `target.platform` under the probe.  Returns (RunResult, probe,
     origin snapshot, wall seconds).  `stop_when(line)` returning a message ends the run early (fate
     "stopped")."""
+    from vmirom.engines import libunicorn
     from vmirom.engines.unicorn import UnicornEngine
     from vmirom.hypervisors import registry
     from vmirom.machine import Machine, MachineConfig
+
+    libunicorn.require(target.engine.build)  # bare+stock must not run on the patched library
 
     def watch(line: ConsoleLine) -> None:
         if on_line is not None:
@@ -433,23 +447,20 @@ def _boot_child(target: Target, repeat: int, kernels: Kernels, workload: Workloa
 
 def run_boot(target: Target, repeat: int, kernels: Kernels, workload: Workload, *, pseudo: bool = False,
              on_line: Callable[[ConsoleLine], None] | None = None, isolate: bool = True) -> BootResult:
-    """One boot of `target` (see `run_boot_here`).  VMM boots run in a forked child process (as
+    """One boot of `target` (see `run_boot_here`).  VMM boots run in a child process (as
     `vmirom run` does): the engine can abort its process on CPU states it does not support, and a
-    hook that never returns would escape the VMM's own budget; the parent enforces the deadline."""
+    hook that never returns would escape the VMM's own budget; the parent enforces the deadline.
+    The child is forked, or exec'd when the target's engine build is not the one loaded here
+    (vmirom.childproc: `bare+stock` beside `bare` in one interleaved run)."""
     if not isolate or target.platform in QEMU_PLATFORMS:
         return run_boot_here(target, repeat, kernels, workload, pseudo=pseudo, on_line=on_line)
-    import multiprocessing as mp
     import signal
-    import sys
 
-    ctx = mp.get_context("fork")
-    parent, child = ctx.Pipe(duplex=False)
-    sys.stdout.flush()
-    proc = ctx.Process(target=_boot_child, args=(target, repeat, kernels, workload, pseudo, child),
-                       daemon=True)
+    from vmirom import childproc
+
     t0 = time.monotonic()
-    proc.start()
-    child.close()
+    proc, parent = childproc.start(_boot_child, (target, repeat, kernels, workload, pseudo),
+                                   target.engine.build)
     deadline = t0 + workload.timeout_s + GRACE_S
     try:
         result, finished, running = _wait_for_child(proc, parent, deadline, on_line)
@@ -539,4 +550,12 @@ def run_boot_here(target: Target, repeat: int, kernels: Kernels, workload: Workl
         if test not in done:
             recs.append(error_record(target, repeat, test, why))
     tail = "\n".join(ln.text for ln in lines[-15:])
-    return BootResult(target.name, repeat, cmdline, fate, status, message, wall, recs, errors, profile, tail)
+    engine = None if host_only else _engine_json()
+    return BootResult(target.name, repeat, cmdline, fate, status, message, wall, recs, errors, profile, tail,
+                      engine)
+
+
+def _engine_json() -> dict[str, Any]:
+    from vmirom.engines.libunicorn import describe
+
+    return describe().as_json()

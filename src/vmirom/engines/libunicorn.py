@@ -157,8 +157,18 @@ def loaded_build() -> str | None:
     return describe().build if "unicorn" in sys.modules else None
 
 
+_described: EngineBuild | None = None
+
+
 def describe() -> EngineBuild:
-    """What the binding loaded (imports unicorn if nothing has yet)."""
+    """What the binding loaded (imports unicorn if nothing has yet; fixed from then on)."""
+    global _described
+    if _described is None:
+        _described = _describe()
+    return _described
+
+
+def _describe() -> EngineBuild:
     import unicorn
     from unicorn.unicorn_py3.unicorn import uclib  # the binding's loaded library
 
