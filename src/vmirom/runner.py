@@ -44,6 +44,7 @@ import click
 from vmirom import childproc
 from vmirom.cliutil import console as output_console
 from vmirom.cliutil import hypervisor_names, json_option, split_list, write_json
+from vmirom.debug.session import DebugOptions, DebugSession, DebugSetupError
 from vmirom.engines.options import EngineOptions
 
 EXIT_CODES = {
@@ -82,6 +83,7 @@ class RunRequest:
     interactive: bool = False  # the terminal's keys go to the guest's console (stdin, fd 0)
     engine: EngineOptions = field(default_factory=EngineOptions)  # from target modifiers (bare+stock)
     echo_fd: int = 1  # where the streamed console goes (2 when the JSON takes stdout)
+    debug: DebugOptions = field(default_factory=DebugOptions)  # --gdb, --trace, --deterministic
 
 
 def exit_code(result: dict) -> int:
@@ -256,8 +258,14 @@ def run_in_process(req: RunRequest) -> dict:
         machine.load_kernel(data, req.cmdline, modules)
     except LoadError as e:
         return refused(f"{req.kernel}: {e}")
+    try:
+        session = DebugSession(machine, req.debug) if req.debug.any else None
+    except DebugSetupError as e:
+        machine.close()
+        return refused(str(e))
     with _sigint_stops(machine):
         result = machine.run()
+    debug_facts = session.finish() if session is not None else {}
     out = {
         **base,
         "fate": result.fate,
@@ -275,6 +283,7 @@ def run_in_process(req: RunRequest) -> dict:
         from vmirom.debug.crashdump import capture
 
         out["crash"] = capture(machine)
+    out.update(debug_facts)
     out["binding"] = _binding(result.console)
     out["outcome"] = outcome(result.console)
     out["hypervisor_work"] = hypervisor_work(result.metrics)
@@ -565,6 +574,18 @@ def _show_traceback(res: dict, debug: bool) -> None:
 )
 @click.option("--quiet", "-q", is_flag=True, help="do not stream the guest console")
 @click.option("--debug", is_flag=True, help="print the Python traceback of a failing handler")
+@click.option("--gdb", "gdb", metavar="[HOST:]PORT",
+              help="gdb remote stub on this port (host default 127.0.0.1; port 0: any free one): "
+                   "gdb KERNEL -ex 'target remote :PORT'  (docs/debugging.md)")
+@click.option("--wait", "gdb_wait", is_flag=True,
+              help="with --gdb: stop before the first instruction until gdb connects")
+@click.option("--trace", "trace", type=click.Path(dir_okay=False),
+              help="write every exit to FILE (Chrome trace-event JSON: ui.perfetto.dev)")
+@click.option("--deterministic", is_flag=True,
+              help="guest time counts instructions, not host time: the same run gives the same "
+                   "exits, console and trace (slower, docs/debugging.md)")
+@click.option("--icount", "icount_shift", type=click.IntRange(0, 10), default=0, show_default=True,
+              help="with --deterministic: 2**N ns of guest time per instruction")
 @click.argument("kernel", required=False, type=click.Path(dir_okay=False))
 def run(
     hypervisor: str,
@@ -577,6 +598,11 @@ def run(
     ram_mb: int,
     quiet: bool,
     debug: bool,
+    gdb: str | None,
+    gdb_wait: bool,
+    trace: str | None,
+    deterministic: bool,
+    icount_shift: int,
     kernel: str | None,
 ) -> None:
     """Boot KERNEL (default: the reference kernel) on a hypervisor personality, stream its console and
@@ -588,8 +614,10 @@ def run(
         raise click.BadParameter("give one personality (vmirom demo boots several)",
                                  param_hint="--hypervisor")
     hypervisor, engine = parse_target(hypervisor)
+    if gdb_wait and not gdb:
+        raise click.UsageError("--wait needs --gdb")
     if timeout_s is None:
-        timeout_s = 86400.0 if interactive else 60.0
+        timeout_s = 86400.0 if interactive or gdb else 60.0
     if interactive and quiet:
         raise click.UsageError("--interactive needs the console (drop --quiet)")
     if interactive and json_out == "-":
@@ -602,6 +630,7 @@ def run(
     req = RunRequest(
         hypervisor, kernel, cmdline, timeout_s, initrd, ram_mb, echo=not quiet, interactive=interactive,
         engine=engine, echo_fd=2 if json_out == "-" else 1,
+        debug=DebugOptions(gdb, gdb_wait, trace, deterministic, icount_shift),
     )
     with _keys_to_guest(interactive):
         res = run_isolated(req)

@@ -125,9 +125,19 @@ class Engine(abc.ABC):
         """Install the callback object."""
 
     @abc.abstractmethod
-    def run_slice(self, timeout_us: int) -> SliceResult:
+    def run_slice(self, timeout_us: int, count: int = 0) -> SliceResult:
         """Run from the current EIP for at most `timeout_us` of guest time - the CPU time of the
-        calling thread, see `vmirom.machine.clock` - or until stop()."""
+        calling thread, see `vmirom.machine.clock` - or until stop().  With `count` > 0: for at most
+        `count` instructions instead (a debugger's single step, the deterministic clock), adding
+        what ran to `icount()`."""
+
+    def icount(self) -> int:
+        """Instructions run by counted slices so far (engines that cannot count raise)."""
+        raise EngineError(f"the {self.name} engine cannot count instructions")
+
+    def uncount_current(self) -> None:  # noqa: B027 - optional
+        """Called from a code hook that stops the slice before its instruction runs (a breakpoint),
+        so the counted slice does not count that instruction."""
 
     @abc.abstractmethod
     def stop(self) -> None:

@@ -66,6 +66,13 @@ W16 Code written by the VMM (a descriptor-table write made for the guest over by
     and even uc_mem_write never invalidated in 2.1.4 (W4).  `invalidate_code` (physical) therefore
     rewrites a small range through uc_mem_write on our patched engine, which drops exactly the
     translations overwritten (part 3 of the patch); on any other build it flushes as W4/W10 say.
+W17 Counting instructions (gdb single-step, the deterministic clock): `emu_start(count=N)` adds a
+    code hook over every address (W7: slow, so only while counting) but does NOT drop the blocks
+    translated without it: a cached block then runs uncounted (measured: count=5 after a free run
+    never stopped).  `run_slice` flushes the translation cache whenever counting is switched on or
+    off.  The number of instructions a slice ran is Unicorn's private `emu_counter`, read at an
+    offset found by probing (`counter_offset`); it also counts the instruction at which a code hook
+    stopped the slice (that one did not run: `uncount_current`), and the one the count ended before.
 Unicorn can still abort the host process on some CPU states it does not support, which is why the
 runner executes each VM in a child process (see vmirom.runner).
 """
@@ -252,6 +259,26 @@ def calibrate() -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=1)
+def counter_offset() -> int:
+    """W17: offset of `emu_counter` (uint64, followed by `emu_count`) inside Unicorn's uc_struct: after
+    emu_start(count=n) over straight-line code it holds n + 1 and the next field n."""
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(0, 0x10000, UC_PROT_ALL)
+    uc.mem_write(0x1000, b"\x90" * 256)
+    uc.ctl_exits_enabled(True)
+    base, span = uc._uch.value, 8192
+    cands: set[int] | None = None
+    for n in (10, 37, 61):
+        uc.emu_start(0x1000, 0, count=n)
+        blob = ctypes.string_at(base, span)
+        found = {i for i in range(0, span - 16, 8) if struct.unpack_from("<QQ", blob, i) == (n + 1, n)}
+        cands = found if cands is None else cands & found
+    if not cands or len(cands) != 1:
+        raise EngineError(f"unicorn calibration: emu_counter not found ({cands})")
+    return cands.pop()
+
+
+@functools.lru_cache(maxsize=1)
 def eip_offset() -> int:
     """W13: offset of EIP inside a saved uc_context (found by saving two contexts that differ only
     in EIP)."""
@@ -416,6 +443,10 @@ class UnicornEngine(Engine):
         self._entered = False  # enter_handler did the INTR hook's W1/W13 context write already
         self._w_ring = self._w_same = self._w_same_cs = None  # enter_handler's batch writers
         self._w_sscs = None  # switch_ring's
+        self._counting = False  # W17: the translation cache holds blocks with the count hook
+        self._counter: ctypes.c_uint64 | None = None  # W17: Unicorn's emu_counter, once calibrated
+        self._uncount = 0  # W17: a code hook stopped before its instruction ran
+        self.icount_total = 0  # instructions run by counted slices so far
 
     # -- setup ------------------------------------------------------------------------------------
     def attach_memory(self, ram: mmap.mmap, size: int, readonly: list[tuple[int, int]]) -> None:
@@ -493,7 +524,9 @@ class UnicornEngine(Engine):
         return bool(self._hooks.on_bad_memory(write, address, size, value, access == UC_MEM_WRITE_PROT))
 
     # -- running ------------------------------------------------------------------------------------
-    def run_slice(self, timeout_us: int) -> SliceResult:
+    def run_slice(self, timeout_us: int, count: int = 0) -> SliceResult:
+        """Run until `timeout_us` of guest CPU time passed or stop(); with `count` > 0 instead until
+        that many instructions ran (no timer: the slice's length is guest progress, W17)."""
         self.reg_gen += 1
         self._stopped = False
         self._hook_error = None
@@ -503,16 +536,26 @@ class UnicornEngine(Engine):
         self._poke_context(clear_exception=True)
         eip = self.uc.reg_read(X.UC_X86_REG_EIP)
         res = SliceResult()
+        if bool(count) != self._counting:  # W17
+            self._counting = bool(count)
+            self.uc.ctl_flush_tb()
+        self._uncount = 0
         self._running = True
-        self._timer.arm(int(timeout_us) * 1000)  # W7
+        if not count:
+            self._timer.arm(int(timeout_us) * 1000)  # W7
         try:
-            self.uc.emu_start(eip, _NO_UNTIL)  # W11
+            self.uc.emu_start(eip, _NO_UNTIL, count=max(0, int(count)))  # W11
         except UcError as e:
             res.error = str(e)
         finally:
-            timed_out = self._timer.disarm()
+            timed_out = self._timer.disarm() if not count else False
             self._running = False
             self.reg_gen += 1  # the guest ran since the last hook: no batched read survives
+        if count:
+            ran = self._counter_value()
+            timed_out = ran > count  # ended by the count, like a timer would have ended it
+            self.icount_total += max(0, min(ran, count) - self._uncount)
+            self._uncount = 0
         if self._hook_error is not None:
             err, self._hook_error = self._hook_error, None
             raise err
@@ -522,6 +565,21 @@ class UnicornEngine(Engine):
             # for it.  A slice that ended by itself (no stop, no timer), right after an F4 byte, is a halt.
             res.halted = self._after_hlt()
         return res
+
+    def _counter_value(self) -> int:
+        if self._counter is None:
+            self._counter = ctypes.c_uint64.from_address(self.uc._uch.value + counter_offset())
+        return self._counter.value
+
+    def icount(self) -> int:
+        """Instructions run by counted slices, including the running one (hooks may ask)."""
+        if self._running and self._counting:
+            return self.icount_total + max(0, self._counter_value() - 1)
+        return self.icount_total
+
+    def uncount_current(self) -> None:
+        """A code hook stopped the slice BEFORE its instruction ran: do not count that one."""
+        self._uncount = 1
 
     def _after_hlt(self) -> bool:
         if self._hooks is None:

@@ -105,6 +105,9 @@ class Machine:
         self.io.register(self.uart, self.uart.ports)
         self.io.register(DebugExit(self.guest_exit), range(0xF4, 0xF8))
         self.escape = ConsoleEscape()  # Ctrl-A x on the interactive console
+        #: a debugger (vmirom.debug.gdbstub.GdbStub) called between slices; None: no cost at all
+        self.debugger = None
+        self.paused_s = 0.0  # wall time stopped in the debugger: not charged to the --timeout budget
         self.kernel_stacks: dict[int, tuple[int, int]] = {}  # ring -> (ss, esp) overrides
         self.fate: str | None = None
         self.exit_status: int | None = None
@@ -180,6 +183,10 @@ class Machine:
         tb = None
         try:
             while self.fate is None:
+                if self.debugger is not None:  # gdb: report stops, take commands (may block)
+                    self.debugger.between_slices()
+                    if self.fate is not None:
+                        break
                 try:  # every personality hook may raise GuestFault: the guest takes it
                     if self._port_hypercall:
                         self._port_hypercall = False
@@ -204,7 +211,7 @@ class Machine:
                     self.stop(
                         "engine_error", f"engine stopped: {res.error} at eip={self.engine.reg('eip'):#010x}"
                     )
-                if deadline is not None and self.fate is None and time.monotonic() > deadline:
+                if deadline is not None and self.fate is None and time.monotonic() - self.paused_s > deadline:
                     self.stop(
                         "timeout",
                         f"wall-clock budget of {self.config.timeout_s:g} s exhausted "
