@@ -256,7 +256,15 @@ class HypercallAt0x82(Personality):
 class Vm:
     """A Machine on a fake engine with the tables in RAM, plus the helpers the tests read it with."""
 
-    def __init__(self, personality: Personality, engine_cls: type[FakeEngine]) -> None:
+    def __init__(
+        self, personality: Personality, engine_cls: type[FakeEngine], memory_model: str = "direct"
+    ) -> None:
+        # These tests feed the dispatch with the CPU state poked into the fake engine, page tables
+        # included, i.e. the engine walks the guest's tables: the "direct" memory model whatever
+        # the personality's choice.  tests/test_mmu_machine.py asks for "shadow": the guest's
+        # CR0/CR3 then go to the shadow MMU (as an emulated mov to CR would) and the fake holds the
+        # real ones (the shadow root).
+        personality.memory_model = memory_model
         self.eng = engine_cls()
         self.m = Machine(personality, MachineConfig(ram_size=RAM, timeout_s=None), engine=self.eng)
         self.ring = personality.kernel_ring
@@ -300,6 +308,9 @@ class Vm:
             idtr=(IDT, 256 * 8 - 1),
             tr=(TSS_SEL, TSS, 0x67, 0x8900),
         )
+        if memory_model == "shadow":
+            self.m.engine.set_reg("cr3", PD)
+            self.m.engine.set_reg("cr0", CR0)
 
     # -- setting up an exit ------------------------------------------------------------------------
     def set_gate(self, vector: int, raw: bytes) -> None:

@@ -473,6 +473,15 @@ def print_summary(res: dict, console) -> None:
     top = sorted((m.get("detail") or {}).items(), key=lambda kv: -kv[1])[:8]
     if top:
         t.add_row("top exits", ", ".join(f"{k} {v}" for k, v in top))
+    mmu = m.get("mmu")
+    if mmu:
+        t.add_row(
+            "shadow MMU",
+            f"{mmu['tracking']}: {mmu['hidden_faults']} hidden faults, {mmu['wp_traps']} WP traps, "
+            f"{mmu['emulated_pte_writes']} emulated PTE writes, {mmu['pv_updates']} pv updates, "
+            f"{mmu['zaps']} zaps, {mmu['syncs']} syncs, {mmu['unshadows']} unshadows; "
+            f"{mmu['shadow_pages']} shadow pages in use (peak {mmu['peak_pages']} of {mmu['pool_frames']})",
+        )
     console.print(t)
     if res.get("crash"):
         from vmirom.debug.crashdump import format_text

@@ -46,6 +46,10 @@ class Personality:
     replaces_builtin: ClassVar[bool] = False
     #: the personality API (vmirom.plugin.API_VERSION) this class was written against
     requires_api: ClassVar[tuple[int, int]] = (1, 0)
+    #: with "shadow": how the VMM learns of guest page-table updates - "wp" (write-protect the
+    #: guest's tables, trap and emulate their stores: no guest help) or "pv" (the guest announces
+    #: them through the VMI MMU calls; tables it never announced are resynced like a TLB)
+    shadow_tracking: ClassVar[str] = "wp"
 
     def __init__(self) -> None:
         self.machine: Machine | None = None
@@ -112,6 +116,13 @@ class Personality:
         """A guest exception before delivery: return True if handled (e.g. an emulated privileged
         instruction), False to deliver it to the guest."""
         return False
+
+    def on_wp_trap(self, vcpu: VCpu, linear: int, gpa: int) -> None:
+        """Shadow paging, "wp" tracking: a guest store to a write-protected page table (guest-physical
+        `gpa`, linear `linear`) trapped.  Emulate it through `machine.mmu.emulated_write` and step
+        over it, or - the default - stop shadowing that frame so the store runs natively on retry
+        (KVM's "unprotect and re-execute")."""
+        self.machine.mmu.unshadow(gpa >> 12)
 
     def on_cpuid(self, vcpu: VCpu) -> bool:
         """`cpuid`: return True after writing EAX/EBX/ECX/EDX and advancing EIP, False for native."""

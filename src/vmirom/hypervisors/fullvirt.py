@@ -92,6 +92,9 @@ class FullVirt(Personality):
     description: ClassVar[str] = "classic VMM: ring 1, no ROM, trap-and-emulate + scanning for popf/iret"
     kernel_ring: ClassVar[int] = 1
     iopl: ClassVar[int] = 0
+    #: no nested paging and no guest help: shadow page tables traced by write protection
+    memory_model: ClassVar[str] = "shadow"
+    shadow_tracking: ClassVar[str] = "wp"
     #: hook the reveal-only sensitive instructions too (pushf, sgdt, sidt, sldt, str, smsw)
     strict: ClassVar[bool] = False
 
@@ -117,6 +120,27 @@ class FullVirt(Personality):
         super().attach(machine)
         self.emu = TrapEmulator(machine.vcpu, self.ctl)
         machine.kernel_stacks = RingStacks(machine, self.kernel_ring)
+
+    def on_wp_trap(self, vcpu: VCpu, linear: int, gpa: int) -> None:
+        """A store to a write-protected guest page table (the way a VMM without guest help sees
+        page-table updates): decode it, emulate it into the guest entry and every shadow of it, step
+        over it.  Anything but one aligned 4-byte mov/xchg to the entry unshadows the frame and
+        re-executes natively (docs/mmu.md, heuristics)."""
+        mmu = self.machine.mmu
+        eip = vcpu.eip
+        old = mmu.pm.guest_u32(gpa & ~3)
+        try:
+            store = self.emu.table_store(eip, linear, old)
+        except GuestFault:
+            store = None
+        if store is None or old is None:
+            mmu.unshadow(gpa >> 12)
+            vcpu.count("shadow:unshadow")
+            return
+        value, size, reg = store
+        mmu.emulated_write(gpa & ~3, value.to_bytes(4, "little"))
+        self.emu.finish_table_store(eip, size, reg, old)
+        vcpu.count("emulate:pte_write")
 
     def io_permitted(self, vcpu: VCpu) -> bool:
         """in/out permission.  The kernel runs with IOPL 0 (so cli/sti trap), but its I/O is entitled:

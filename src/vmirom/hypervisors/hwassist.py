@@ -61,6 +61,8 @@ class HwAssist(Vmi):
     name = "hwassist"
     description = "hardware-assisted (VT-x/EPT-like): ring 0, ROM for timer and halt only"
     kernel_ring = 0
+    #: nested paging (EPT-like): the CPU walks the guest's own tables
+    memory_model = "direct"
     rom_product = "hwassist ROM"
     rom_version = (1, 0)
     api_minor = 0

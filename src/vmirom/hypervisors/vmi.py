@@ -103,6 +103,9 @@ class Vmi(Personality):
     kernel_ring = 1
     iopl = 0
     hypercall_vector = HYPERCALL_VECTOR
+    #: shadow page tables driven by the ROM's MMU calls (docs/mmu.md)
+    memory_model = "shadow"
+    shadow_tracking = "pv"
     rom_manufacturer = "vmirom"
     rom_product = "vmi hypercall ROM"
     rom_version = (1, 0)
@@ -138,7 +141,7 @@ class Vmi(Personality):
         "FlushDeferred",
     )
     #: calls the hypervisor does not need: the kernel removes the site
-    nop_calls = ("UpdatePxE", "SetLinearMapping", "IODelay", "WBINVD")
+    nop_calls = ("SetLinearMapping", "IODelay", "WBINVD")
     #: a subclass's own stub code for some calls (name -> GNU as text, CALL_REL; IRET/SYSEXIT JUMP_REL).
     #: A stub whose FIRST instruction is the trapping one (`hypercall_stub`'s) is a hypercall site.
     rom_stubs: ClassVar[dict[str, str]] = {}
@@ -666,7 +669,28 @@ class Vmi(Personality):
             raise GuestFault(GP, 0)
         # aligned: one page, one checked translation (faults like the CPU), one checked RAM write
         phys = self._paging.translate(ptr, write=True, user=False)
-        self._memory.write(phys, value.to_bytes(4, "little"))
+        mmu = self.machine.mmu
+        if mmu is None:
+            self._memory.write(phys, value.to_bytes(4, "little"))
+            return
+        self._memory.check(phys, 4, write=True)
+        mmu.set_pxe(phys, value, defer=bool(self.ecx & abi.PAGE_DEFER))  # entry and shadow together
+        vcpu.sync_tlb()
+
+    @handles("UpdatePxE")
+    def update_pxe(self, vcpu: VCpu) -> None:
+        """The guest wrote the entry itself: the shadows follow (nothing to do without shadows)."""
+        ptr = self.eax
+        if ptr & 3:
+            raise GuestFault(GP, 0)
+        mmu = self.machine.mmu
+        if mmu is not None:
+            phys = self._paging.translate(ptr, write=False, user=False)
+            if self.edx & abi.PAGE_DEFER:
+                mmu.deferred.append(phys)
+            else:
+                mmu.entry_written(phys)
+            vcpu.sync_tlb()
 
     def _check_pfn(self, pfn: int) -> None:
         if pfn >= self.machine.memory.size >> 12:
@@ -680,20 +704,25 @@ class Vmi(Personality):
             start, count = self.stack_arg(vcpu, 0), self.stack_arg(vcpu, 1)
             if start > 1024 or count > 1024 - start:
                 raise GuestFault(GP, 0)
+        if self.machine.mmu is not None and self.edx & (abi.PAGE_PT | abi.PAGE_PD):
+            self.machine.mmu.allocate_page(self.eax)  # a table the guest keeps up to date with SetPxE
 
     @handles("ReleasePage")
     def release_page(self, vcpu: VCpu) -> None:
         self._check_pfn(self.eax)
+        if self.machine.mmu is not None:
+            self.machine.mmu.release_page(self.eax)  # no longer a table: its shadows go
+            vcpu.sync_tlb()
 
     @handles("InvalPage")
     def inval_page(self, vcpu: VCpu) -> None:
-        vcpu.flush_tlb()
+        vcpu.invlpg(self.eax)
 
     @handles("FlushTLB")
     def flush_tlb(self, vcpu: VCpu) -> None:
         if self.eax & ~3:
             raise GuestFault(GP, 0)
-        vcpu.flush_tlb()
+        vcpu.flush_tlb(include_global=bool(self.eax & abi.FLUSH_GLOBAL))
 
     @handles("SetLazyMode")
     def set_lazy_mode(self, vcpu: VCpu) -> None:
@@ -701,6 +730,9 @@ class Vmi(Personality):
         if mode > 2:
             raise GuestFault(GP, 0)
         self.lazy_mode = mode
+        if self.machine.mmu is not None:
+            self.machine.mmu.set_lazy(mode == abi.LAZY_MMU)  # leaving MMU mode applies DEFERred updates
+            vcpu.sync_tlb()
 
     # -- time -----------------------------------------------------------------------------------------
     @handles("GetCycleFrequency")

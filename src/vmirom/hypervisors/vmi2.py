@@ -17,18 +17,19 @@ binary gets faster because the ROM makes fewer exits.  What changes against `vmi
 2. **Batched page-table updates.**  In lazy MMU mode (SetLazyMode(MMU), state kept in the shared
    page by the ROM) SetPxE writes the entry *in the guest* and appends {entry pointer, flags} to a
    batch log in the shared page; SetLazyMode(NONE) / FlushDeferred make one hypercall when the log is
-   not empty.  Why in-guest writes rather than a queue: this VMM keeps no shadow page tables (the
-   engine walks the guest's own tables), and the reference kernel reads entries back inside its lazy
-   sections (pgdir_walk), so a queue that applied writes late would break it.  The VMM still sees
-   every update: at the flush it validates every record (pointer aligned and kernel-writable, a
-   present entry maps guest RAM) and flushes the engine's TLB once if any record touched the live
-   address space; a bad record or a garbage count gets #GP at the flush.  Outside lazy mode SetPxE
+   not empty.  Why in-guest writes rather than a queue: the reference kernel reads entries back
+   inside its lazy sections (pgdir_walk), so a queue that applied writes late would break it; the
+   *shadow* side is what is deferred.  At the flush the VMM validates every record (pointer aligned
+   and kernel-writable, a present entry maps guest RAM) and brings the shadow page tables up to date
+   with each logged entry (docs/mmu.md); until then the old shadow entries act as a TLB the guest
+   has not flushed yet, which lazy MMU mode allows.  A bad record or a garbage count gets #GP at
+   the flush.  Outside lazy mode SetPxE
    is an immediate hypercall, as in v1.
 3. **Cheaper paths for what would exit.**  Values the VMM can publish are read from the shared page
    with no exit: CR0/CR2/CR3/CR4 shadows (written by the VMM on every change and on every exception
    delivery), the cycle frequency (a constant).  Page announcements (AllocatePage/ReleasePage) are
-   NOP: v2 keeps no per-page state.  What must still exit uses v1's `int $0x82` path (the cheapest
-   exit on this engine, EIP unchanged).
+   hypercalls as in v1 (the shadow MMU keeps per-table state).  What must still exit uses v1's
+   `int $0x82` path (the cheapest exit on this engine, EIP unchanged).
 
 Everything the VMM reads from the shared page is untrusted: the virtual-IF word must be 0 or 0x200
 (anything else stops the VM with fate "bad_shared_state", a clean report), the pending word is never
@@ -218,7 +219,9 @@ class Vmi2(Vmi):
     api_minor = 1
     #: GetSharedInfo stays NONE: the page is the ROM's own business (the kernel never asks for it)
     native_calls = tuple(n for n in Vmi.native_calls if n != "FlushDeferred")
-    nop_calls = Vmi.nop_calls + ("AllocatePage", "ReleasePage")
+    #: AllocatePage/ReleasePage are real (v1's hypercalls): the shadow MMU must know which frames are
+    #: tables and when they stop being tables (docs/mmu.md)
+    nop_calls = Vmi.nop_calls
 
     def __init__(self) -> None:
         super().__init__()
@@ -413,6 +416,7 @@ class Vmi2(Vmi):
         mem = self._memory
         words = memoryview(mem.read(self.shared + SH_BATCH, 8 * count)).cast("I")
         pages: dict[int, int] = {}  # linear page -> physical page: one walk per page-table page
+        mmu = self.machine.mmu
         live_as = 0
         for i in range(0, 2 * count, 2):
             ptr, flags = words[i], words[i + 1]
@@ -427,9 +431,13 @@ class Vmi2(Vmi):
                 pages[ptr >> 12] = page
             self._check_entry(mem.u32(page | (ptr & 0xFFF)))
             live_as |= flags & abi.PAGE_CURRENT_AS
+            if mmu is not None:
+                mmu.entry_written(page | (ptr & 0xFFF))  # the shadows follow the logged update
         self.batched += count
         self.batch_flushes += 1
-        if live_as:
+        if mmu is not None:
+            vcpu.sync_tlb()
+        elif live_as:
             vcpu.flush_tlb()
 
     @handles("SetPxE")

@@ -94,6 +94,7 @@ class CpuAccess(Protocol):
     def read_code(self, linear: int, size: int = 16) -> bytes: ...
     def halt(self) -> None: ...
     def flush_tlb(self) -> None: ...
+    def invlpg(self, linear: int) -> None: ...  # optional: without it invlpg flushes everything
     def read_msr(self, index: int) -> int: ...
     def write_msr(self, index: int, value: int) -> None: ...
     def count(self, kind: str, n: int = 1) -> None: ...
@@ -594,6 +595,31 @@ class TrapEmulator:
             data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
             self.cpu.write(self.effective_address(op), data)
 
+    # -- trapped page-table stores (shadow paging, docs/mmu.md) -----------------------------------------
+    def table_store(self, eip: int, linear: int, old: int) -> tuple[int, int, str] | None:
+        """The instruction at `eip` stored to a write-protected page table at `linear`, whose entry
+        holds `old`: (value it stores, instruction length, register that receives `old` or "") when
+        it is one aligned 4-byte `mov` or `xchg` to exactly that entry - how kernels write entries -
+        else None (the caller unshadows the frame and lets the instruction run natively)."""
+        d = self.fetch_decode(eip)
+        if d.mnemonic not in ("mov", "xchg") or len(d.ops) != 2 or linear & 3:
+            return None
+        dst, src = d.ops
+        if d.mnemonic == "xchg" and dst.type == "reg":
+            dst, src = src, dst
+        if dst.type != "mem" or dst.size != 4 or src.type not in ("reg", "imm") or src.size != 4:
+            return None
+        if self.effective_address(dst) != linear:
+            return None
+        value = src.imm & _U32 if src.type == "imm" else _read_gpr(self.cpu, src.reg)
+        return value, d.size, src.reg if d.mnemonic == "xchg" else ""
+
+    def finish_table_store(self, eip: int, size: int, reg: str, old: int) -> None:
+        """Complete an emulated `table_store`: xchg's register gets the old entry; step over it."""
+        if reg:
+            _write_gpr(self.cpu, reg, old)
+        self.cpu.set("eip", (eip + size) & _U32)
+
     # -- descriptor tables ------------------------------------------------------------------------------
     def compress_table(self, base: int, limit: int) -> int:
         """Rewrite DPL-0 code/data descriptors of a GDT/LDT in guest memory to DPL 1 (the kernel's
@@ -671,7 +697,11 @@ class TrapEmulator:
         return True
 
     def _invlpg(self, d: Decoded) -> bool:
-        self.cpu.flush_tlb()
+        invlpg = getattr(self.cpu, "invlpg", None)
+        if invlpg is None:
+            self.cpu.flush_tlb()
+        else:
+            invlpg(self.effective_address(d.ops[0]))
         return True
 
     def _set_cr0(self, value: int) -> None:

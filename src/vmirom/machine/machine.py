@@ -33,6 +33,8 @@ from vmirom.machine.escape import HELP, ConsoleEscape
 from vmirom.machine.faults import BP, GP, OF, PF, UD, GuestFault, TripleFault, VmError
 from vmirom.machine.memory import DEFAULT_RAM, GuestMemory
 from vmirom.machine.metrics import Metrics
+from vmirom.machine.mmu import HIDDEN, ROM_WRITE, TRUE_FAULT, WP_TRAP, PhysMap, ShadowMMU
+from vmirom.machine.mmu.cpuview import ShadowedEngine
 from vmirom.machine.paging import Paging
 from vmirom.machine.vcpu import VCpu
 
@@ -60,6 +62,8 @@ class MachineConfig:
     #: interactive terminal; None: no input.  With input, a halted guest waits in real time for a key
     #: or its next timer deadline instead of skipping idle time at once.
     console_input: int | None = None
+    #: pool frames for shadow page tables (personalities with memory_model "shadow"; docs/mmu.md)
+    shadow_pool_frames: int = 4096
 
 
 @dataclass
@@ -85,14 +89,22 @@ class Machine:
     def __init__(self, personality: Personality, config: MachineConfig | None = None, engine=None) -> None:
         self.config = config or MachineConfig()
         self.personality = personality
-        self.memory = GuestMemory(self.config.ram_size)
+        self.metrics = Metrics()
+        #: the shadow MMU when the personality virtualizes memory with shadow page tables, else None
+        self.mmu: ShadowMMU | None = None
+        shadow = personality.memory_model == "shadow"
+        offset = self.config.shadow_pool_frames << 12 if shadow else 0
+        self.memory = GuestMemory(self.config.ram_size, machine_offset=offset)
         if engine is None:
             from vmirom.engines.unicorn import UnicornEngine
 
             engine = UnicornEngine()
+        if shadow:
+            pm = PhysMap(self.config.ram_size, self.config.shadow_pool_frames, buffer=self.memory.machine)
+            self.mmu = ShadowMMU(pm, tracking=personality.shadow_tracking, event=self.metrics.event)
+            engine = ShadowedEngine(engine, self.mmu, offset)
         self.engine = engine
         self.clock = VirtualClock()
-        self.metrics = Metrics()
         self.paging = Paging(self.memory, self.engine)
         self.vcpu = VCpu(self)
         self.delivery = Delivery(self)
@@ -131,8 +143,12 @@ class Machine:
             self.memory.readonly = list(readonly)
         # VMM writes into guest RAM (hypercall results, page-table entries) are data, not code; the
         # guest's own code patching is seen by the engine itself.  So no invalidation per write.
-        self.engine.attach_memory(self.memory.ram, self.memory.size, readonly)
+        machine_ro = [(s + offset, e + offset) for s, e in readonly]
+        self.engine.attach_memory(self.memory.machine, offset + self.memory.size, machine_ro)
         self.engine.set_hooks(self)
+        if self.mmu is not None:
+            self.mmu.rom = self.rom_range or (0, 0)
+            self.engine.load_real()  # the CPU pages from the first instruction (identity shadow)
         personality.attach(self)
 
     # -- loading and entering the kernel -----------------------------------------------------------
@@ -239,10 +255,17 @@ class Machine:
             self.exit_status,
             self.message,
             time.monotonic() - t0,
-            self.metrics.as_dict(),
+            self.metrics_dict(),
             self.uart.text(),
             tb,
         )
+
+    def metrics_dict(self) -> dict:
+        """The exit counters, plus the shadow MMU's state under shadow paging ("mmu")."""
+        d = self.metrics.as_dict()
+        if self.mmu is not None:
+            d["mmu"] = self.mmu.summary()
+        return d
 
     def stop(self, fate: str, message: str = "") -> None:
         """End the run with `fate` (first reason wins)."""
@@ -346,6 +369,8 @@ class Machine:
             if vector == p.hypercall_vector and p.is_hypercall(self.vcpu):
                 p.hypercall(self.vcpu)
                 return
+            if vector == PF and self.mmu is not None and self._shadow_fault():
+                return
             if self._irq_first(vector):
                 return
             metrics = self.metrics
@@ -368,6 +393,33 @@ class Machine:
             self._reflect(f.vector, f.error_code, f.cr2)
         except TripleFault as e:
             self.stop("triple_fault", f"triple fault: {e}")
+
+    def _shadow_fault(self) -> bool:
+        """A #PF under shadow paging: True when it was the VMM's (a hidden fault filled, a trapped
+        page-table store emulated, or a fate), False for a true fault (the guest's CR2 is set, the
+        caller delivers it with the error code from the guest's own tables)."""
+        eng = self.engine
+        va = eng.real.reg("cr2")
+        r = self.mmu.fault(va, write=None, user=eng.cpl() == 3)
+        kind = r.kind
+        if kind == HIDDEN:
+            self.metrics.count("shadow:hidden_fault")
+        elif kind == TRUE_FAULT:
+            eng.cr2 = va
+            eng.sync_tlb()
+            return False
+        elif kind == WP_TRAP:
+            self.metrics.count("shadow:wp_trap")
+            self.personality.on_wp_trap(self.vcpu, va, r.gpa)
+        elif kind == ROM_WRITE:
+            self.metrics.count("rom_write")
+            self.stop("rom_write", f"the guest wrote to the read-only VMI ROM at physical {r.gpa:#x} "
+                      f"(eip={eng.reg('eip'):#010x})")
+        else:
+            self.stop("bad_memory", f"guest page tables name physical {r.gpa:#x} outside RAM "
+                      f"(linear {va:#010x}, eip={eng.reg('eip'):#010x})")
+        eng.sync_tlb()
+        return True
 
     def _irq_first(self, vector: int) -> bool:
         """Take a due hardware interrupt at this exit, before the instruction that caused it.
@@ -501,6 +553,7 @@ class Machine:
 
     def on_bad_memory(self, write: bool, phys: int, size: int, value: int, protected: bool) -> bool:
         eip = self.engine.reg("eip")
+        phys -= self.memory.machine_offset  # the engine reports machine addresses
         if protected and self.rom_range and self.rom_range[0] <= phys < self.rom_range[1]:
             self.metrics.count("rom_write")
             self.stop(

@@ -4,6 +4,7 @@ CPU), with range-checked access for the VMM's own reads and writes."""
 from __future__ import annotations
 
 import mmap
+import os
 import struct
 
 from vmirom.machine.faults import GP, GuestFault
@@ -13,13 +14,32 @@ DEFAULT_RAM = 128 * 1024 * 1024
 
 class GuestMemory:
     """Guest-physical memory [0, size).  `readonly` ranges (the ROM) refuse VMM writes on the guest's
-    behalf; loading code uses `load()` which may write anywhere."""
+    behalf; loading code uses `load()` which may write anywhere.
 
-    def __init__(self, size: int = DEFAULT_RAM) -> None:
+    `machine_offset` > 0 (shadow paging, docs/mmu.md): guest RAM lives in *machine* memory at that
+    offset, after a VMM-private pool the guest can never name.  One shared memory file is mapped
+    twice: `machine` (all of machine memory, what the engine maps at machine address 0) and `ram`
+    (the guest-physical view: index = guest-physical address).  So every VMM access through `ram`
+    is the p2m translation (offset layout) by construction, and both views see the same bytes."""
+
+    def __init__(self, size: int = DEFAULT_RAM, machine_offset: int = 0) -> None:
         if size < 2 * 1024 * 1024 or size % 4096:
             raise ValueError("guest RAM must be a multiple of 4 KiB and at least 2 MiB")
+        if machine_offset < 0 or machine_offset % mmap.ALLOCATIONGRANULARITY:
+            raise ValueError("the machine offset of guest RAM must be page aligned")
         self.size = size
-        self.ram = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self.machine_offset = machine_offset
+        if machine_offset:
+            fd = os.memfd_create("vmirom-machine", os.MFD_CLOEXEC)
+            try:
+                os.ftruncate(fd, machine_offset + size)
+                self.machine = mmap.mmap(fd, machine_offset + size)
+                self.ram = mmap.mmap(fd, size, offset=machine_offset)
+            finally:
+                os.close(fd)
+        else:
+            self.ram = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            self.machine = self.ram
         self.readonly: list[tuple[int, int]] = []
         self.on_code_write = None  # callback(start, end): lets the engine drop stale translations
 
@@ -56,7 +76,8 @@ class GuestMemory:
         self.write(phys, struct.pack("<I", value & 0xFFFFFFFF))
 
     def close(self) -> None:
-        try:
-            self.ram.close()
-        except BufferError:  # the engine still holds a ctypes view; the OS frees it at exit
-            pass
+        for view in {id(self.ram): self.ram, id(self.machine): self.machine}.values():
+            try:
+                view.close()
+            except BufferError:  # the engine still holds a ctypes view; the OS frees it at exit
+                pass

@@ -122,8 +122,26 @@ class VCpu:
         return GuestFault(vector, error_code, cr2)
 
     # -- engine maintenance ------------------------------------------------------------------------
-    def flush_tlb(self) -> None:
+    def flush_tlb(self, include_global: bool = False) -> None:
+        """The guest flushes its TLB (FlushTLB, a CR3 reload): under shadow paging the shadows drop
+        what a real TLB would (non-global entries; all with `include_global`)."""
+        mmu = self.m.mmu
+        if mmu is not None:
+            mmu.flush_tlb(include_global)
         self.m.engine.flush_tlb()
+
+    def invlpg(self, linear: int) -> None:
+        """The guest invalidates the translation of one linear address (invlpg, InvalPage)."""
+        mmu = self.m.mmu
+        if mmu is not None:
+            mmu.invlpg(linear & 0xFFFFFFFF)
+        self.m.engine.flush_tlb()
+
+    def sync_tlb(self) -> None:
+        """After a shadow update: flush the engine's TLB if a shadow entry lost rights."""
+        mmu = self.m.mmu
+        if mmu is not None and mmu.need_flush:
+            self.m.engine.flush_tlb()
 
     def invalidate_code(self, start: int, end: int) -> None:
         self.m.engine.invalidate_code(start, end)

@@ -50,6 +50,7 @@ shadow entry loses rights `need_flush` is set and the caller flushes the engine'
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vmirom.machine.mmu.bits import (
@@ -151,7 +152,14 @@ class ShadowMMU:
     """Shadow page tables for one vCPU.  `tracking`: "wp" (trace guest tables by write protection,
     fullvirt) or "pv" (the guest announces its updates: the VMI MMU calls)."""
 
-    def __init__(self, physmap: PhysMap, *, tracking: str = "wp", rom: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        physmap: PhysMap,
+        *,
+        tracking: str = "wp",
+        rom: tuple[int, int] | None = None,
+        event: Callable[[str], None] | None = None,
+    ) -> None:
         if tracking not in ("wp", "pv"):
             raise ValueError(f"unknown tracking {tracking!r}")
         self.pm = physmap
@@ -162,6 +170,8 @@ class ShadowMMU:
         self.cr3 = 0
         self.cr4 = 0
         self.stats = MmuStats()
+        #: called with "mmu:<event>" for bookkeeping inside exits (the machine's Metrics.event)
+        self.event = event or (lambda key: None)
         self.pages: dict[int, ShadowPage] = {}  # by machine frame
         self.by_key: dict[tuple, ShadowPage] = {}
         self.by_gfn: dict[int, list[ShadowPage]] = {}  # shadowed guest table frames
@@ -189,6 +199,17 @@ class ShadowMMU:
     def shadow_pages(self) -> int:
         """Pool frames holding shadow tables now."""
         return len(self.pages)
+
+    def summary(self) -> dict:
+        """For the run summary: the counters, and the pool as it is now."""
+        return {
+            **self.stats.as_dict(),
+            "tracking": self.tracking,
+            "shadow_pages": len(self.pages),
+            "pool_frames": self.pm.pool_frames,
+            "address_spaces": sum(1 for p in self.pages.values() if p.level == 2),
+            "protected_frames": len(self.by_gfn) if self.tracking == "wp" else 0,
+        }
 
     def set_cr0(self, value: int) -> int:
         """The guest loads CR0; returns the CPU's CR3 (the root may change with PG or WP)."""
@@ -241,12 +262,22 @@ class ShadowMMU:
             self._resync_reachable(include_global)
 
     # -- the fault path ---------------------------------------------------------------------------------
-    def fault(self, va: int, *, write: bool, user: bool) -> FaultResult:
-        """The CPU faulted at linear `va` walking the shadows.  Decide hidden vs true and fill."""
+    def fault(self, va: int, *, write: bool | None, user: bool) -> FaultResult:
+        """The CPU faulted at linear `va` walking the shadows.  Decide hidden vs true and fill.
+
+        `write` None: the CPU did not say (Unicorn gives no #PF error code).  Then the shadow tells:
+        a fault on a present shadow entry the access class could read can only be a write; anything
+        else is taken as a read first (a write then faults once more on the read-only fill, which
+        is the price of not decoding the instruction on the hot path).  The error code of a true
+        fault found this way may lack W: the caller recomputes it from the guest's tables."""
         if self.deferred:
             self.flush_deferred()
         va &= 0xFFFFFFFF
         self._tick += 1
+        if write is None:
+            write = self._readable(va, user)
+            if write:
+                self.need_flush = True  # present and readable yet faulted: no stale TLB entry either
         if not self.paging:
             return self._fault_phys(va, write)
         err = (PFERR_W if write else 0) | (PFERR_U if user else 0)
@@ -327,6 +358,24 @@ class ShadowMMU:
         self.stats.hidden_faults += 1
         return FaultResult(HIDDEN)
 
+    def _readable(self, va: int, user: bool) -> bool:
+        """Does the shadow let this access class read `va` (so a fault there was a write)?"""
+        mem = self.pm.mem
+        pde = _U32.unpack_from(mem, (self.root.mfn << PAGE_SHIFT) | ((va >> 22) << 2))[0]
+        if not pde & P:
+            return False
+        leaf = _U32.unpack_from(mem, (pde & FRAME_MASK) | ((va >> 10) & 0xFFC))[0]
+        return bool(leaf & P) and (not user or bool(leaf & US))
+
+    def shadow_writable(self, va: int, *, user: bool) -> bool:
+        """Does the current shadow let this access class write `va` with no fault?"""
+        mem = self.pm.mem
+        pde = _U32.unpack_from(mem, (self.root.mfn << PAGE_SHIFT) | ((va >> 22) << 2))[0]
+        if not pde & P:
+            return False
+        leaf = _U32.unpack_from(mem, (pde & FRAME_MASK) | ((va >> 10) & 0xFFC))[0]
+        return leaf & (P | RW) == P | RW and (not user or bool(leaf & US))
+
     def _true(self, err: int, va: int) -> FaultResult:
         self.stats.true_faults += 1
         return FaultResult(TRUE_FAULT, error_code=err, cr2=va)
@@ -337,6 +386,7 @@ class ShadowMMU:
         store it and update every shadow of that frame.  (Flood heuristic: FLOOD_LIMIT such writes
         without a walk through the frame unshadow it.)"""
         self.stats.emulated_pte_writes += 1
+        self.event("mmu:emulated_pte_write")
         self.pm.write(gpa, data)
         gfn = gpa >> PAGE_SHIFT
         if (gpa & 3) or len(data) != 4:
@@ -352,9 +402,11 @@ class ShadowMMU:
         """SetPxE/UpdatePxE: write the guest entry and its shadows in one go (no trap, no decode).
         With `defer` (the DEFER flag) or in lazy MMU mode the shadow side waits for the flush."""
         self.stats.pv_updates += 1
+        self.event("mmu:pv_update")
         self.pm.set_guest_u32(gpa, value)
         if defer or self.lazy:
             self.stats.deferred_updates += 1
+            self.event("mmu:deferred_update")
             self.deferred.append(gpa)
         else:
             self._entry_changed(gpa)
@@ -404,6 +456,7 @@ class ShadowMMU:
         if not pages:
             return False
         self.stats.unshadows += 1
+        self.event("mmu:unshadow")
         for page in list(pages):
             if page is self.root:
                 for i in list(page.children):
@@ -437,8 +490,10 @@ class ShadowMMU:
         if page is None:
             page = self._new_page(key, 2, gfn if 0 <= gfn < self.pm.ram_frames else -1, keep=())
             self.stats.roots_created += 1
+            self.event("mmu:root_new")
         else:
             self.stats.root_hits += 1
+            self.event("mmu:root_hit")
         page.used = self._tick
         return page
 
@@ -578,6 +633,7 @@ class ShadowMMU:
             if page.mfn in self.pages:
                 self._zap_page(page)
                 self.stats.evictions += 1
+                self.event("mmu:evict")
 
     # -- keeping shadows in step with guest entries -----------------------------------------------------
     def _guest_set(self, gpa: int, value: int) -> None:
@@ -604,6 +660,7 @@ class ShadowMMU:
             return False
         _U32.pack_into(page.snap, i << 2, new)
         self.stats.zaps += 1
+        self.event("mmu:zap")
         if page.level == 2:
             self._unlink(page, i)
         else:
@@ -623,6 +680,7 @@ class ShadowMMU:
         if current == page.snap:
             return
         self.stats.syncs += 1
+        self.event("mmu:sync")
         old = _TABLE.unpack_from(page.snap)
         new = _TABLE.unpack_from(current)
         for i in range(ENTRIES):

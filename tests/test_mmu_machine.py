@@ -1,0 +1,146 @@
+"""Shadow paging inside the machine, driven by synthetic exits on the fake engine (no guest code).
+
+The harness of tests/test_vmm_dispatch.py (`Vm`: GDT, IDT, TSS and an identity-mapped page
+table in guest RAM) with memory model "shadow": the guest's CR0/CR3 are given to the machine as
+an emulated `mov` to CR would give them, the fake engine holds the real ones (CR3 = the shadow
+root in the VMM-private pool) and the tests play the engine walking the *shadow* tables: they
+poke the real CR2 of a #PF and read what the machine made of it - a hidden fill (nothing
+delivered), a true fault (delivered with the guest's CR2), a trapped page-table store (emulated
+by fullvirt), a fate.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from test_vmm_dispatch import (
+    CR0,
+    GDT,
+    KCODE,
+    KERNEL_ESP,
+    MOV_LOAD,
+    MOV_STORE,
+    NOT_PRESENT,
+    PD,
+    PT,
+    RAM,
+    BatchedFakeEngine,
+    FakeEngine,
+    Vm,
+)
+from vmirom.hypervisors.fullvirt import FullVirt
+from vmirom.machine.faults import PF
+from vmirom.machine.mmu.bits import CR0_PG, CR0_WP, RW, US, A, P
+
+REP_STOSD = b"\xf3\xab"
+
+
+@pytest.fixture(params=[FakeEngine, BatchedFakeEngine], ids=["generic", "batched"])
+def engine_cls(request):
+    return request.param
+
+
+def shadow_vm(engine_cls) -> Vm:
+    return Vm(FullVirt(), engine_cls, memory_model="shadow")
+
+
+def shadow_leaf(vm: Vm, va: int) -> int:
+    """The shadow entry the engine would use for `va` (0 when not present)."""
+    mem = vm.m.memory.machine
+    pde = struct.unpack_from("<I", mem, vm.eng.reg("cr3") + 4 * (va >> 22))[0]
+    if not pde & P:
+        return 0
+    return struct.unpack_from("<I", mem, (pde & ~0xFFF) + 4 * ((va >> 12) & 0x3FF))[0]
+
+
+def page_fault(vm: Vm, va: int, code: bytes = MOV_LOAD, **regs) -> None:
+    vm.in_kernel(**regs)
+    vm.code(KCODE, code)
+    vm.eng.poke(cr2=va)  # the engine's (real) CR2
+    vm.exit("on_interrupt", PF)
+
+
+def test_the_guest_sees_its_own_control_registers_and_the_engine_the_shadow_root(engine_cls):
+    vm = shadow_vm(engine_cls)
+    offset = vm.m.memory.machine_offset
+    assert offset > 0 and vm.m.mmu is not None
+    assert vm.m.engine.reg("cr3") == PD and vm.m.engine.reg("cr0") == CR0
+    real_cr3 = vm.eng.reg("cr3")
+    assert real_cr3 < offset and real_cr3 == vm.m.mmu.root_ma  # in the VMM-private pool
+    assert vm.eng.reg("cr0") & (CR0_PG | CR0_WP) == CR0_PG | CR0_WP
+    assert vm.m.delivery.registers()[5:8] == (CR0, PD, 0)  # what delivery and the walker read
+
+
+def test_a_hidden_fault_fills_the_shadow_and_delivers_nothing(engine_cls):
+    vm = shadow_vm(engine_cls)
+    page_fault(vm, 0x200010, ebx=0x200010)
+    assert vm.eng.writes == [] and vm.r("eip") == KCODE  # the instruction simply runs again
+    assert vm.detail == {"shadow:hidden_fault": 1} and vm.m.metrics.total == 1
+    leaf = shadow_leaf(vm, 0x200010)
+    assert leaf & ~0xFFF == vm.m.memory.machine_offset + 0x200000  # guest RAM at its machine frame
+    assert leaf & (P | US) == P | US and not leaf & RW  # clean page: read-only until its first write
+    assert struct.unpack_from("<I", vm.m.memory.ram, PT + 4 * 0x200)[0] & A  # the guest's A bit
+
+
+def test_a_true_fault_is_delivered_with_the_guests_cr2_which_hidden_faults_do_not_change(engine_cls):
+    vm = shadow_vm(engine_cls)
+    page_fault(vm, NOT_PRESENT + 4, ebx=NOT_PRESENT + 4)
+    assert vm.words(KERNEL_ESP - 16, 4) == (0, KCODE, 0x19, 0x202)  # error code 0: kernel read, P=0
+    vm.assert_entered(PF, ring=1, esp=KERNEL_ESP - 16, if_set=False)
+    assert vm.m.engine.reg("cr2") == NOT_PRESENT + 4
+    page_fault(vm, 0x200040, ebx=0x200040)  # a hidden fault in the handler
+    assert vm.detail == {"shadow:hidden_fault": 1}
+    assert vm.m.engine.reg("cr2") == NOT_PRESENT + 4  # what `mov %cr2` / GetCR2 return
+
+
+def test_fullvirt_traps_and_emulates_a_store_to_a_page_table(engine_cls):
+    vm = shadow_vm(engine_cls)
+    page_fault(vm, 0x200000, ebx=0x200000)  # a walk through PT: it is a page table now
+    assert PT >> 12 in vm.m.mmu.by_gfn and shadow_leaf(vm, 0x200000)
+    entry, new = PT + 4 * 0x200, 0x201000 | P | RW | US
+    regs = dict(ebx=entry, eax=new)
+    page_fault(vm, entry, MOV_STORE, **regs)  # not mapped yet: filled read-only (protected)
+    assert vm.detail == {"shadow:hidden_fault": 1}
+    page_fault(vm, entry, MOV_STORE, **regs)  # the store itself
+    assert vm.detail == {"shadow:wp_trap": 1, "emulate:pte_write": 1, "mmu:emulated_pte_write": 1,
+                         "mmu:zap": 1}
+    assert vm.r("eip") == KCODE + 2  # stepped over
+    assert struct.unpack_from("<I", vm.m.memory.ram, entry)[0] == new
+    assert shadow_leaf(vm, 0x200000) == 0  # the old translation is gone from the shadow
+    page_fault(vm, 0x200000, ebx=0x200000)
+    assert shadow_leaf(vm, 0x200000) & ~0xFFF == vm.m.memory.machine_offset + 0x201000
+
+
+def test_a_store_fullvirt_cannot_emulate_unshadows_the_frame_and_runs_again(engine_cls):
+    vm = shadow_vm(engine_cls)
+    page_fault(vm, 0x200000, ebx=0x200000)
+    page_fault(vm, PT, REP_STOSD, edi=PT, ecx=1024, eax=0)
+    page_fault(vm, PT, REP_STOSD, edi=PT, ecx=1024, eax=0)
+    assert vm.detail == {"shadow:wp_trap": 1, "shadow:unshadow": 1, "mmu:unshadow": 1}
+    assert vm.r("eip") == KCODE and PT >> 12 not in vm.m.mmu.by_gfn
+
+
+def test_guest_tables_naming_memory_outside_ram_end_in_a_clean_fate(engine_cls):
+    vm = shadow_vm(engine_cls)
+    struct.pack_into("<I", vm.m.memory.ram, PT + 4 * 0x3FF, (RAM + 0x10000) | P | RW)
+    page_fault(vm, 0x3FF000, ebx=0x3FF000)
+    assert vm.m.fate == "bad_memory" and "outside RAM" in vm.m.message
+
+
+def test_segment_loads_by_the_vmm_find_the_gdt_mapped(engine_cls):
+    """The engine reads (and marks accessed) a descriptor when the VMM loads a segment register,
+    outside guest execution where no #PF can be taken: the GDT must be in the shadow first."""
+    vm = shadow_vm(engine_cls)
+    assert not vm.m.mmu.shadow_writable(GDT, user=False)
+    vm.m.engine.set_reg("ds", 0x21)
+    assert vm.m.mmu.shadow_writable(GDT, user=False)
+
+
+def test_the_run_summary_carries_the_shadow_mmu(engine_cls):
+    vm = shadow_vm(engine_cls)
+    page_fault(vm, 0x200000, ebx=0x200000)
+    mmu = vm.m.metrics_dict()["mmu"]
+    assert mmu["tracking"] == "wp" and mmu["hidden_faults"] == 1 and mmu["shadow_pages"] >= 2
+    assert vm.m.metrics_dict()["total_exits"] == vm.m.metrics.total  # mmu events are not exits
