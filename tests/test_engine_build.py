@@ -112,3 +112,15 @@ def test_bench_targets_take_modifiers_before_native():
     for bad in ("qemu+stock", "bare+fast", "nosuch+stock"):
         with pytest.raises(BenchError):
             Target.parse(bad)
+
+
+def test_the_store_micro_measurement_runs_on_every_build():
+    """python -m vmirom.bench.stores (docs/engine.md): structure only, no timing asserted."""
+    p = subprocess.run([sys.executable, "-m", "vmirom.bench.stores", "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    rows = json.loads(p.stdout)
+    assert [r["engine"]["build"] for r in rows] == (["patched"] if PATCHED else []) + ["stock"]
+    for r in rows:
+        for layout in ("scoped_hooks", "hook_over_everything"):
+            assert r[layout]["store_ns_per_iter"] > 0 and r[layout]["load_ns_per_iter"] > 0
