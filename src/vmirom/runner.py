@@ -240,6 +240,10 @@ def run_in_process(req: RunRequest) -> dict:
         except OSError:
             pass
 
+    if req.debug.trace:  # every exit must reach Python to be traced (vmirom.debug.trace)
+        from vmirom.debug.trace import TRACE_ENV
+
+        os.environ.update(TRACE_ENV)
     try:
         machine = Machine(
             personality,
@@ -482,6 +486,13 @@ def print_summary(res: dict, console) -> None:
             f"{mmu['zaps']} zaps, {mmu['syncs']} syncs, {mmu['unshadows']} unshadows; "
             f"{mmu['shadow_pages']} shadow pages in use (peak {mmu['peak_pages']} of {mmu['pool_frames']})",
         )
+    tr = res.get("trace")
+    if tr:
+        t.add_row("trace", f"{tr['path']}: {tr['exits']} exits, {tr['events']} events (ui.perfetto.dev)")
+    det = res.get("deterministic")
+    if det:
+        t.add_row("clock", f"deterministic: {det['instructions']} instructions, "
+                           f"{1 << det['icount_shift']} ns each")
     console.print(t)
     if res.get("crash"):
         from vmirom.debug.crashdump import format_text

@@ -20,6 +20,8 @@ import time
 
 class VirtualClock:
     def __init__(self) -> None:
+        self._elapsed = self._cpu_ns  # what drives guest time (see drive_by)
+        self._wall_base: int | None = None  # set: the wall clock is derived from guest time
         self._clk: int | None = None
         self._thread: int | None = None
         self._base = 0
@@ -36,7 +38,13 @@ class VirtualClock:
 
     def now_ns(self) -> int:
         """Nanoseconds of guest time since power-on."""
-        return self._cpu_ns() + self._skipped
+        return self._elapsed() + self._skipped
+
+    def drive_by(self, elapsed_ns, wall_base_ns: int) -> None:
+        """Let `elapsed_ns()` drive guest time instead of CPU time, and derive the wall clock from
+        guest time starting at `wall_base_ns` (the deterministic mode: `vmirom.debug.determinism`)."""
+        self._elapsed = elapsed_ns
+        self._wall_base = wall_base_ns
 
     def skip_to(self, ns: int) -> None:
         """Advance guest time to `ns` at once (used when the guest halts until a deadline)."""
@@ -46,4 +54,6 @@ class VirtualClock:
 
     def wall_ns(self) -> int:
         """Host wall-clock time (for the wallclock VMI call)."""
+        if self._wall_base is not None:
+            return self._wall_base + self.now_ns()
         return time.time_ns()

@@ -38,6 +38,15 @@ class Metrics:
         self.detail: Counter[str] = _RecentCounter(self.recent) if history > 0 else Counter()
         self._history = history > 0
 
+    def tap(self, ring: deque) -> None:
+        """Record the order of exits into `ring` instead (a tracer's deque subclass that also sees
+        every key); keeps what was recorded so far."""
+        ring.extend(self.recent)
+        self.recent = ring
+        if isinstance(self.detail, _RecentCounter):
+            self.detail._ring = ring
+        self._history = True
+
     def count(self, kind: str, n: int = 1) -> None:
         """Count an exit.  `kind` may be "coarse" or "coarse:detail"."""
         coarse = kind.split(":", 1)[0]

@@ -1,0 +1,77 @@
+"""--deterministic: guest time counts instructions, so two runs give the same exits, the same
+console and the same trace (all but the host-time fields); a gdb breakpoint that the user
+continues from changes no exit count."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_debug_gdb import Rsp, Vm
+from vmirom.guest.build import build_kernel
+
+CLI = "import sys; from vmirom.cli import main; sys.argv[0] = 'vmirom'; main()"
+ARGS = ("-H", "vmi", "--deterministic", "--cmdline", "exit_after=20")
+HOST_FIELDS = ("dur", "handler_ns")
+
+
+@pytest.fixture(scope="module")
+def kernel() -> Path:
+    return build_kernel()
+
+
+def det_run(kernel: Path, out: Path, *extra: str) -> dict:
+    cmd = [sys.executable, "-c", CLI, "run", "-q", *ARGS, "--json", str(out), *extra, str(kernel)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+def guest_view(trace: Path) -> list:
+    """The trace without what the host's speed decides (handler durations)."""
+    events = json.loads(trace.read_text())["traceEvents"]
+    for e in events:
+        for f in HOST_FIELDS:
+            e.pop(f, None)
+            e.get("args", {}).pop(f, None)
+    return events
+
+
+def test_two_runs_give_the_same_exits_console_and_trace(kernel: Path, tmp_path: Path) -> None:
+    runs = [det_run(kernel, tmp_path / f"r{i}.json", "--trace", str(tmp_path / f"t{i}.json")) for i in (1, 2)]
+    a, b = runs
+    assert a["metrics"] == b["metrics"]  # every counter, detail for detail
+    assert a["console"] == b["console"]
+    assert a["deterministic"] == b["deterministic"] and a["deterministic"]["instructions"] > 10**6
+    ta, tb = guest_view(tmp_path / "t1.json"), guest_view(tmp_path / "t2.json")
+    assert len(ta) > 1000 and ta == tb  # the same exits at the same guest times and EIPs
+
+
+def test_a_breakpoint_changes_no_exit_count(kernel: Path, tmp_path: Path) -> None:
+    plain = det_run(kernel, tmp_path / "plain.json")
+    vm = Vm(*ARGS, "-q", "--wait", "--json", str(tmp_path / "gdb.json"), str(kernel))
+    r = Rsp(vm.port)
+    assert r.ask("?").startswith("S05")
+    addr = subprocess.run(["nm", str(kernel)], capture_output=True, text=True).stdout
+    kmain = next(line.split()[0] for line in addr.splitlines() if line.endswith(" kmain"))
+    assert r.ask(f"Z0,{kmain},1") == "OK"
+    r.send("c")
+    assert r.reply().startswith("T05swbreak")
+    assert r.ask("s").startswith("T05")  # one instruction stepped, too
+    assert r.ask(f"z0,{kmain},1") == "OK"
+    r.send("c")
+    assert r.reply() == "W00"  # the guest's clean exit, as gdb sees it
+    code, _ = vm.finish()
+    assert code == 0
+    stopped = json.loads((tmp_path / "gdb.json").read_text())
+    a, b = stopped["metrics"], plain["metrics"]
+    assert a["detail"] == b["detail"] and a["total_exits"] == b["total_exits"]
+    # only the number of slices differs: the stop split one (a slice is not an exit)
+    assert {k: v for k, v in a["kinds"].items() if k != "slice"} == {
+        k: v for k, v in b["kinds"].items() if k != "slice"}
+    assert a["kinds"]["slice"] > b["kinds"]["slice"]
+    assert stopped["console"] == plain["console"]
