@@ -46,6 +46,7 @@ from vmirom.cliutil import console as output_console
 from vmirom.cliutil import hypervisor_names, json_option, split_list, write_json
 from vmirom.debug.session import DebugOptions, DebugSession, DebugSetupError
 from vmirom.engines.options import EngineOptions
+from vmirom.guest.initrd import reference_initrd
 
 EXIT_CODES = {
     "exit_ok": 0,
@@ -511,27 +512,6 @@ def _default_kernel() -> str:
         raise click.ClickException(f"cannot build the reference kernel: {e}") from None
 
 
-def _reference_initrd(kernel: str, explicit: str | None, no_initrd: bool, kernel_given: bool) -> str | None:
-    """The initrd to pass: the explicit one; none with --no-initrd; the built reference initrd when the
-    kernel is the reference kernel (default or named); otherwise none."""
-    if no_initrd:
-        return None
-    if explicit:
-        return explicit
-    try:
-        from vmirom.guest.build import KERNEL_PATH
-        from vmirom.guest.initrd import INITRD_PATH
-    except ImportError:
-        return None
-    if kernel_given:
-        try:
-            if Path(kernel).resolve() != KERNEL_PATH.resolve():
-                return None
-        except OSError:
-            return None
-    return str(INITRD_PATH) if INITRD_PATH.is_file() else None
-
-
 @contextlib.contextmanager
 def _keys_to_guest(interactive: bool):
     """With --interactive on a terminal: every key goes to the guest one at a time, unechoed (the
@@ -646,7 +626,7 @@ def run(
         raise click.UsageError("--initrd and --no-initrd exclude each other")
     given = kernel is not None
     kernel = kernel or _default_kernel()
-    initrd = _reference_initrd(kernel, initrd, no_initrd, given)
+    initrd = reference_initrd(kernel, initrd, no_initrd, given)
     req = RunRequest(
         hypervisor, kernel, cmdline, timeout_s, initrd, ram_mb, echo=not quiet, interactive=interactive,
         engine=engine, echo_fd=2 if json_out == "-" else 1,
@@ -780,7 +760,7 @@ def demo(
     wanted = hypervisor_names(only, "--hypervisor", extra=("qemu",))
     given = kernel is not None
     kernel = kernel or _default_kernel()
-    initrd = _reference_initrd(kernel, initrd, no_initrd, given)
+    initrd = reference_initrd(kernel, initrd, no_initrd, given)
     try:
         digest = hashlib.sha256(Path(kernel).read_bytes()).hexdigest()
     except OSError as e:

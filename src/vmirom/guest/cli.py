@@ -53,21 +53,51 @@ def guest_path() -> None:
 @click.option("--kernel", type=click.Path(dir_okay=False), help="Kernel ELF (default: the built one).")
 @click.option("--rom", "option_rom", type=click.Path(exists=True, dir_okay=False),
               help="Option ROM for SeaBIOS to load (-option-rom).")
-@click.option("--initrd", type=click.Path(exists=True, dir_okay=False), help="Initrd (first module).")
+@click.option("--initrd", type=click.Path(exists=True, dir_okay=False),
+              help="Initrd (first module); default: the built initrd with the reference kernel.")
+@click.option("--no-initrd", is_flag=True, help="Boot without an initrd.")
 @click.option("--cmdline", default="", help="Kernel command line.")
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds before QEMU is killed.")
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=None,
+              help="Seconds before QEMU is killed  [default: 60; 86400 with -i or --gdb]")
 @click.option("--events", is_flag=True, help="Print only the parsed VMIROM-JSON events.")
-def guest_qemu(kernel: str | None, option_rom: str | None, initrd: str | None, cmdline: str,
-               timeout: float, events: bool) -> None:
-    """Boot the kernel on real QEMU (qemu-system-i386 -kernel) and show its console.
+@click.option("--interactive", "-i", is_flag=True,
+              help="Type on the guest console (Ctrl-C goes to the guest, Ctrl-A x quits QEMU).")
+@click.option("--gdb", "gdb", metavar="[HOST:]PORT",
+              help="QEMU's gdb stub on this port, stopped before the first instruction (-gdb tcp::PORT -S).")
+def guest_qemu(kernel: str | None, option_rom: str | None, initrd: str | None, no_initrd: bool,
+               cmdline: str, timeout: float | None, events: bool, interactive: bool, gdb: str | None) -> None:
+    """Boot the kernel on real QEMU (qemu-system-i386 -kernel), streaming its console as it runs.
 
-    The exit status is 0 only if the guest shut down cleanly (e.g. after exit_after=TICKS);
-    without exit_after or init the kernel idles until --timeout."""
+    Like `vmirom run`: the built initrd comes along with the reference kernel, -i types on the
+    console, --gdb PORT waits for `gdb -ex 'target remote :PORT'`.  The exit status is 0 only if
+    the guest shut down cleanly (e.g. after exit_after=TICKS); without exit_after or init the
+    kernel idles until --timeout."""
+    from .initrd import reference_initrd
     from .qemu import QemuError, run_kernel
 
+    if initrd and no_initrd:
+        raise click.UsageError("--initrd and --no-initrd exclude each other")
+    if interactive and events:
+        raise click.UsageError("--interactive shows the console; drop --events")
+    extra: list[str] = []
+    if gdb:
+        host, _, port = gdb.rpartition(":")
+        if not port.isdigit():
+            raise click.BadParameter(f"want [HOST:]PORT, not {gdb!r}", param_hint="--gdb")
+        extra = ["-gdb", f"tcp:{host}:{port}", "-S"]
+        click.echo(f"[QEMU waits for gdb: target remote {host or 'localhost'}:{port}]", err=True)
+    if timeout is None:
+        timeout = 86400.0 if interactive or gdb else 60.0
     try:
         path = kernel or kernel_path()
-        res = run_kernel(path, cmdline=cmdline, option_rom=option_rom, initrd=initrd, timeout=timeout)
+        initrd = reference_initrd(str(path), initrd, no_initrd, kernel is not None)
+
+        def show(chunk: bytes) -> None:
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+
+        res = run_kernel(path, cmdline=cmdline, option_rom=option_rom, initrd=initrd, timeout=timeout,
+                         extra_args=extra, stream=None if events else show, interactive=interactive)
     except (BuildError, QemuError) as e:
         raise click.ClickException(str(e)) from e
     if res.qemu_error:
@@ -75,8 +105,6 @@ def guest_qemu(kernel: str | None, option_rom: str | None, initrd: str | None, c
     if events:
         for ev in res.events:
             click.echo(json.dumps(ev))
-    else:
-        click.echo(res.console, nl=False)
     how = ("timed out" if res.timed_out else
            f"guest exit status {res.exit_status}" if res.exit_status is not None else
            f"qemu exit code {res.returncode}")

@@ -218,3 +218,21 @@ if __name__ == "__main__":  # guest/user/Makefile's spelling of `vmirom guest in
     from vmirom.guest.cli import guest_initrd
 
     guest_initrd(prog_name="python3 -m vmirom.guest.initrd")
+
+
+def reference_initrd(kernel: str, explicit: str | None, no_initrd: bool, kernel_given: bool) -> str | None:
+    """The initrd `vmirom run`/`demo`/`guest qemu` pass: the explicit one; none with --no-initrd; the
+    built reference initrd when the kernel is the reference kernel (default or named); else none."""
+    if no_initrd:
+        return None
+    if explicit:
+        return explicit
+    from vmirom.guest.build import KERNEL_PATH
+
+    if kernel_given:
+        try:
+            if Path(kernel).resolve() != KERNEL_PATH.resolve():
+                return None
+        except OSError:
+            return None
+    return str(INITRD_PATH) if INITRD_PATH.is_file() else None

@@ -7,10 +7,12 @@ other way QEMU stops (triple fault with -no-reboot, a crash, our timeout) is rep
 
 from __future__ import annotations
 
+import os
+import select
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,10 +87,14 @@ def qemu_command(kernel: str | Path, *, cmdline: str = "", option_rom: str | Pat
 
 def run_kernel(kernel: str | Path, *, cmdline: str = "", option_rom: str | Path | None = None,
                initrd: str | Path | None = None, memory_mb: int = 128, timeout: float = 60.0,
-               input_bytes: bytes | None = None, extra_args: Sequence[str] = ()) -> QemuResult:
+               input_bytes: bytes | None = None, extra_args: Sequence[str] = (),
+               stream: Callable[[bytes], None] | None = None, interactive: bool = False) -> QemuResult:
     """Boot `kernel` under QEMU and wait until it exits or `timeout` seconds pass.
 
-    `input_bytes`, if given, is fed to the guest's serial port (then end of input)."""
+    `input_bytes`, if given, is fed to the guest's serial port (then end of input).  `stream` gets the
+    console's bytes as they arrive (`vmirom guest qemu` shows them live).  `interactive`: the serial
+    port is our own stdin/stdout terminal, through a QEMU mux without signals, so Ctrl-C reaches
+    the guest and Ctrl-A x quits, as with `vmirom run -i`."""
     if not qemu_available():
         raise QemuError(f"{QEMU} not found: install the Debian package qemu-system-x86")
     for path in (kernel, option_rom, initrd):
@@ -96,21 +102,55 @@ def run_kernel(kernel: str | Path, *, cmdline: str = "", option_rom: str | Path 
             raise QemuError(f"no such file: {path}")
     cmd = qemu_command(kernel, cmdline=cmdline, option_rom=option_rom, initrd=initrd,
                        memory_mb=memory_mb, extra_args=extra_args)
+    if interactive:
+        at = cmd.index("-serial")
+        cmd[at : at + 2] = ["-chardev", "stdio,id=con,mux=on,signal=off", "-serial", "chardev:con"]
     start = time.monotonic()
+    stdin = None if interactive else subprocess.PIPE if input_bytes is not None else subprocess.DEVNULL
     try:
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if input_bytes is not None else subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except OSError as e:
         raise QemuError(f"cannot start {QEMU}: {e}") from e
-    timed_out = False
-    try:
-        out, err = proc.communicate(input=input_bytes, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        proc.kill()
-        out, err = proc.communicate()
+    if input_bytes is not None and not interactive:
+        try:
+            proc.stdin.write(input_bytes)
+            proc.stdin.close()
+        except OSError:
+            pass
+    out, err, timed_out = _collect(proc, start + timeout, stream)
     elapsed = time.monotonic() - start
     console = out.decode("utf-8", errors="replace").replace("\r\n", "\n")
     return QemuResult(console=console, returncode=None if timed_out else proc.returncode,
                       timed_out=timed_out, elapsed=elapsed, command=cmd,
                       stderr=err.decode("utf-8", errors="replace"), events=parse_events(console))
+
+
+def _collect(proc: subprocess.Popen, deadline: float, stream: Callable[[bytes], None] | None
+             ) -> tuple[bytes, bytes, bool]:
+    """QEMU's stdout and stderr until it exits (passing stdout to `stream` as it comes), or kill it
+    at `deadline`."""
+    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    bufs = {out_fd: bytearray(), err_fd: bytearray()}
+    open_fds = set(bufs)
+    timed_out = False
+    while open_fds:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            timed_out = True
+            proc.kill()
+            break
+        ready, _, _ = select.select(list(open_fds), [], [], min(left, 0.5))
+        for fd in ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                open_fds.discard(fd)
+                continue
+            bufs[fd] += chunk
+            if stream is not None and fd == out_fd:
+                stream(chunk)
+    proc.wait()
+    for f, fd in ((proc.stdout, out_fd), (proc.stderr, err_fd)):
+        if fd in open_fds:  # killed: what it wrote before dying
+            bufs[fd] += f.read() or b""
+        f.close()
+    return bytes(bufs[out_fd]), bytes(bufs[err_fd]), timed_out
