@@ -75,3 +75,19 @@ def test_a_breakpoint_changes_no_exit_count(kernel: Path, tmp_path: Path) -> Non
         k: v for k, v in b["kinds"].items() if k != "slice"}
     assert a["kinds"]["slice"] > b["kinds"]["slice"]
     assert stopped["console"] == plain["console"]
+
+
+def test_bench_says_its_clock_and_repeats_exactly(tmp_path: Path) -> None:
+    """`vmirom bench --deterministic`: the JSON and the table say which clock ran, and the two
+    repeats of a test make the same exits, kind for kind."""
+    out = tmp_path / "bench.json"
+    p = subprocess.run([sys.executable, "-c", CLI, "bench", "-H", "vmi", "--tests", "null_syscall,fork_exit",
+                        "--repeat", "2", "-n", "100", "--deterministic", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+    assert "clock: deterministic" in p.stdout and "VMM clock: deterministic" in p.stdout
+    doc = json.loads(out.read_text())
+    assert doc["config"]["clock"] == "deterministic"
+    for test in ("null_syscall", "fork_exit"):
+        reps = [r["exits_detail"] for r in doc["records"] if r["test"] == test]
+        assert len(reps) == 2 and reps[0] == reps[1], test

@@ -113,11 +113,14 @@ BENCH_CODES = exit_epilog(
               help="Native kernel (default: make -C guest native).")
 @click.option("--initrd", type=click.Path(exists=True, dir_okay=False),
               help="Initrd (default: the built one).")
+@click.option("--deterministic", is_flag=True,
+              help="VMM targets keep guest time in instructions: reproducible exit counts, slower "
+                   "(docs/debugging.md); the report says which clock was used")
 @click.pass_context
 def bench(ctx: click.Context, targets_opt: tuple[str, ...], tests_opt: tuple[str, ...], repeat: int | None,
           scale: int | None, iterations: int | None, json_out: str | None, plot_path: str | None, quick: bool,
           timeout: float, idle_ticks: int, kernel: str | None, native_kernel: str | None,
-          initrd: str | None) -> None:
+          initrd: str | None, deterministic: bool) -> None:
     """Run the guest benchmark suite on each target, interleaved across repeats, and report medians
     with ratios to `bare` (see docs/performance.md).  `vmirom bench report` and `vmirom bench
     profile` work on the results and the VMM's own time."""
@@ -153,7 +156,7 @@ def bench(ctx: click.Context, targets_opt: tuple[str, ...], tests_opt: tuple[str
     guest_tests = tuple(t for t in tests if t in GUEST_TESTS)
     pseudo = tuple(t for t in tests if t in PSEUDO_TESTS)
     workload = Workload(guest_tests, pseudo, scale=scale, iterations=iterations, idle_ticks=idle_ticks,
-                        timeout_s=timeout)
+                        timeout_s=timeout, deterministic=deterministic)
     if guest_tests and kernels.initrd is None:
         click.echo("Error: refused: no initrd: build the guest (vmirom guest build) or pass --initrd",
                    err=True)
@@ -165,12 +168,14 @@ def bench(ctx: click.Context, targets_opt: tuple[str, ...], tests_opt: tuple[str
     stock = any(t.engine.build == "stock" for t in targets)
     console.print(f"engine: {engine_text(describe().as_json())}"
                   + ("; +stock targets: the stock wheel" if stock else ""))
+    console.print("clock: " + ("deterministic (VMM guest time = instructions retired, docs/debugging.md)"
+                               if deterministic else "cpu-time (VMM guest time = vCPU thread CPU time)"))
     boots, records, interrupted = _run_matrix(console, targets, workload, kernels, repeat)
 
     files = {"kernel": kernels.vmi, "native_kernel": kernels.native, "initrd": kernels.initrd}
     config: dict[str, Any] = {"targets": [t.name for t in targets], "tests": tests, "repeat": repeat,
                               "scale": scale, "iterations": iterations, "quick": quick, "timeout_s": timeout,
-                              "idle_ticks": idle_ticks}
+                              "idle_ticks": idle_ticks, "clock": workload.clock}
     if interrupted:
         config["interrupted"] = True
     doc = report.document(command="vmirom bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]),

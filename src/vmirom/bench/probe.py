@@ -210,10 +210,10 @@ class Probe:
         run_slice, set_hooks, add_code_hook = engine.run_slice, engine.set_hooks, engine.add_code_hook
         probe = self
 
-        def timed_run_slice(timeout_us: int):
+        def timed_run_slice(timeout_us: int, count: int = 0):
             probe.slice_t0 = t = _now()
             try:
-                return run_slice(timeout_us)
+                return run_slice(timeout_us, count)
             finally:
                 probe.slice_ns += _now() - t
                 probe.slice_t0 = None

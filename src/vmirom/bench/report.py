@@ -222,6 +222,13 @@ def _kinds(r: dict[str, Any]) -> str:
     return ", ".join(f"{v:.1f} {k}" for v, k in ks[:3]) + (" …" if len(ks) > 3 else "")
 
 
+def clock_text(doc: dict[str, Any]) -> str:
+    """Which guest clock the VMM targets ran with (older documents: the CPU-time clock)."""
+    if doc.get("config", {}).get("clock") == "deterministic":
+        return "VMM clock: deterministic (guest time = instructions retired, --deterministic)"
+    return "VMM clock: cpu-time (guest time = vCPU thread CPU time; exit counts vary run to run)"
+
+
 def tables(doc: dict[str, Any]) -> list[Any]:
     """rich Tables: per-test medians with ratios to bare, host-side figures, site cost."""
     from rich.table import Table
@@ -240,7 +247,7 @@ def tables(doc: dict[str, Any]) -> list[Any]:
     t1.add_row("geomean ratio", *[_geomean_cell(by, tests, tg) for tg in targets], style="bold")
     t1.caption = ("VMM targets: host time of the test window (probe); ᵍ = the guest's own clock "
                   f"(QEMU, whose console reaches the host buffered); {UNMEASURED} = ran, but too short "
-                  "for the clock (no figure, no ratio)")
+                  f"for the clock (no figure, no ratio); {clock_text(doc)}")
 
     t2 = Table(title="VMM: guest clock per iteration, exits per iteration (top kinds), "
                      "share of wall time outside the guest")

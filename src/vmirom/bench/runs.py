@@ -86,6 +86,12 @@ class Workload:
     iterations: int | None = None       # bench -n N (wins over scale)
     idle_ticks: int = 20                # exit_after for the pseudo-test boot
     timeout_s: float = 600.0
+    deterministic: bool = False         # VMM targets: guest time = instructions (vmirom.debug.determinism)
+
+    @property
+    def clock(self) -> str:
+        """How the VMM targets keep guest time (said in the report: the two are not comparable)."""
+        return "deterministic" if self.deterministic else "cpu-time"
 
     def bench_cmdline(self) -> str:
         args = ["bench"]
@@ -273,7 +279,7 @@ def pseudo_records(target: Target, repeat: int, lines: list[ConsoleLine], origin
 # -- the VMM -------------------------------------------------------------------------------------------
 def run_vmm(target: Target, kernel: Path, initrd: Path | None, cmdline: str, timeout_s: float,
             on_line: Callable[[ConsoleLine], None] | None = None,
-            stop_when: Callable[[ConsoleLine], str | None] | None = None,
+            stop_when: Callable[[ConsoleLine], str | None] | None = None, deterministic: bool = False,
             ) -> tuple[Any, Probe, Snapshot, float]:
     """Boot `kernel` on personality `target.platform` under the probe.  Returns (RunResult, probe,
     origin snapshot, wall seconds).  `stop_when(line)` returning a message ends the run early (fate
@@ -299,6 +305,10 @@ def run_vmm(target: Target, kernel: Path, initrd: Path | None, cmdline: str, tim
     try:
         modules = [(initrd.read_bytes(), "initrd")] if initrd is not None else None
         machine.load_kernel(kernel.read_bytes(), cmdline, modules)
+        if deterministic:
+            from vmirom.debug.determinism import make_deterministic
+
+            make_deterministic(machine)
         probe.attach(machine)
         origin = probe.snapshot()
         t = time.monotonic()
@@ -534,7 +544,8 @@ def run_boot_here(target: Target, repeat: int, kernels: Kernels, workload: Workl
                                                    extra)
         lines, origin, host_only = hl.lines, Snapshot(0, 0, 0, {}, {}), True
     else:
-        res, probe, origin, wall = run_vmm(target, kernel, initrd, cmdline, workload.timeout_s, on_line, stop)
+        res, probe, origin, wall = run_vmm(target, kernel, initrd, cmdline, workload.timeout_s, on_line, stop,
+                                           deterministic=workload.deterministic)
         fate, status, message, lines, host_only = res.fate, res.exit_status, res.message, probe.lines, False
         profile = probe.handler_profile()
         profile["_total"] = {"wall_ns": probe.snapshot().wall_ns, "handler_ns": probe.handler_ns,
