@@ -1,4 +1,5 @@
-/* Self-modifying code the engine must see (tests/test_engine_smc.py), at ring 0 on `bare`.
+/* Self-modifying code the engine must see (tests/test_engine_smc.py), at ring 0 on `bare`
+   (ring1_common.inc: header, stack, puts, exit_with; its IDT is not used).
    Each check runs code, rewrites it with an ordinary guest store, runs it again and compares:
      1  same translation block: a store rewrites the immediate of an instruction two
         instructions further on in the block that is executing
@@ -8,9 +9,7 @@
         code; then g runs (its page's first translation), is rewritten through the alias and runs
         again.  This is the case the patched engine's tlb_protect_code handles.
    Prints one line per check on COM1 and exits (port 0xf4) with 0, or with the failed check's number. */
-        .section .multiboot, "a"
-        .align 4
-        .long 0x1BADB002, 0, -0x1BADB002
+#include "ring1_common.inc"
         .set ALIAS, 0x400000
         .text
         .globl _start
@@ -61,18 +60,7 @@ fail1:  mov $1, %eax
 fail2:  mov $2, %eax
         jmp exit_with
 fail3:  mov $3, %eax
-exit_with:
-        mov $0xf4, %dx
-        out %eax, %dx
-        cli
-        hlt
-puts:   lodsb
-        test %al, %al
-        jz 2f
-        mov $0x3f8, %dx
-        out %al, %dx
-        jmp puts
-2:      ret
+        jmp exit_with
 
         .align 4096
 f:      mov $0x11111111, %eax
@@ -91,5 +79,3 @@ msg3:   .asciz "smc: alias seen\n"
         .bss
         .align 4096
 pd:     .space 4096
-        .space 8192
-stack_top:

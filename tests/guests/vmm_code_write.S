@@ -4,9 +4,7 @@
    A VMM write is no guest store, so no engine sees it by itself: the VMM must drop the stale
    translation of f.  Exit status 0 when the second call of f returns the new value, 1 if the
    old code ran again, 2 if the first call was wrong. */
-        .section .multiboot, "a"
-        .align 4
-        .long 0x1BADB002, 0, -0x1BADB002
+#include "ring1_common.inc"
         .text
         .globl _start
 _start:
@@ -28,23 +26,14 @@ _start:
         cmp $0x22222222, %eax
         jne stale
         mov $msg, %esi
-1:      lodsb
-        test %al, %al
-        jz 2f
-        mov $0x3f8, %dx
-        out %al, %dx
-        jmp 1b
-2:      xor %eax, %eax
+        call puts
+        xor %eax, %eax
         jmp exit_with
 bad_first:
         mov $2, %eax
         jmp exit_with
 stale:  mov $1, %eax
-exit_with:
-        mov $0xf4, %dx
-        out %eax, %dx
-        cli
-        hlt
+        jmp exit_with
         .align 4096
 f:      mov $0x11111111, %eax
         ret
@@ -53,7 +42,3 @@ f:      mov $0x11111111, %eax
         .align 4096
         .data
 msg:    .asciz "vmm code write seen\n"
-        .bss
-        .align 16
-        .space 8192
-stack_top:
