@@ -90,3 +90,35 @@ def test_ctrl_c_arrow_keys_and_escape_on_a_terminal(kernel: Path) -> None:
     finally:
         code = s.close()
     assert code == 9
+
+
+def test_ctrl_c_without_a_guest_console_stops_with_a_report(kernel: Path) -> None:
+    """Ctrl-C at a `vmirom run` whose keys do not go to the guest (no -i): SIGINT reaches the
+    whole process group, the VM stops with fate "quit" (exit 9) and the summary, crash state
+    included, is still printed - no "Aborted!", no traceback."""
+    import os
+    import signal
+    import time
+
+    p = subprocess.Popen([sys.executable, "-c", CLI, "run", "-H", "vmi", "--timeout", "120",
+                          "--cmdline", "init=sh", str(kernel)],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         start_new_session=True)
+    try:
+        seen = b""
+        deadline = time.monotonic() + 100
+        while b"$ " not in seen and time.monotonic() < deadline:
+            chunk = p.stdout.read1(4096)
+            if not chunk:
+                break
+            seen += chunk
+        assert b"$ " in seen, seen[-2000:]
+        os.killpg(p.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    text = (seen + out).decode(errors="replace") + err.decode(errors="replace")
+    assert p.returncode == 9, text[-3000:]
+    assert "interrupted by Ctrl-C" in text and "vCPU state (CPL" in text
+    assert "Traceback" not in text and "Aborted" not in text
