@@ -70,3 +70,26 @@ def test_trace_has_every_exit_and_the_workloads_syscalls(kernel: Path, tmp_path:
         assert {e["args"]["cpl"] for e in syscalls} == {3}  # int $0x80 comes from user mode
     # 500 more getpid() calls: exactly 500 more int $0x80 exits
     assert key_counts(big)["softint:0x80"] - key_counts(small)["softint:0x80"] == 500
+
+
+def test_trace_summary_and_plot_commands(tmp_path: Path) -> None:
+    """`vmirom trace summary/plot` read a trace of a tiny guest; a file that is not a trace is a
+    clean error."""
+    import vmm_guests
+
+    elf = vmm_guests.build("hello", tmp_path)
+    trace = tmp_path / "hello.json"
+    cmd = [sys.executable, "-c", CLI, "run", "-q", "-H", "bare", "--trace", str(trace), str(elf)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    cmd = [sys.executable, "-c", CLI, "trace", "summary", str(trace)]
+    s = subprocess.run(cmd, capture_output=True, text=True)
+    assert s.returncode == 0 and "io:out" in s.stdout, s.stdout + s.stderr
+    png = tmp_path / "hello.png"
+    g = subprocess.run([sys.executable, "-c", CLI, "trace", "plot", str(trace), "-o", str(png)],
+                       capture_output=True, text=True, timeout=120)
+    assert g.returncode == 0, g.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = subprocess.run([sys.executable, "-c", CLI, "trace", "plot", str(elf), "-o", str(png)],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "not JSON" in bad.stderr and "Traceback" not in bad.stderr

@@ -82,6 +82,7 @@ def _register() -> None:
         ("vmirom.bench.cli", "bench"),
         ("vmirom.engines.unicorn_build", "engine"),
         ("vmirom.hypervisors.cli", "hypervisors"),
+        ("vmirom.debug.cli", "trace"),
     ):
         try:
             mod = importlib.import_module(module)
