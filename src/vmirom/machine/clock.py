@@ -52,6 +52,12 @@ class VirtualClock:
         if ns > now:
             self._skipped += ns - now
 
+    @property
+    def driven(self) -> bool:
+        """True when guest time comes from `drive_by` (cheap to read), not from the CPU clock (a
+        system call per read)."""
+        return self._wall_base is not None
+
     def wall_ns(self) -> int:
         """Host wall-clock time (for the wallclock VMI call)."""
         if self._wall_base is not None:
