@@ -240,6 +240,19 @@ class Probe:
         self.t0 = _now()
         self.slice_ns = self.handler_ns = 0
         self.by_hook.clear()
+        core = getattr(machine, "core", None)
+        if core is not None:  # exits completed in C never reach the hooks above: the core times them
+            core.core.set_timing(True)
+
+    def core_profile(self) -> dict[str, tuple[int, int]]:
+        """The compiled engine core's own handler times: "core:<kind>" -> (calls, ns)."""
+        core = getattr(self.machine, "core", None)
+        if core is None:
+            return {}
+        return {f"core:{k}": v for k, v in core.core.timings().items() if v[0]}
+
+    def core_ns(self) -> int:
+        return sum(ns for k, (_c, ns) in self.core_profile().items() if not k.startswith("core:phase:"))
 
     def charge(self, hook: str, ns: int) -> None:
         self.handler_ns += ns
@@ -256,7 +269,8 @@ class Probe:
         in_slice = self.slice_ns + (now - self.slice_t0 if self.slice_t0 is not None else 0)
         m = self.machine.metrics if self.machine is not None else None
         ig = in_guest_counters(getattr(self.machine, "personality", None)) if self.machine is not None else {}
-        return Snapshot(now - self.t0, in_slice - self.handler_ns, self.handler_ns,
+        handler_ns = self.handler_ns + self.core_ns()
+        return Snapshot(now - self.t0, in_slice - handler_ns, handler_ns,
                         dict(m.kinds) if m else {}, dict(m.detail) if m else {}, ig)
 
     def console_sink(self, data: bytes) -> None:
@@ -288,9 +302,11 @@ class Probe:
         return [ln for ln in self.lines if ln.event is not None]
 
     def handler_profile(self) -> dict[str, dict[str, float]]:
-        """Per hook: calls, total ns, mean ns."""
+        """Per hook: calls, total ns, mean ns (rows "core:<kind>": exits the C engine core completed,
+        and the time its decision took before handing an exit to Python: "core:fallback")."""
+        rows = {**self.by_hook, **self.core_profile()}
         return {k: {"calls": c, "ns": ns, "mean_ns": ns / c if c else 0.0}
-                for k, (c, ns) in sorted(self.by_hook.items())}
+                for k, (c, ns) in sorted(rows.items())}
 
 
 @dataclass

@@ -20,12 +20,17 @@ from vmirom.bench import runs
 def handler_table(profile: dict[str, dict[str, float]]) -> str:
     """The probe's handler profile as Markdown: per hook, calls, share of handler time, mean."""
     total = profile.get("_total", {})
-    rows = {k: v for k, v in profile.items() if not k.startswith("_")}
+    rows = {k: v for k, v in profile.items() if not k.startswith(("_", "core:phase:"))}
+    phases = {k[len("core:phase:"):]: v for k, v in profile.items() if k.startswith("core:phase:")}
     spent = sum(v["ns"] for v in rows.values()) or 1
     out = ["| exit hook | calls | handler time | share | mean per call |", "|---|---|---|---|---|"]
     for k, v in sorted(rows.items(), key=lambda kv: -kv[1]["ns"]):
         out.append(f"| {k} | {int(v['calls'])} | {v['ns'] / 1e6:.1f} ms | {v['ns'] / spent:.0%} | "
                    f"{v['mean_ns'] / 1e3:.1f} µs |")
+    if phases:  # where a C-completed exit's time goes (the core:* rows above)
+        out.append("\n| C core, per completed exit | mean |\n|---|---|")
+        out += [f"| {k.replace('_', ' ').replace(':', ': ')} | {v['mean_ns'] / 1e3:.2f} µs |"
+                for k, v in phases.items() if v["calls"]]
     wall = total.get("wall_ns")
     if wall:
         out.append(f"\nwall {wall / 1e6:.0f} ms, of which in exit handlers {total['handler_ns'] / wall:.0%} "

@@ -548,7 +548,8 @@ def run_boot_here(target: Target, repeat: int, kernels: Kernels, workload: Workl
                                            deterministic=workload.deterministic)
         fate, status, message, lines, host_only = res.fate, res.exit_status, res.message, probe.lines, False
         profile = probe.handler_profile()
-        profile["_total"] = {"wall_ns": probe.snapshot().wall_ns, "handler_ns": probe.handler_ns,
+        snap = probe.snapshot()
+        profile["_total"] = {"wall_ns": snap.wall_ns, "handler_ns": snap.handler_ns,
                              "exits": res.metrics.get("total_exits")}
     if pseudo:
         recs, errors = pseudo_records(target, repeat, lines, origin, wanted, host_only), []

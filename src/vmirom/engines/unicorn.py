@@ -403,7 +403,10 @@ def _guarded(method):
     def wrapper(self, *args):
         self.reg_gen += 1
         try:
-            return method(self, *args)
+            out = method(self, *args)
+            if self._core is not None:
+                self._core.sync()  # the Python path may have changed what the C core reads
+            return out
         except BaseException as exc:  # noqa: BLE001 - re-raised by run_slice
             if self._hook_error is None:
                 self._hook_error = exc
@@ -454,6 +457,8 @@ class UnicornEngine(Engine):
         self._counter: ctypes.c_uint64 | None = None  # W17: Unicorn's emu_counter, once calibrated
         self._uncount = 0  # W17: a code hook stopped before its instruction ran
         self.icount_total = 0  # instructions run by counted slices so far
+        self._core = None  # the compiled engine core, when it takes the INTR exits (use_core)
+        self._intr_hook = None
 
     # -- setup ------------------------------------------------------------------------------------
     def attach_memory(self, ram: mmap.mmap, size: int, readonly: list[tuple[int, int]]) -> None:
@@ -475,7 +480,7 @@ class UnicornEngine(Engine):
     def set_hooks(self, hooks: EngineHooks) -> None:
         self._hooks = hooks
         uc = self.uc
-        uc.hook_add(UC_HOOK_INTR, self._h_intr)
+        self._intr_hook = uc.hook_add(UC_HOOK_INTR, self._h_intr)
         uc.hook_add(UC_HOOK_INSN, self._h_in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._h_out, None, 1, 0, X.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self._h_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
@@ -492,6 +497,30 @@ class UnicornEngine(Engine):
         for start, end in self._readonly:
             if end > start:
                 uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._h_mem, None, start, end - 1)
+
+    def use_core(self, core) -> None:  # noqa: ANN001 - vmirom.engines.core.MachineCore
+        """Let the compiled engine core take the INTR exits: its C hook replaces the Python one and
+        calls `_h_intr` (through a ctypes callback) for every exit it does not complete.  The core
+        applies W1/W2/W13 itself, with the offsets calibrated here.  After every exit the Python
+        path handled, and before every slice, the machine state the core reads is published
+        (`core.sync`)."""
+        from unicorn.unicorn_py3.unicorn import uclib
+
+        lib = ctypes.CDLL(uclib._name)  # the library the binding loaded (stock wheel or our build)
+        names = ("uc_reg_read_batch", "uc_reg_write_batch", "uc_reg_read", "uc_reg_write", "uc_context_alloc",
+                 "uc_context_save", "uc_context_restore", "uc_context_free", "uc_hook_add", "uc_hook_del",
+                 "uc_emu_stop")
+        fns = tuple(ctypes.cast(getattr(lib, n), ctypes.c_void_p).value for n in names)
+
+        def fallback(_uc, intno, _ud):  # the Python path, W8-guarded (and followed by sync) like every hook
+            self._h_intr(self.uc, intno, None)
+
+        self._core_cb = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)(fallback)
+        if self._hooks is not None:
+            self.uc.hook_del(self._intr_hook)
+        core.core.attach_uc(self.uc._uch.value, fns, self.off_exc, self.off_hflags, self.off_eip,
+                            ctypes.cast(self._core_cb, ctypes.c_void_p).value)
+        self._core = core
 
     # -- hooks (W8 guarded) -----------------------------------------------------------------------
     @_guarded
@@ -566,6 +595,10 @@ class UnicornEngine(Engine):
         if self._hook_error is not None:
             err, self._hook_error = self._hook_error, None
             raise err
+        if self._core is not None:
+            refused = self._core.core.take_error()
+            if refused is not None:  # the C core's entry was refused by the engine (W8's equivalent)
+                raise EngineError(refused)
         res.stopped = self._stopped
         if not res.stopped and not timed_out and res.error is None:
             # W9: a native `hlt` (ring 0) silently ends emu_start with EIP after it; no hook exists
@@ -835,6 +868,8 @@ class UnicornEngine(Engine):
             self.reg_gen += 1
             try:
                 callback()
+                if self._core is not None:
+                    self._core.sync()
             except BaseException as exc:  # noqa: BLE001 - W8
                 if self._hook_error is None:
                     self._hook_error = exc

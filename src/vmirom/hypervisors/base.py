@@ -114,7 +114,10 @@ class Personality:
 
     def on_exception(self, vcpu: VCpu, vector: int, error_code: int) -> bool:
         """A guest exception before delivery: return True if handled (e.g. an emulated privileged
-        instruction), False to deliver it to the guest."""
+        instruction), False to deliver it to the guest.  A subclass that overrides it may declare,
+        in the same class, `core_exception_vectors = frozenset({...})`: the only vectors it can
+        take; the compiled engine core then delivers the others itself (vmirom.engines.core).
+        Without the declaration every exception goes through the Python path."""
         return False
 
     def on_wp_trap(self, vcpu: VCpu, linear: int, gpa: int) -> None:

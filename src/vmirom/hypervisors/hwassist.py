@@ -69,6 +69,8 @@ class HwAssist(Vmi):
     nop_calls = NOT_NEEDED
     native_calls = tuple(c.name for c in abi.CALLS if c.name not in PARAVIRTUAL + NOT_NEEDED)
 
+    core_exception_vectors = frozenset()  # see Personality.on_exception: it takes none
+
     def on_exception(self, vcpu: VCpu, vector: int, error_code: int) -> bool:
         return False  # nothing is de-privileged: every fault is the guest's own
 

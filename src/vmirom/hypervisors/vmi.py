@@ -303,6 +303,9 @@ class Vmi(Personality):
         pairs = [(abi.call(n).name, c) for n, c in enumerate(self.call_counts) if c]
         return dict(sorted(pairs, key=lambda kv: (-kv[1], kv[0])))
 
+    #: the vectors on_exception may take (the compiled engine core hands only these to Python)
+    core_exception_vectors = frozenset({GP})
+
     def on_exception(self, vcpu: VCpu, vector: int, error_code: int) -> bool:
         if vector == GP and vcpu.cpl <= self.kernel_ring and self.emu is not None:
             self.emu.handle_gp()  # raises GuestFault when it is a real #GP

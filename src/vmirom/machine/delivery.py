@@ -60,6 +60,11 @@ class Delivery:
         self._snap: tuple[int, ...] = ()
         self._snap_gen = -1
         self._enter = eng.enter_handler
+        self._core = None  # the compiled core's delivery (vmirom.engines.core), when the machine uses it
+
+    def use_core(self, core) -> None:  # noqa: ANN001 - vmirom.engines.core.MachineCore
+        """Let the compiled engine core do the deliveries of this path too (same rules, in C)."""
+        self._core = core
 
     def registers(self) -> tuple[int, ...]:
         """The CPU state one exit needs (`_ALL_NAMES`, table registers flattened), read in one
@@ -111,10 +116,29 @@ class Delivery:
     def _with_double_fault(
         self, vector: int, err: int | None, *, software: bool, external: bool = False
     ) -> None:
+        if self._core is not None and self._deliver_in_core(vector, err, software, external):
+            return
         try:
             self._deliver(vector, err, software, external)
         except GuestFault as f1:
             self._second_fault(vector, f1, software=software, external=external)
+
+    def _deliver_in_core(self, vector: int, err: int | None, software: bool, external: bool) -> bool:
+        """The same delivery (with the double-fault rules) done by the compiled core; False when the
+        core leaves it to the Python path (a write only Python may do, an SS load it cannot vouch for)."""
+        res = self._core.deliver(self.registers(), vector, err, software, external)
+        if res[0] == "fallback":
+            return False
+        eng = self.m.engine
+        if res[0] == "triple":
+            if res[2] is not None:
+                eng.set_reg("cr2", res[2])
+            raise TripleFault(res[1])
+        cpl, cs, ss, esp, eflags, eip, cr2 = res[1]
+        if cr2 is not None:
+            eng.set_reg("cr2", cr2)
+        self._enter(cpl, cs, ss, esp, eflags, eip)
+        return True
 
     def _second_fault(self, first: int, f1: GuestFault, *, software: bool, external: bool) -> None:
         """The CPU faulted (`f1`) while delivering `first` (a software interrupt, an external one, or

@@ -64,6 +64,9 @@ class MachineConfig:
     console_input: int | None = None
     #: pool frames for shadow page tables (personalities with memory_model "shadow"; docs/mmu.md)
     shadow_pool_frames: int = 4096
+    #: "python" (the reference path), "c" (the compiled engine core) or None: $VMIROM_ENGINE_CORE,
+    #: else "c" when it is built (see vmirom.engines.core)
+    engine_core: str | None = None
 
 
 @dataclass
@@ -81,6 +84,37 @@ class RunResult:
 def boot_selectors(ring: int) -> tuple[int, int]:
     """(CS, SS/DS) selectors of the VMM's boot GDT for a kernel entered at `ring`."""
     return ((0x08, 0x10), (0x19, 0x21), (0x29, 0x31))[ring]
+
+
+class KernelStacks(dict):
+    """`Machine.kernel_stacks`: ring -> (ss, esp) overrides of the TSS stack (e.g. VMI
+    UpdateKernelStack).  A dict that tells the compiled engine core about every change."""
+
+    on_change = None  # callable(ring, (ss, esp) | None)
+
+    def __setitem__(self, ring: int, value: tuple[int, int]) -> None:
+        super().__setitem__(ring, value)
+        if self.on_change is not None:
+            self.on_change(ring, value)
+
+    def __delitem__(self, ring: int) -> None:
+        super().__delitem__(ring)
+        if self.on_change is not None:
+            self.on_change(ring, None)
+
+    def pop(self, ring, *default):  # noqa: ANN001, ANN201 - dict.pop signature
+        v = super().pop(ring, *default)
+        if self.on_change is not None:
+            self.on_change(ring, None)
+        return v
+
+    def clear(self) -> None:
+        for ring in list(self):
+            del self[ring]
+
+    def update(self, *args, **kw) -> None:  # noqa: ANN002, ANN003 - dict.update signature
+        for ring, value in dict(*args, **kw).items():
+            self[ring] = value
 
 
 class Machine:
@@ -120,7 +154,7 @@ class Machine:
         #: a debugger (vmirom.debug.gdbstub.GdbStub) called between slices; None: no cost at all
         self.debugger = None
         self.paused_s = 0.0  # wall time stopped in the debugger: not charged to the --timeout budget
-        self.kernel_stacks: dict[int, tuple[int, int]] = {}  # ring -> (ss, esp) overrides
+        self.kernel_stacks: dict[int, tuple[int, int]] = KernelStacks()  # ring -> (ss, esp) overrides
         self.fate: str | None = None
         self.exit_status: int | None = None
         self.message = ""
@@ -150,6 +184,10 @@ class Machine:
             self.mmu.rom = self.rom_range or (0, 0)
             self.engine.load_real()  # the CPU pages from the first instruction (identity shadow)
         personality.attach(self)
+        from vmirom.engines import core as engine_core
+
+        self.engine_core_note: str | None = None
+        self.core = engine_core.attach(self, self.config.engine_core)  # None: the Python path
 
     # -- loading and entering the kernel -----------------------------------------------------------
     def load_kernel(
@@ -218,6 +256,8 @@ class Machine:
                     self.metrics.count(f"exception:{f.vector}")
                     self._reflect(f.vector, f.error_code, f.cr2)
                     continue
+                if self.core is not None:
+                    self.core.sync()
                 res = self.engine.run_slice(self.slice_budget_us())
                 self.metrics.count("slice")
                 if res.halted:

@@ -1,0 +1,205 @@
+"""The compiled engine core: hot exits completed in C, the Python path kept as the reference.
+
+Like the split between KVM and its user space: the common exits - today interrupt and exception
+delivery through the guest IDT (`int n`, faults incl. the #PF error code, external interrupts, the
+double-fault rules) - are completed by a small C extension (`_core`, sources next to this file,
+built by the package's own build: `setup.py`) without entering Python.  Every case it cannot prove
+ordinary falls through, unchanged, to the Python path (`vmirom.machine.delivery`,
+`Machine.on_interrupt`), which stays the readable reference; the synthetic-exit tests run on both.
+
+Choice: `MachineConfig.engine_core`, `vmirom run --engine-core=python|c`, or the environment
+variable VMIROM_ENGINE_CORE; default `c` when the extension is built (else `python`, with a one-line
+reason).  What the core may do is decided per personality (`policy`): it only skips a personality
+method that is the base class's no-op or that the class defining it declared (`core_exception_vectors`
+next to `on_exception`), so a third-party personality works unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vmirom.machine.machine import Machine
+
+ENV = "VMIROM_ENGINE_CORE"
+CHOICES = ("python", "c")
+INT64_MAX = (1 << 63) - 1
+
+try:  # the extension is optional: a checkout without a build still runs (the Python path)
+    from vmirom.engines.core import _core
+    LOAD_ERROR: str | None = None
+except ImportError as e:  # pragma: no cover - depends on the build
+    _core = None
+    LOAD_ERROR = f"the C engine core is not built ({e}); run scripts/setup.sh"
+
+
+def available() -> bool:
+    return _core is not None
+
+
+def resolve(choice: str | None = None) -> tuple[str, str | None]:
+    """(core to use, note for the user or None).  `choice` None: the environment, else the default."""
+    want = (choice or os.environ.get(ENV) or "").strip().lower() or None
+    if want is not None and want not in CHOICES:
+        raise ValueError(f"unknown engine core {want!r} (choose from {', '.join(CHOICES)})")
+    if want == "python":
+        return "python", None
+    if _core is None:
+        return "python", f"{LOAD_ERROR}; using the Python path"
+    return "c", None
+
+
+def counter_keys() -> list[tuple[str, str] | None]:
+    """Counter index -> (coarse kind, detail key), the same keys the Python path counts."""
+    keys: list[tuple[str, str] | None] = [None] * _core.C_NCOUNTERS
+    for v in range(256):
+        keys[_core.C_SOFTINT + v] = ("softint", f"softint:{v:#x}")
+        keys[_core.C_EXCEPTION + v] = ("exception", f"exception:{v}")
+        keys[_core.C_INTERRUPT + v] = ("interrupt", f"interrupt:{v}")
+    keys[_core.C_RING_CHANGE] = ("delivery", "delivery:ring_change")
+    keys[_core.C_NESTED] = ("delivery", "delivery:nested_fault")
+    keys[_core.C_DOUBLE] = ("delivery", "delivery:double_fault")
+    return keys
+
+
+def _declared(cls: type, method: str, attr: str):
+    """`attr` of the class that defines `method` (None when that class does not declare it): a
+    declaration only covers the method written next to it, never an override in a subclass."""
+    for klass in cls.__mro__:
+        if method in klass.__dict__:
+            return klass.__dict__.get(attr)
+    return None
+
+
+def policy(machine: Machine) -> tuple[bool, int, bytes, str]:
+    """(may the core complete INTR exits, hypercall vector or -1, 256-byte map of the exceptions
+    the personality's on_exception may take, why not when it may not)."""
+    from vmirom.hypervisors.base import Personality
+    from vmirom.machine.machine import KernelStacks
+
+    p = machine.personality
+    cls = type(p)
+    intercept = bytearray(256)
+    if getattr(machine, "mmu", None) is not None:
+        # the engine runs on shadow page tables: its CR3 is not the guest's, and page faults are
+        # the MMU's to decide (vmirom.machine.mmu)
+        return False, -1, bytes(intercept), "shadow paging (the MMU decides page faults)"
+    for name in ("load_virtual_if", "save_virtual_if"):
+        if getattr(cls, name) is not getattr(Personality, name):
+            return False, -1, bytes(intercept), f"{cls.__name__}.{name} is its own"
+    if cls.on_exception is not Personality.on_exception:
+        vectors = _declared(cls, "on_exception", "core_exception_vectors")
+        if vectors is None:
+            return False, -1, bytes(intercept), f"{cls.__name__}.on_exception does not say which vectors it takes"
+        for v in vectors:
+            intercept[v] = 1
+    if type(machine.kernel_stacks) is not KernelStacks:
+        return False, -1, bytes(intercept), "the kernel stacks are computed by the personality"
+    hv = p.hypercall_vector
+    return True, -1 if hv is None else hv, bytes(intercept), ""
+
+
+class MachineCore:
+    """One machine's C core: publishes the machine state it needs, reads its counters into Metrics."""
+
+    name = "c"
+
+    def __init__(self, machine: Machine) -> None:
+        self.m = machine
+        mem = machine.memory
+        self.core = _core.Core(mem.ram, mem.size)
+        self._keys = counter_keys()
+        self.accel, hv, intercept, self.why_not = policy(machine)
+        self.core.set_policy(self.accel, hv, intercept)
+        self.publish_memory()
+        for ring, (ss, esp) in machine.kernel_stacks.items():
+            self.core.set_kernel_stack(ring, ss, esp)
+        ks = machine.kernel_stacks
+        if hasattr(ks, "on_change"):
+            ks.on_change = self._kernel_stack_changed
+        machine.metrics.add_source(self.drain)
+        self._clock = machine.clock
+
+    # -- state the core reads --------------------------------------------------------------------
+    def publish_memory(self) -> None:
+        mem = self.m.memory
+        self.core.set_memory(list(mem.readonly), mem.on_code_write is not None)
+
+    def _kernel_stack_changed(self, ring: int, value: tuple[int, int] | None) -> None:
+        if value is None:
+            self.core.set_kernel_stack(ring, None, 0)
+        else:
+            self.core.set_kernel_stack(ring, value[0], value[1])
+
+    def raw_offset(self) -> int:
+        """raw thread-CPU-clock ns = virtual ns + this (see VirtualClock)."""
+        clk = self._clock
+        if clk._clk is None:
+            clk.now_ns()  # pins the clock to this (the vCPU) thread
+        return clk._base - clk._skipped
+
+    def sync(self) -> None:
+        """Publish the interrupt window (Machine._irq_first's inputs): whether the PIC holds an
+        unmasked request, and the next timer deadline.  Called before every slice and after every
+        exit the Python path handled (only Python code changes either)."""
+        m = self.m
+        master = m.pic.master
+        nxt = m.next_deadline()
+        self.core.set_irq_window(
+            bool(master.irr & ~master.imr), INT64_MAX if nxt is None else nxt + self.raw_offset()
+        )
+
+    # -- counters --------------------------------------------------------------------------------
+    def drain(self, kinds, detail, recent) -> None:  # noqa: ANN001 - Metrics' counters
+        """Metrics source: fold the core's counts in, and its log of their order into `recent`."""
+        if not self.core.pending():
+            return
+        keys = self._keys
+        counts, log = self.core.drain()
+        for idx, n in counts:
+            kind, key = keys[idx]
+            kinds[kind] += n
+            dict.__setitem__(detail, key, detail[key] + n)  # not through Metrics' recent-recording counter
+        if recent is not None:
+            recent.extend(keys[i][1] for i in log)
+
+    # -- the Python path's own deliveries, done by the core ---------------------------------------
+    def deliver(self, regs: tuple[int, ...], vector: int, err: int | None, software: bool, external: bool):
+        return self.core.deliver(regs, vector, err, software, external)
+
+    # -- synthetic exits (engines without the C hooks: the tests' fake engine) -----------------------
+    def intr(self, vector: int) -> bool:
+        """Run the INTR exit through the core's decision, as the Unicorn hook does; True when the core
+        completed it (the entry is applied through the engine interface), False: the caller takes the
+        Python path."""
+        self.sync()
+        m = self.m
+        res = self.core.intr(vector, m.delivery.registers(), time.clock_gettime_ns(self._clock._clk))
+        if res is None:
+            return False
+        cpl, cs, ss, esp, eflags, eip, cr2 = res
+        if cr2 is not None:
+            m.engine.set_reg("cr2", cr2)
+        m.engine.enter_handler(cpl, cs, ss, esp, eflags, eip)
+        return True
+
+    def summary(self) -> dict:
+        return {"name": "c", "accelerated": self.accel, "why_not": self.why_not or None,
+                "fallbacks": self.core.fallbacks}
+
+
+def attach(machine: Machine, choice: str | None) -> MachineCore | None:
+    """Give `machine` the core it was configured with (None: the Python path)."""
+    name, note = resolve(choice)
+    machine.engine_core_note = note
+    if name != "c":
+        return None
+    mc = MachineCore(machine)
+    use = getattr(machine.engine, "use_core", None)
+    if mc.accel and use is not None:
+        use(mc)
+    if mc.accel:
+        machine.delivery.use_core(mc)
+    return mc

@@ -1,0 +1,216 @@
+/* The compiled engine core: shared declarations.
+ *
+ * Why this exists: an exit handled in Python costs 10-20 us (ctypes calls, ~50 Python calls per
+ * exit); the same work done in C from a hook registered with uc_hook_add costs well under 1 us.
+ * The core completes the COMMON exits (interrupt/exception delivery through the guest IDT) and
+ * hands every case it cannot prove to be ordinary to the Python path, which stays the readable
+ * reference (vmirom.machine.delivery / machine.py).  Both paths run the same synthetic-exit tests.
+ *
+ * The decision logic is pure: functions over a register snapshot (vregs_t) and guest RAM, giving
+ * an entry (ventry_t) to apply.  The Unicorn glue (module.c) and the test entry points both call it.
+ *
+ * No Unicorn header is included: the few prototypes and constants needed are declared here (the
+ * same C API in the stock wheel's libunicorn and in our patched build); tests check the constants
+ * against unicorn.x86_const.  The functions themselves are resolved from the library the binding
+ * already loaded (pointers passed from Python), so there is no link-time dependency.
+ */
+#ifndef VMIROM_CORE_H
+#define VMIROM_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- the Unicorn C API subset ---------------------------------------------------------------- */
+typedef struct uc_struct uc_engine;
+typedef struct uc_context uc_context;
+typedef size_t uc_hook;
+typedef int uc_err;
+
+#define UC_HOOK_INTR 1
+#define UC_HOOK_INSN 2
+#define UC_X86_INS_IN 218
+#define UC_X86_INS_OUT 500
+
+enum {
+    UC_X86_REG_CS = 11, UC_X86_REG_DS = 17, UC_X86_REG_EAX = 19, UC_X86_REG_EBP = 20,
+    UC_X86_REG_EBX = 21, UC_X86_REG_ECX = 22, UC_X86_REG_EDI = 23, UC_X86_REG_EDX = 24,
+    UC_X86_REG_EFLAGS = 25, UC_X86_REG_EIP = 26, UC_X86_REG_ES = 28, UC_X86_REG_ESI = 29,
+    UC_X86_REG_ESP = 30, UC_X86_REG_FS = 32, UC_X86_REG_GS = 33, UC_X86_REG_SS = 49,
+    UC_X86_REG_CR0 = 50, UC_X86_REG_CR2 = 52, UC_X86_REG_CR3 = 53, UC_X86_REG_CR4 = 54,
+    UC_X86_REG_IDTR = 242, UC_X86_REG_GDTR = 243, UC_X86_REG_LDTR = 244, UC_X86_REG_TR = 245,
+};
+
+/* uc_x86_mmr, as in unicorn/x86.h */
+typedef struct {
+    uint16_t selector;
+    uint64_t base;
+    uint32_t limit;
+    uint32_t flags;
+} uc_x86_mmr;
+
+typedef uc_err (*uc_reg_batch_fn)(uc_engine *uc, int *regs, void **vals, int count);
+typedef uc_err (*uc_reg_fn)(uc_engine *uc, int regid, void *value);
+typedef uc_err (*uc_ctx_fn)(uc_engine *uc, uc_context *ctx);
+typedef uc_err (*uc_ctx_alloc_fn)(uc_engine *uc, uc_context **ctx);
+typedef uc_err (*uc_free_fn)(void *mem);
+typedef uc_err (*uc_hook_add_fn)(uc_engine *uc, uc_hook *hh, int type, void *callback, void *user_data,
+                                 uint64_t begin, uint64_t end, ...);
+typedef uc_err (*uc_hook_del_fn)(uc_engine *uc, uc_hook hh);
+typedef uc_err (*uc_stop_fn)(uc_engine *uc);
+typedef void (*intr_cb)(uc_engine *uc, uint32_t intno, void *user_data);
+
+typedef struct {
+    uc_reg_batch_fn read_batch, write_batch;
+    uc_reg_fn reg_read, reg_write;
+    uc_ctx_alloc_fn ctx_alloc;
+    uc_ctx_fn ctx_save, ctx_restore;
+    uc_free_fn ctx_free;
+    uc_hook_add_fn hook_add;
+    uc_hook_del_fn hook_del;
+    uc_stop_fn emu_stop;
+} uc_api;
+
+/* ---- x86 facts ------------------------------------------------------------------------------- */
+enum { V_DE = 0, V_BP = 3, V_OF = 4, V_UD = 6, V_DF = 8, V_TS = 10, V_NP = 11, V_SS = 12, V_GP = 13,
+       V_PF = 14, V_AC = 17 };
+#define EFL_IF 0x200u
+#define EFL_CLEAR (0x100u | 0x4000u | 0x10000u | 0x20000u) /* TF NT RF VM */
+#define CR0_PG (1u << 31)
+#define CR0_WP (1u << 16)
+#define CR4_PSE (1u << 4)
+#define PTE_P 1u
+#define PTE_RW 2u
+#define PTE_US 4u
+#define PTE_PS 0x80u
+#define PFERR_P 1u
+#define PFERR_W 2u
+#define PFERR_U 4u
+
+static inline int has_error_code(int v) {
+    return v == V_DF || v == V_TS || v == V_NP || v == V_SS || v == V_GP || v == V_PF || v == V_AC;
+}
+static inline int contributory(int v) {
+    return v == V_DE || v == V_TS || v == V_NP || v == V_SS || v == V_GP;
+}
+
+/* ---- the register snapshot one exit needs (Delivery._ALL_NAMES, tables flattened) ------------- */
+enum {
+    R_EIP, R_EFLAGS, R_CS, R_SS, R_ESP, R_CR0, R_CR3, R_CR4, R_IDT_BASE, R_IDT_LIMIT, R_GDT_BASE,
+    R_GDT_LIMIT, R_TR_SEL, R_TR_BASE, R_TR_LIMIT, R_TR_FLAGS, R_CR2, R_EDI, R_COUNT
+};
+typedef struct {
+    uint32_t r[R_COUNT];
+} vregs_t;
+
+/* What an exit does to the CPU (Engine.enter_handler's arguments, plus CR2). */
+typedef struct {
+    int entered;        /* 1: a handler was entered */
+    int cpl;            /* new CPL for a ring change, -1: same ring */
+    int load_cs;        /* same ring: 1 when CS changes */
+    uint32_t cs, ss, esp, eflags, eip;
+    int cr2_set;        /* a nested #PF wrote CR2 */
+    uint32_t cr2;
+} ventry_t;
+
+/* A fault the CPU raises on the way (GuestFault). */
+typedef struct {
+    int vector;
+    uint32_t err;
+    int has_cr2;
+    uint32_t cr2;
+} vfault_t;
+
+/* results */
+enum { CORE_OK = 0, CORE_FAULT = 1, CORE_FALLBACK = 2, CORE_TRIPLE = 3 };
+
+/* ---- counters (Metrics reads them: see module.c's drain) ------------------------------------- */
+enum {
+    C_SOFTINT = 0,          /* + vector: "softint:<v>" */
+    C_EXCEPTION = 256,      /* + vector: "exception:<v>" */
+    C_INTERRUPT = 512,      /* + vector: "interrupt:<v>" (not counted by the core yet) */
+    C_RING_CHANGE = 768,    /* "delivery:ring_change" */
+    C_NESTED,               /* "delivery:nested_fault" */
+    C_DOUBLE,               /* "delivery:double_fault" */
+    C_NCOUNTERS
+};
+/* A delivery counts tentatively (pending) and commits only when the exit is done in C: a fallback
+ * to Python must leave no trace, Python then counts the exit itself. */
+typedef struct {
+    int n;
+    uint16_t idx[8];
+} vcounts_t;
+static inline void vcount(vcounts_t *c, int idx) {
+    if (c->n < 8) c->idx[c->n++] = (uint16_t)idx;
+}
+
+/* ---- the machine state the core needs (published by Python, see vmirom.engines.core) --------- */
+typedef struct {
+    uint8_t *ram;
+    uint64_t size;
+    int n_ro;
+    uint64_t ro_start[4], ro_end[4];
+    int writes_to_python;    /* GuestMemory.on_code_write is set: every VMM write takes the Python path */
+} vmem_t;
+
+typedef struct core {
+    vmem_t mem;
+    /* kernel_stacks overrides (VMI UpdateKernelStack) */
+    int ks_valid[4];
+    uint32_t ks_ss[4], ks_esp[4];
+    /* what the personality lets the core do */
+    int accel_intr;          /* exits of the INTR hook may be completed here */
+    int hypercall_vector;    /* -1: none (the vector always goes to Python) */
+    uint8_t intercept[256];  /* exceptions the personality's on_exception may take: Python */
+    /* interrupt window (Machine._irq_first): Python publishes whether the PIC has an unmasked
+     * request and the next timer deadline in raw thread-CPU-clock ns */
+    int pic_pending;
+    int64_t deadline_raw;
+    /* the thread CPU clock is a system call here (~0.7 us); a thread's CPU time cannot grow faster
+     * than CLOCK_MONOTONIC (a vDSO read, ~30 ns), so (cpu, mono) at the last sync bound it from
+     * above and the real clock is read only when that bound reaches the deadline */
+    int64_t cpu_at_sync, mono_at_sync;
+    /* counters */
+    uint64_t counts[C_NCOUNTERS];
+    uint16_t dirty[C_NCOUNTERS];
+    int ndirty;
+    uint8_t is_dirty[C_NCOUNTERS];
+    uint16_t log[32];        /* the last counted events in order (Metrics.recent) */
+    uint64_t nlog;           /* events logged since the last drain */
+    /* timing (profiling only) */
+    int timing;
+    uint64_t t_calls[4], t_ns[4];  /* 0 softint, 1 exception, 2 pf, 3 fallback decisions */
+    uint64_t t_phase[3][3];        /* completed exits by kind: reading registers, deciding, entering */
+    uint64_t fallbacks;
+    /* the Unicorn glue */
+    uc_api api;
+    uc_engine *uc;
+    uc_context *ctx;
+    uint32_t off_exc, off_hflags, off_eip;
+    uc_hook h_intr;
+    intr_cb py_intr;       /* the Python INTR hook (a ctypes callback: takes the GIL itself) */
+    void *py_intr_ud;
+    char error[160];       /* an engine refusal inside the hook: reported by Python after the slice */
+} core_t;
+
+/* walk.c */
+int core_translate(const core_t *c, uint32_t lin, int write, int user, uint32_t cr0, uint32_t cr3,
+                   uint32_t cr4, uint64_t *phys, vfault_t *f);
+int core_read(const core_t *c, uint32_t lin, void *out, uint32_t n, int user, uint32_t cr0,
+              uint32_t cr3, uint32_t cr4, vfault_t *f);
+int core_write_check(const core_t *c, uint32_t lin, uint32_t n, int user, uint32_t cr0, uint32_t cr3,
+                     uint32_t cr4, uint64_t phys[2], uint32_t len[2], vfault_t *f);
+uint32_t core_entry_flags(const core_t *c, uint32_t lin, uint32_t cr0, uint32_t cr3, uint32_t cr4);
+uint32_t core_read_code(const core_t *c, uint32_t lin, uint8_t *out, uint32_t n, int user,
+                        uint32_t cr0, uint32_t cr3, uint32_t cr4);
+
+/* deliver.c */
+int core_deliver(core_t *c, vregs_t *r, int vector, int has_err, uint32_t err, int software,
+                 int external, ventry_t *e, vcounts_t *cnt, char *msg, size_t msglen);
+int core_intr(core_t *c, vregs_t *r, int vector, ventry_t *e, vcounts_t *cnt, int64_t (*now_raw)(core_t *));
+void core_commit(core_t *c, const vcounts_t *cnt);
+
+/* decode.c */
+int core_pf_write(const uint8_t *code, uint32_t n);   /* 1 write, 0 read, -1 unknown */
+int core_pf_error(const core_t *c, const vregs_t *r, uint32_t esp_unused, uint32_t *err);
+
+#endif

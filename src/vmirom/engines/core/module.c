@@ -1,0 +1,557 @@
+/* vmirom.engines.core._core: the Python face of the compiled core, and its Unicorn glue.
+ *
+ * A `Core` holds the machine state the C paths need (guest RAM, the read-only ranges, the kernel
+ * stack overrides, what the personality opted into, the interrupt window, exit counters).  Python
+ * (vmirom/engines/core/__init__.py) publishes that state and reads the counters back into Metrics.
+ *
+ * attach_uc() registers the core's own UC_HOOK_INTR hook on the binding's engine.  The hook reads
+ * the registers in one uc_reg_read_batch, runs core_intr() and, when that completes the exit,
+ * enters the handler the way UnicornEngine.enter_handler does inside an INTR hook (W1 old_exception
+ * reset, W2 CPL bits of hflags, W13 EIP through the saved context, then one uc_reg_write_batch);
+ * otherwise it calls the Python hook (a ctypes callback, which takes the GIL itself).  The hook
+ * never touches a Python object: it runs while emu_start has released the GIL.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+#include <time.h>
+
+#include "core.h"
+
+typedef struct {
+    PyObject_HEAD
+    core_t c;
+    Py_buffer ram;
+    int has_ram;
+} CoreObject;
+
+static int64_t cpu_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static uint64_t mono_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+/* The thread's CPU time (the virtual clock's raw source) where it matters: an upper bound from the
+ * monotonic clock while that bound is below the deadline, the real clock otherwise (see core.h). */
+static int64_t now_raw(core_t *c) {
+    int64_t ub = c->cpu_at_sync + ((int64_t)mono_ns() - c->mono_at_sync);
+    if (ub < c->deadline_raw) return ub;
+    return cpu_ns();
+}
+
+/* The test entry point's clock: exactly the value it was given. */
+static int64_t given_now;
+static int64_t now_given(core_t *c) {
+    (void)c;
+    return given_now;
+}
+
+/* ---- the Unicorn glue ------------------------------------------------------------------------ */
+static int uc_read_regs(core_t *c, vregs_t *R) {
+    static int ids[13] = {UC_X86_REG_EIP, UC_X86_REG_EFLAGS, UC_X86_REG_CS, UC_X86_REG_SS, UC_X86_REG_ESP,
+                          UC_X86_REG_CR0, UC_X86_REG_CR3, UC_X86_REG_CR4, UC_X86_REG_IDTR, UC_X86_REG_GDTR,
+                          UC_X86_REG_TR, UC_X86_REG_CR2, UC_X86_REG_EDI};
+    uint32_t s[8] = {0}, cr2 = 0, edi = 0;
+    uc_x86_mmr idtr, gdtr, tr;
+    memset(&idtr, 0, sizeof idtr);
+    memset(&gdtr, 0, sizeof gdtr);
+    memset(&tr, 0, sizeof tr);
+    void *vals[13] = {&s[0], &s[1], &s[2], &s[3], &s[4], &s[5], &s[6], &s[7], &idtr, &gdtr, &tr, &cr2, &edi};
+    if (c->api.read_batch(c->uc, ids, vals, 13)) return -1;
+    uint32_t *r = R->r;
+    r[R_EIP] = s[0];
+    r[R_EFLAGS] = s[1];
+    r[R_CS] = s[2] & 0xFFFF;  /* selectors: the engine writes 2 bytes */
+    r[R_SS] = s[3] & 0xFFFF;
+    r[R_ESP] = s[4];
+    r[R_CR0] = s[5];
+    r[R_CR3] = s[6];
+    r[R_CR4] = s[7];
+    r[R_IDT_BASE] = (uint32_t)idtr.base;
+    r[R_IDT_LIMIT] = idtr.limit;
+    r[R_GDT_BASE] = (uint32_t)gdtr.base;
+    r[R_GDT_LIMIT] = gdtr.limit;
+    r[R_TR_SEL] = tr.selector;
+    r[R_TR_BASE] = (uint32_t)tr.base;
+    r[R_TR_LIMIT] = tr.limit;
+    r[R_TR_FLAGS] = tr.flags;
+    r[R_CR2] = cr2;
+    r[R_EDI] = edi;
+    return 0;
+}
+
+/* W1/W2/W13 in one context round trip (UnicornEngine._poke_context). */
+static int poke_context(core_t *c, int eip_set, uint32_t eip, int clear_exc, int cpl) {
+    if (c->api.ctx_save(c->uc, c->ctx)) return -1;
+    uint8_t *base = (uint8_t *)c->ctx;
+    if (eip_set) memcpy(base + c->off_eip, &eip, 4);
+    if (clear_exc) {
+        uint32_t m1 = 0xFFFFFFFFu;
+        memcpy(base + c->off_exc, &m1, 4);
+    }
+    if (cpl >= 0) {
+        uint32_t hf;
+        memcpy(&hf, base + c->off_hflags, 4);
+        hf = (hf & ~3u) | (uint32_t)cpl;
+        memcpy(base + c->off_hflags, &hf, 4);
+    }
+    return c->api.ctx_restore(c->uc, c->ctx) ? -1 : 0;
+}
+
+static void glue_error(core_t *c, const char *what) {
+    if (!c->error[0]) snprintf(c->error, sizeof c->error, "%s", what);
+    c->api.emu_stop(c->uc);
+}
+
+/* UnicornEngine.enter_handler inside an INTR hook, plus _h_intr's closing context write. */
+static void apply_entry(core_t *c, const ventry_t *e, uint32_t intno) {
+    if (e->cr2_set) {
+        uint32_t v = e->cr2;
+        if (c->api.reg_write(c->uc, UC_X86_REG_CR2, &v)) return glue_error(c, "cannot write cr2");
+    }
+    if (e->cpl >= 0) {
+        if (poke_context(c, 1, e->eip, 1, e->cpl)) return glue_error(c, "uc_context_save/restore failed");
+        int ids[4] = {UC_X86_REG_SS, UC_X86_REG_CS, UC_X86_REG_ESP, UC_X86_REG_EFLAGS};
+        uint32_t v[4] = {e->ss, e->cs, e->esp, e->eflags};
+        void *p[4] = {&v[0], &v[1], &v[2], &v[3]};
+        if (c->api.write_batch(c->uc, ids, p, 4)) {
+            char m[120];
+            snprintf(m, sizeof m, "cannot enter ring %d with cs=%#x ss=%#x", e->cpl, e->cs, e->ss);
+            glue_error(c, m);
+        }
+        return;
+    }
+    int ids[3] = {UC_X86_REG_CS, UC_X86_REG_ESP, UC_X86_REG_EFLAGS};
+    uint32_t v[3] = {e->cs, e->esp, e->eflags};
+    void *p[3] = {&v[0], &v[1], &v[2]};
+    int k = e->load_cs ? 0 : 1;
+    if (c->api.write_batch(c->uc, ids + k, p + k, 3 - k)) return glue_error(c, "cannot load cs/esp/eflags");
+    if (poke_context(c, 1, e->eip, intno < 32, -1)) glue_error(c, "uc_context_save/restore failed");
+}
+
+static void hook_intr(uc_engine *uc, uint32_t intno, void *ud) {
+    core_t *c = ud;
+    uint64_t t0 = c->timing ? mono_ns() : 0;
+    vregs_t R;
+    ventry_t e;
+    vcounts_t cnt = {0};
+    int rc = CORE_FALLBACK;
+    uint64_t t1 = 0, t2 = 0;
+    if (!c->error[0] && uc_read_regs(c, &R) == 0) {
+        if (c->timing) t1 = mono_ns();
+        rc = core_intr(c, &R, (int)intno, &e, &cnt, now_raw);
+        if (c->timing) t2 = mono_ns();
+    }
+    if (rc != CORE_OK) {
+        c->fallbacks++;
+        if (c->timing) {
+            c->t_calls[3]++;
+            c->t_ns[3] += mono_ns() - t0;
+        }
+        c->py_intr(uc, intno, c->py_intr_ud);
+        return;
+    }
+    apply_entry(c, &e, intno);
+    core_commit(c, &cnt);
+    if (c->timing) {
+        int k = intno >= 32 || intno == V_BP || intno == V_OF ? 0 : intno == V_PF ? 2 : 1;
+        uint64_t t3 = mono_ns();
+        c->t_calls[k]++;
+        c->t_ns[k] += t3 - t0;
+        c->t_phase[k][0] += t1 - t0;
+        c->t_phase[k][1] += t2 - t1;
+        c->t_phase[k][2] += t3 - t2;
+    }
+}
+
+/* ---- helpers between Python tuples and the structs --------------------------------------------- */
+static int regs_from_tuple(PyObject *t, vregs_t *R) {
+    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != R_COUNT) {
+        PyErr_Format(PyExc_ValueError, "expected a tuple of %d register values", R_COUNT);
+        return -1;
+    }
+    for (int i = 0; i < R_COUNT; i++) {
+        unsigned long v = PyLong_AsUnsignedLongMask(PyTuple_GET_ITEM(t, i));
+        if (v == (unsigned long)-1 && PyErr_Occurred()) return -1;
+        R->r[i] = (uint32_t)v;
+    }
+    return 0;
+}
+
+/* (cpl or None, cs or None, ss, esp, eflags, eip, cr2 or None): Engine.enter_handler's arguments */
+static PyObject *entry_tuple(const ventry_t *e) {
+    PyObject *cpl, *cs;
+    if (e->cpl >= 0) {
+        cpl = PyLong_FromLong(e->cpl);
+        cs = PyLong_FromUnsignedLong(e->cs);
+    } else {
+        cpl = Py_NewRef(Py_None);
+        cs = e->load_cs ? PyLong_FromUnsignedLong(e->cs) : Py_NewRef(Py_None);
+    }
+    PyObject *cr2 = e->cr2_set ? PyLong_FromUnsignedLong(e->cr2) : Py_NewRef(Py_None);
+    return Py_BuildValue("(NNkkkkN)", cpl, cs, (unsigned long)(e->cpl >= 0 ? e->ss : 0),
+                         (unsigned long)e->esp, (unsigned long)e->eflags, (unsigned long)e->eip, cr2);
+}
+
+/* ---- the Core type --------------------------------------------------------------------------- */
+static int Core_init(CoreObject *self, PyObject *args, PyObject *kw) {
+    PyObject *ram;
+    unsigned long long size;
+    if (!PyArg_ParseTuple(args, "OK", &ram, &size)) return -1;
+    if (self->has_ram) {
+        PyBuffer_Release(&self->ram);
+        self->has_ram = 0;
+    }
+    if (PyObject_GetBuffer(ram, &self->ram, PyBUF_WRITABLE) < 0) return -1;
+    self->has_ram = 1;
+    if ((unsigned long long)self->ram.len < size) {
+        PyErr_SetString(PyExc_ValueError, "RAM buffer smaller than the RAM size");
+        return -1;
+    }
+    memset(&self->c, 0, sizeof self->c);
+    self->c.mem.ram = self->ram.buf;
+    self->c.mem.size = size;
+    self->c.hypercall_vector = -1;
+    self->c.deadline_raw = INT64_MAX;
+    return 0;
+}
+
+static void Core_dealloc(CoreObject *self) {
+    core_t *c = &self->c;
+    if (c->uc && c->h_intr) c->api.hook_del(c->uc, c->h_intr);
+    if (c->ctx && c->api.ctx_free) c->api.ctx_free(c->ctx);
+    if (self->has_ram) PyBuffer_Release(&self->ram);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Core_set_memory(CoreObject *self, PyObject *args) {
+    PyObject *ro;
+    int writes_to_python;
+    if (!PyArg_ParseTuple(args, "Op", &ro, &writes_to_python)) return NULL;
+    PyObject *seq = PySequence_Fast(ro, "readonly ranges must be a sequence");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > 4) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "at most 4 read-only ranges");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned long long s, e;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "KK", &s, &e)) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+        self->c.mem.ro_start[i] = s;
+        self->c.mem.ro_end[i] = e;
+    }
+    Py_DECREF(seq);
+    self->c.mem.n_ro = (int)n;
+    self->c.mem.writes_to_python = writes_to_python;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_set_policy(CoreObject *self, PyObject *args) {
+    int accel, hv;
+    Py_buffer icpt;
+    if (!PyArg_ParseTuple(args, "piy*", &accel, &hv, &icpt)) return NULL;
+    if (icpt.len != 256) {
+        PyBuffer_Release(&icpt);
+        PyErr_SetString(PyExc_ValueError, "intercept map must have 256 bytes");
+        return NULL;
+    }
+    memcpy(self->c.intercept, icpt.buf, 256);
+    PyBuffer_Release(&icpt);
+    self->c.accel_intr = accel;
+    self->c.hypercall_vector = hv;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_set_kernel_stack(CoreObject *self, PyObject *args) {
+    int ring;
+    PyObject *ss, *esp;
+    if (!PyArg_ParseTuple(args, "iOO", &ring, &ss, &esp)) return NULL;
+    if (ring < 0 || ring > 3) {
+        PyErr_SetString(PyExc_ValueError, "ring must be 0..3");
+        return NULL;
+    }
+    if (ss == Py_None) {
+        self->c.ks_valid[ring] = 0;
+        Py_RETURN_NONE;
+    }
+    self->c.ks_ss[ring] = (uint32_t)PyLong_AsUnsignedLongMask(ss);
+    self->c.ks_esp[ring] = (uint32_t)PyLong_AsUnsignedLongMask(esp);
+    if (PyErr_Occurred()) return NULL;
+    self->c.ks_valid[ring] = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_set_irq_window(CoreObject *self, PyObject *args) {
+    int pending;
+    long long deadline;
+    if (!PyArg_ParseTuple(args, "pL", &pending, &deadline)) return NULL;
+    self->c.pic_pending = pending;
+    self->c.deadline_raw = deadline;
+    self->c.cpu_at_sync = cpu_ns();
+    self->c.mono_at_sync = (int64_t)mono_ns();
+    Py_RETURN_NONE;
+}
+
+/* ([(counter index, count), ...], [the last <= 32 counter indices in order]) since the last drain;
+ * the counters restart at 0 */
+static PyObject *Core_drain(CoreObject *self, PyObject *unused) {
+    core_t *c = &self->c;
+    uint64_t nl = c->nlog < 32 ? c->nlog : 32;
+    PyObject *log = PyList_New((Py_ssize_t)nl);
+    if (!log) return NULL;
+    for (uint64_t i = 0; i < nl; i++)
+        PyList_SET_ITEM(log, (Py_ssize_t)i, PyLong_FromLong(c->log[(c->nlog - nl + i) % 32]));
+    c->nlog = 0;
+    PyObject *out = PyList_New(c->ndirty);
+    if (!out) {
+        Py_DECREF(log);
+        return NULL;
+    }
+    for (int i = 0; i < c->ndirty; i++) {
+        int k = c->dirty[i];
+        PyList_SET_ITEM(out, i, Py_BuildValue("(iK)", k, (unsigned long long)c->counts[k]));
+        c->counts[k] = 0;
+        c->is_dirty[k] = 0;
+    }
+    c->ndirty = 0;
+    return Py_BuildValue("(NN)", out, log);
+}
+
+static PyObject *Core_pending(CoreObject *self, PyObject *unused) {
+    return PyBool_FromLong(self->c.ndirty != 0);
+}
+
+/* intr(vector, regs, now_raw) -> None (the Python path takes the exit) | entry tuple.
+ * The same decision as the Unicorn hook, over registers given by the caller (synthetic exits). */
+static PyObject *Core_intr(CoreObject *self, PyObject *args) {
+    int vector;
+    PyObject *regs;
+    long long now;
+    if (!PyArg_ParseTuple(args, "iOL", &vector, &regs, &now)) return NULL;
+    vregs_t R;
+    if (regs_from_tuple(regs, &R)) return NULL;
+    ventry_t e;
+    vcounts_t cnt = {0};
+    given_now = now;
+    if (core_intr(&self->c, &R, vector, &e, &cnt, now_given) != CORE_OK) {
+        self->c.fallbacks++;
+        Py_RETURN_NONE;
+    }
+    core_commit(&self->c, &cnt);
+    return entry_tuple(&e);
+}
+
+/* deliver(regs, vector, err or None, software, external) -> ("ok", entry) | ("triple", msg, cr2)
+ * | ("fallback",): Delivery._with_double_fault in C, for the Python path's own deliveries. */
+static PyObject *Core_deliver(CoreObject *self, PyObject *args) {
+    PyObject *regs, *err;
+    int vector, software, external;
+    if (!PyArg_ParseTuple(args, "OiOpp", &regs, &vector, &err, &software, &external)) return NULL;
+    vregs_t R;
+    if (regs_from_tuple(regs, &R)) return NULL;
+    uint32_t e32 = 0;
+    if (err != Py_None) {
+        e32 = (uint32_t)PyLong_AsUnsignedLongMask(err);
+        if (PyErr_Occurred()) return NULL;
+    }
+    ventry_t e;
+    vcounts_t cnt = {0};
+    char msg[400] = "";
+    int rc = core_deliver(&self->c, &R, vector, err != Py_None, e32, software, external, &e, &cnt, msg,
+                          sizeof msg);
+    if (rc == CORE_OK) {
+        core_commit(&self->c, &cnt);
+        return Py_BuildValue("(sN)", "ok", entry_tuple(&e));
+    }
+    if (rc == CORE_TRIPLE) {
+        core_commit(&self->c, &cnt);
+        PyObject *cr2 = e.cr2_set ? PyLong_FromUnsignedLong(e.cr2) : Py_NewRef(Py_None);
+        return Py_BuildValue("(ssN)", "triple", msg, cr2);
+    }
+    return Py_BuildValue("(s)", "fallback");
+}
+
+static PyObject *Core_pf_write(CoreObject *self, PyObject *args) {
+    Py_buffer b;
+    if (!PyArg_ParseTuple(args, "y*", &b)) return NULL;
+    int w = core_pf_write(b.buf, (uint32_t)b.len);
+    PyBuffer_Release(&b);
+    return PyLong_FromLong(w);
+}
+
+/* attach_uc(uch, (read_batch, write_batch, reg_read, reg_write, ctx_alloc, ctx_save, ctx_restore,
+ *            ctx_free, hook_add, hook_del, emu_stop), off_exc, off_hflags, off_eip, py_intr)
+ * Function pointers come from the library the binding loaded (no link-time dependency). */
+static PyObject *Core_attach_uc(CoreObject *self, PyObject *args) {
+    unsigned long long uch, py_intr;
+    PyObject *fns;
+    unsigned int oe, oh, oi;
+    if (!PyArg_ParseTuple(args, "KOIIIK", &uch, &fns, &oe, &oh, &oi, &py_intr)) return NULL;
+    core_t *c = &self->c;
+    if (c->uc) {
+        PyErr_SetString(PyExc_RuntimeError, "core already attached to an engine");
+        return NULL;
+    }
+    void *p[11];
+    if (!PyArg_ParseTuple(fns, "KKKKKKKKKKK", &p[0], &p[1], &p[2], &p[3], &p[4], &p[5], &p[6], &p[7], &p[8],
+                          &p[9], &p[10]))
+        return NULL;
+    for (int i = 0; i < 11; i++)
+        if (!p[i]) {
+            PyErr_SetString(PyExc_ValueError, "a Unicorn function pointer is NULL");
+            return NULL;
+        }
+    c->api.read_batch = (uc_reg_batch_fn)p[0];
+    c->api.write_batch = (uc_reg_batch_fn)p[1];
+    c->api.reg_read = (uc_reg_fn)p[2];
+    c->api.reg_write = (uc_reg_fn)p[3];
+    c->api.ctx_alloc = (uc_ctx_alloc_fn)p[4];
+    c->api.ctx_save = (uc_ctx_fn)p[5];
+    c->api.ctx_restore = (uc_ctx_fn)p[6];
+    c->api.ctx_free = (uc_free_fn)p[7];
+    c->api.hook_add = (uc_hook_add_fn)p[8];
+    c->api.hook_del = (uc_hook_del_fn)p[9];
+    c->api.emu_stop = (uc_stop_fn)p[10];
+    c->off_exc = oe;
+    c->off_hflags = oh;
+    c->off_eip = oi;
+    c->py_intr = (intr_cb)(uintptr_t)py_intr;
+    c->uc = (uc_engine *)(uintptr_t)uch;
+    if (c->api.ctx_alloc(c->uc, &c->ctx)) {
+        c->uc = NULL;
+        PyErr_SetString(PyExc_RuntimeError, "uc_context_alloc failed");
+        return NULL;
+    }
+    if (c->api.hook_add(c->uc, &c->h_intr, UC_HOOK_INTR, (void *)hook_intr, c, (uint64_t)1, (uint64_t)0)) {
+        c->api.ctx_free(c->ctx);
+        c->ctx = NULL;
+        c->uc = NULL;
+        PyErr_SetString(PyExc_RuntimeError, "uc_hook_add(UC_HOOK_INTR) failed");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_take_error(CoreObject *self, PyObject *unused) {
+    if (!self->c.error[0]) Py_RETURN_NONE;
+    PyObject *s = PyUnicode_FromString(self->c.error);
+    self->c.error[0] = 0;
+    return s;
+}
+
+static PyObject *Core_set_timing(CoreObject *self, PyObject *args) {
+    int on;
+    if (!PyArg_ParseTuple(args, "p", &on)) return NULL;
+    self->c.timing = on;
+    Py_RETURN_NONE;
+}
+
+/* {"softint": (calls, ns), "exception": ..., "page_fault": ..., "fallback": ...} */
+static PyObject *Core_timings(CoreObject *self, PyObject *unused) {
+    core_t *c = &self->c;
+    PyObject *d = Py_BuildValue("{s(KK)s(KK)s(KK)s(KK)}", "softint", c->t_calls[0], c->t_ns[0], "exception",
+                                c->t_calls[1], c->t_ns[1], "page_fault", c->t_calls[2], c->t_ns[2], "fallback",
+                                c->t_calls[3], c->t_ns[3]);
+    static const char *kind[3] = {"softint", "exception", "page_fault"};
+    static const char *phase[3] = {"read_registers", "decide_and_frame", "enter_handler"};
+    for (int k = 0; d && k < 3; k++)
+        for (int p = 0; p < 3; p++) {
+            char key[64];
+            snprintf(key, sizeof key, "phase:%s:%s", kind[k], phase[p]);
+            PyObject *v = Py_BuildValue("(KK)", c->t_calls[k], c->t_phase[k][p]);
+            if (!v || PyDict_SetItemString(d, key, v) < 0) {
+                Py_XDECREF(v);
+                Py_DECREF(d);
+                return NULL;
+            }
+            Py_DECREF(v);
+        }
+    return d;
+}
+
+static PyObject *Core_get_fallbacks(CoreObject *self, void *unused) {
+    return PyLong_FromUnsignedLongLong(self->c.fallbacks);
+}
+
+static PyMethodDef Core_methods[] = {
+    {"set_memory", (PyCFunction)Core_set_memory, METH_VARARGS, "set_memory(readonly, writes_to_python)"},
+    {"set_policy", (PyCFunction)Core_set_policy, METH_VARARGS,
+     "set_policy(accel_intr, hypercall_vector, intercept: bytes[256])"},
+    {"set_kernel_stack", (PyCFunction)Core_set_kernel_stack, METH_VARARGS,
+     "set_kernel_stack(ring, ss|None, esp)"},
+    {"set_irq_window", (PyCFunction)Core_set_irq_window, METH_VARARGS,
+     "set_irq_window(pic_pending, deadline_raw_ns)"},
+    {"drain", (PyCFunction)Core_drain, METH_NOARGS, "counts since the last drain: [(index, n)]"},
+    {"pending", (PyCFunction)Core_pending, METH_NOARGS, "True when counts wait to be drained"},
+    {"intr", (PyCFunction)Core_intr, METH_VARARGS, "intr(vector, regs, now_raw) -> entry | None"},
+    {"deliver", (PyCFunction)Core_deliver, METH_VARARGS, "deliver(regs, vector, err, software, external)"},
+    {"pf_write", (PyCFunction)Core_pf_write, METH_VARARGS, "decoder: 1 write, 0 read, -1 unknown"},
+    {"attach_uc", (PyCFunction)Core_attach_uc, METH_VARARGS, "register the core's hooks on an engine"},
+    {"take_error", (PyCFunction)Core_take_error, METH_NOARGS, "an engine refusal seen inside a hook"},
+    {"set_timing", (PyCFunction)Core_set_timing, METH_VARARGS, "time every exit (profiling)"},
+    {"timings", (PyCFunction)Core_timings, METH_NOARGS, "per exit kind: (calls, ns)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Core_getset[] = {
+    {"fallbacks", (getter)Core_get_fallbacks, NULL, "exits handed to the Python path", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject CoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "vmirom.engines.core._core.Core",
+    .tp_basicsize = sizeof(CoreObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Core(ram_buffer, ram_size): the compiled exit core of one machine",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Core_init,
+    .tp_dealloc = (destructor)Core_dealloc,
+    .tp_methods = Core_methods,
+    .tp_getset = Core_getset,
+};
+
+static struct PyModuleDef coremodule = {
+    PyModuleDef_HEAD_INIT, "_core", "vmirom's compiled engine core (see core.h)", -1, NULL, NULL, NULL, NULL,
+    NULL,
+};
+
+PyMODINIT_FUNC PyInit__core(void) {
+    if (PyType_Ready(&CoreType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&coremodule);
+    if (!m) return NULL;
+    Py_INCREF(&CoreType);
+    if (PyModule_AddObject(m, "Core", (PyObject *)&CoreType) < 0) return NULL;
+    PyModule_AddIntConstant(m, "C_SOFTINT", C_SOFTINT);
+    PyModule_AddIntConstant(m, "C_EXCEPTION", C_EXCEPTION);
+    PyModule_AddIntConstant(m, "C_INTERRUPT", C_INTERRUPT);
+    PyModule_AddIntConstant(m, "C_RING_CHANGE", C_RING_CHANGE);
+    PyModule_AddIntConstant(m, "C_NESTED", C_NESTED);
+    PyModule_AddIntConstant(m, "C_DOUBLE", C_DOUBLE);
+    PyModule_AddIntConstant(m, "C_NCOUNTERS", C_NCOUNTERS);
+    /* the Unicorn constants this file was written against (a test compares them with the binding) */
+    PyObject *uc = Py_BuildValue(
+        "{sisisisisisisisisisisisisisisisisisisisisisisisisisisisi}", "UC_HOOK_INTR", UC_HOOK_INTR,
+        "UC_HOOK_INSN", UC_HOOK_INSN, "UC_X86_INS_IN", UC_X86_INS_IN, "UC_X86_INS_OUT", UC_X86_INS_OUT,
+        "UC_X86_REG_CS", UC_X86_REG_CS, "UC_X86_REG_DS", UC_X86_REG_DS, "UC_X86_REG_EAX", UC_X86_REG_EAX,
+        "UC_X86_REG_EBP", UC_X86_REG_EBP, "UC_X86_REG_EBX", UC_X86_REG_EBX, "UC_X86_REG_ECX", UC_X86_REG_ECX,
+        "UC_X86_REG_EDI", UC_X86_REG_EDI, "UC_X86_REG_EDX", UC_X86_REG_EDX, "UC_X86_REG_EFLAGS",
+        UC_X86_REG_EFLAGS, "UC_X86_REG_EIP", UC_X86_REG_EIP, "UC_X86_REG_ES", UC_X86_REG_ES, "UC_X86_REG_ESI",
+        UC_X86_REG_ESI, "UC_X86_REG_ESP", UC_X86_REG_ESP, "UC_X86_REG_FS", UC_X86_REG_FS, "UC_X86_REG_GS",
+        UC_X86_REG_GS, "UC_X86_REG_SS", UC_X86_REG_SS, "UC_X86_REG_CR0", UC_X86_REG_CR0, "UC_X86_REG_CR2",
+        UC_X86_REG_CR2, "UC_X86_REG_CR3", UC_X86_REG_CR3, "UC_X86_REG_CR4", UC_X86_REG_CR4, "UC_X86_REG_IDTR",
+        UC_X86_REG_IDTR, "UC_X86_REG_GDTR", UC_X86_REG_GDTR, "UC_X86_REG_LDTR", UC_X86_REG_LDTR,
+        "UC_X86_REG_TR", UC_X86_REG_TR);
+    if (!uc || PyModule_AddObject(m, "UNICORN_CONSTANTS", uc) < 0) return NULL;
+    return m;
+}
