@@ -33,6 +33,16 @@ if ! python3 -c 'import vmirom, unicorn, capstone, elftools, pytest, hypothesis'
     touch .setup-stamp
 fi
 
+# The compiled engine core (src/vmirom/engines/core/*.c, see setup.py): built in place, and rebuilt
+# whenever one of its sources is newer than the module.  Without it vmirom runs every exit on the
+# Python path (and says so).
+core_so=$(ls src/vmirom/engines/core/_core*.so 2>/dev/null | head -n1 || true)
+if [ -z "$core_so" ] || [ -n "$(find src/vmirom/engines/core setup.py -newer "$core_so" \( -name '*.[ch]' -o -name setup.py \))" ]; then
+    echo "setup: building the C engine core"
+    python3 setup.py -q build_ext --inplace 2>&1 | grep -v -i "warn" || true
+    ls src/vmirom/engines/core/_core*.so >/dev/null
+fi
+
 # The patched engine (instant when the cached build matches the patch; see docs/engine.md).
 # Without it vmirom still runs, on the wheel's stock library, with guest stores ~10x slower.
 if [ "${VMIROM_SKIP_ENGINE_BUILD:-0}" != "1" ]; then

@@ -14,6 +14,13 @@ Two flavours of the fake, and every test runs on both:
 - `batched`: also `reads_tables`/`reader()` (one flattened read), `reg_gen` (the machine reuses a
   read within one exit) and `enter_handler` (one call), i.e. the hot path the Unicorn engine takes.
 
+And both on each exit core (vmirom.engines.core): `python` (the reference path) and `c` (ids
+`*-c`): there an INTR exit first goes through the compiled core's decision, exactly as its Unicorn
+hook does (`MachineCore.intr`, the same C function over the fake's registers and guest RAM), and the
+Python path only when the core declines; the Python path's own deliveries (IRQs, faults raised by
+handlers) are done by the core's C delivery too.  The same assertions hold on both: frames,
+registers, error codes, counters.
+
 What the fake does not model (kept minimal on purpose): it never executes code (`run_slice` returns
 an error), so an engine-side TLB, the translation cache, the #1883 `old_exception` field and the
 engine's own hook wrapper do not exist; the test plays the engine's part by setting registers and
@@ -31,6 +38,7 @@ from collections import Counter
 
 import pytest
 
+from vmirom.engines import core as engine_core
 from vmirom.engines.base import REG_NAMES, Engine, EngineError, SliceResult, segment_descriptor
 from vmirom.hypervisors.base import Personality
 from vmirom.hypervisors.fullvirt import FullVirt
@@ -202,8 +210,28 @@ class BatchedFakeEngine(FakeEngine):
         super().enter_handler(cpl, cs, ss, esp, eflags, eip)
 
 
-@pytest.fixture(params=[FakeEngine, BatchedFakeEngine], ids=["generic", "batched"])
+class CoreFakeEngine(FakeEngine):
+    """The generic fake with the compiled engine core on (its synthetic-exit entry point)."""
+
+    core = "c"
+
+
+class CoreBatchedFakeEngine(BatchedFakeEngine):
+    """The batched fake with the compiled engine core on."""
+
+    core = "c"
+
+
+FakeEngine.core = "python"
+
+
+@pytest.fixture(
+    params=[FakeEngine, BatchedFakeEngine, CoreFakeEngine, CoreBatchedFakeEngine],
+    ids=["generic", "batched", "generic-c", "batched-c"],
+)
 def engine_cls(request):
+    if request.param.core == "c" and not engine_core.available():
+        pytest.skip(engine_core.LOAD_ERROR)
     return request.param
 
 
@@ -266,7 +294,9 @@ class Vm:
         # real ones (the shadow root).
         personality.memory_model = memory_model
         self.eng = engine_cls()
-        self.m = Machine(personality, MachineConfig(ram_size=RAM, timeout_s=None), engine=self.eng)
+        config = MachineConfig(ram_size=RAM, timeout_s=None, engine_core=engine_cls.core)
+        self.m = Machine(personality, config, engine=self.eng)
+        self.in_core = False  # the last exit was completed by the compiled core
         self.ring = personality.kernel_ring
         ram = self.m.memory.ram
         gdt = b"".join(
@@ -332,7 +362,10 @@ class Vm:
         exit added to the metrics (`self.kinds`, `self.detail`)."""
         self.eng.hook_entry()
         kinds, detail = Counter(self.m.metrics.kinds), Counter(self.m.metrics.detail)
-        out = getattr(self.m, hook)(*args)
+        core = self.m.core
+        # the C path: the core's decision first, as its Unicorn hook does; Python when it declines
+        self.in_core = hook == "on_interrupt" and core is not None and core.accel and core.intr(*args)
+        out = None if self.in_core else getattr(self.m, hook)(*args)
         self.kinds = Counter(self.m.metrics.kinds) - kinds
         self.detail = Counter(self.m.metrics.detail) - detail
         return out
@@ -341,6 +374,11 @@ class Vm:
     def words(self, linear: int, n: int) -> tuple[int, ...]:
         """n dwords at an (identity-mapped) address."""
         return struct.unpack_from(f"<{n}I", self.m.memory.ram, linear)
+
+    def assert_path(self, *, c: bool) -> None:
+        """On the C flavours: the last exit was completed by the core (`c`) or handed to Python."""
+        if self.m.core is not None:
+            assert self.in_core == c, "completed in C" if self.in_core else "handed to the Python path"
 
     def r(self, name: str):
         return self.eng.reg(name)
@@ -376,6 +414,7 @@ def test_int80_from_user_switches_to_the_tss_stack_of_the_kernel_ring(ring, engi
     assert vm.kinds == {"softint": 1, "delivery": 1}
     assert vm.detail == {"softint:0x80": 1, "delivery:ring_change": 1}
     assert vm.m.metrics.total == 1  # the delivery is bookkeeping, not an exit
+    assert vm.in_core == (engine_cls.core == "c")  # the C flavours really took the C path
 
 
 @pytest.mark.parametrize("vector, if_kept", [(0x80, True), (0x81, False)], ids=["trap-gate", "intr-gate"])
@@ -418,6 +457,7 @@ def test_int_n_from_user_to_a_dpl0_gate_is_gp_with_the_idt_error_code(engine_cls
     assert vm.words(ESP0 - 24, 6) == (0x30 * 8 + 2, USER_CODE, USER_CS, 0x202, USER_ESP, USER_SS)
     vm.assert_entered(GP, ring=0, esp=ESP0 - 24, if_set=False)
     assert vm.detail["softint:0x30"] == 1 and vm.m.metrics.total == 1  # one exit
+    vm.assert_path(c=True)  # the nested-fault rule of `int n` (EIP rewound to the int) in C
 
 
 def test_not_present_gate_for_int_n_is_np(engine_cls):
@@ -439,6 +479,7 @@ def test_gate_dpl_is_not_checked_for_exceptions(engine_cls):
     vm.assert_entered(GP, ring=1, esp=ESP1 - 24, if_set=False)
     assert vm.kinds == {"exception": 1, "delivery": 1}
     assert vm.detail == {"exception:13": 1, "delivery:ring_change": 1}
+    vm.assert_path(c=True)
 
 
 def test_fault_in_the_kernel_pushes_the_error_code_on_the_current_stack(engine_cls):
@@ -498,6 +539,7 @@ def test_page_fault_error_code_from_the_walk_and_the_instruction(user, code, add
     vm.assert_entered(PF, ring=1, esp=top, if_set=False)
     assert vm.r("cr2") == addr and not vm.eng.written("cr2")  # read inside the hook, left as it is
     assert vm.kinds["exception"] == 1 and vm.detail["exception:14"] == 1
+    vm.assert_path(c=True)  # the #PF error code: walk + decoder in C
 
 
 def test_page_fault_on_a_user_push_is_a_write(engine_cls):
@@ -506,6 +548,7 @@ def test_page_fault_on_a_user_push_is_a_write(engine_cls):
     vm.in_user(esp=USER_RO, cr2=USER_RO - 4)  # the push goes to the not-present page below
     vm.exit("on_interrupt", PF)
     assert vm.words(ESP1 - 24, 6) == (0b110, USER_CODE, USER_CS, 0x202, USER_RO, USER_SS)
+    vm.assert_path(c=False)  # the stack rule of pushes is left to the Python decoder
 
 
 # -- faults while delivering -----------------------------------------------------------------------
@@ -518,6 +561,7 @@ def test_fault_while_delivering_a_contributory_fault_is_a_double_fault(engine_cl
     vm.assert_entered(DF, ring=0, esp=KERNEL_ESP - 16, if_set=False)
     assert vm.m.fate is None
     assert vm.detail["exception:13"] == 1 and vm.m.metrics.total == 1  # one exit, counted once
+    vm.assert_path(c=True)
 
 
 @pytest.mark.parametrize(
@@ -544,6 +588,7 @@ def test_double_fault_conditions(first, bad_gate, delivered, err, engine_cls):
     kind = "delivery:double_fault" if delivered == DF else "delivery:nested_fault"
     assert vm.detail == {f"exception:{first}": 1, kind: 1}
     assert vm.m.metrics.total == 1
+    vm.assert_path(c=True)
 
 
 def test_fault_while_delivering_a_double_fault_is_a_triple_fault(engine_cls):
@@ -586,6 +631,7 @@ def test_kernel_stack_fault_on_every_push_is_a_triple_fault(engine_cls):
     vm.in_kernel(esp=NOT_PRESENT + 0x1000 + 8)
     vm.exit("on_interrupt", GP)
     assert vm.m.fate == "triple_fault" and vm.eng.stops >= 1
+    vm.assert_path(c=False)  # a triple fault: Python settles the fate
     # nothing entered (the CPU would have written CR2 for the stack #PF: allowed)
     assert [n for n, _v in vm.eng.writes if n != "cr2"] == [] and vm.eng.switches == []
     assert vm.detail == {"exception:13": 1, "delivery:nested_fault": 1, "delivery:double_fault": 1}

@@ -31,6 +31,7 @@ init=selftest` just works; `--no-initrd` boots without it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import signal
@@ -253,6 +254,7 @@ def run_in_process(req: RunRequest) -> dict:
                 timeout_s=req.timeout_s,
                 echo=echo if req.echo else None,
                 console_input=0 if req.interactive else None,
+                engine_core=req.engine.core,
             ),
         )
     except RomError as e:
@@ -277,6 +279,7 @@ def run_in_process(req: RunRequest) -> dict:
         "exit_status": result.exit_status,
         "message": result.message,
         "run_time_s": round(result.run_time_s, 4),
+        "engine_core": machine.engine_core_summary(),
         "metrics": result.metrics,
         "console": result.console,
         "personality": personality_facts(personality),
@@ -450,6 +453,18 @@ def engine_text(engine: dict | None) -> str:
     return d.text() + (f" [{d.note}]" if d.note else "")
 
 
+def engine_core_text(core: dict | None) -> str:
+    """Which exit core ran (vmirom.engines.core), in one line."""
+    if not core:
+        return "-"
+    if core.get("name") != "c":
+        return "python (the reference path)" + (f" [{core['note']}]" if core.get("note") else "")
+    if not core.get("accelerated"):
+        return f"c, not used for this personality ({core.get('why_not')}): every exit on the Python path"
+    done, back = core.get("completed", 0), core.get("fallbacks", 0)
+    return f"c (compiled; {done} exits completed in C, {back} handed to Python)"
+
+
 def print_summary(res: dict, console) -> None:
     from rich.table import Table
 
@@ -470,6 +485,7 @@ def print_summary(res: dict, console) -> None:
     t.add_row("kernel", f"{res.get('kernel')} (sha256 {str(res.get('kernel_sha256', '?'))[:16]}...)")
     t.add_row("initrd", str(res.get("initrd") or "none"))
     t.add_row("engine", engine_text(res.get("engine")))
+    t.add_row("engine core", engine_core_text(res.get("engine_core")))
     t.add_row("run time", f"{res.get('run_time_s', 0):.3f} s")
     m = res.get("metrics") or {}
     t.add_row("exits", f"{m.get('total_exits', 0)} total")
@@ -586,6 +602,13 @@ def _show_traceback(res: dict, debug: bool) -> None:
                    "exits, console and trace (slower, docs/debugging.md)")
 @click.option("--icount", "icount_shift", type=click.IntRange(0, 10), default=0, show_default=True,
               help="with --deterministic: 2**N ns of guest time per instruction")
+@click.option(
+    "--engine-core",
+    type=click.Choice(["python", "c"]),
+    default=None,
+    help="who completes the hot exits: the compiled core (c) or the Python reference path  "
+    "[default: $VMIROM_ENGINE_CORE, else c when built]",
+)
 @click.argument("kernel", required=False, type=click.Path(dir_okay=False))
 def run(
     hypervisor: str,
@@ -603,6 +626,7 @@ def run(
     trace: str | None,
     deterministic: bool,
     icount_shift: int,
+    engine_core: str | None,
     kernel: str | None,
 ) -> None:
     """Boot KERNEL (default: the reference kernel) on a hypervisor personality, stream its console and
@@ -624,6 +648,10 @@ def run(
         raise click.UsageError("--interactive and --json - both want the terminal")
     if initrd and no_initrd:
         raise click.UsageError("--initrd and --no-initrd exclude each other")
+    if engine_core is not None:
+        if engine.core is not None and engine.core != engine_core:
+            raise click.UsageError(f"--engine-core={engine_core} contradicts the target's +py")
+        engine = dataclasses.replace(engine, core=engine_core)
     given = kernel is not None
     kernel = kernel or _default_kernel()
     initrd = reference_initrd(kernel, initrd, no_initrd, given)

@@ -7,6 +7,7 @@ the ONE place they are parsed; a new modifier is a new field of `EngineOptions` 
 
     +stock    the stock libunicorn of the `unicorn` wheel (the "before" of docs/engine.md)
     +patched  our patched libunicorn (the default when it is built)
+    +py       the Python path for every exit (no compiled engine core: vmirom.engines.core)
 
 A library can only be chosen before unicorn is loaded, so a target whose build differs from the
 one loaded here runs in a freshly exec'd interpreter (vmirom.childproc); the others are forked.
@@ -24,6 +25,7 @@ class EngineOptions:
     """How the engine of one VM is set up (picklable: it travels to the VM's child process)."""
 
     build: str | None = None  # None: this process's library; "stock" / "patched": that libunicorn
+    core: str | None = None  # None: $VMIROM_ENGINE_CORE or the default; "python" / "c" (engines.core)
 
     @property
     def suffix(self) -> str:
@@ -36,6 +38,7 @@ class EngineOptions:
 MODIFIERS: dict[str, dict[str, object]] = {
     "stock": {"build": "stock"},
     "patched": {"build": "patched"},
+    "py": {"core": "python"},
 }
 
 

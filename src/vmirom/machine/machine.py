@@ -307,6 +307,12 @@ class Machine:
             d["mmu"] = self.mmu.summary()
         return d
 
+    def engine_core_summary(self) -> dict:
+        """Which exit core this machine runs (`vmirom run` summary and JSON, bench records)."""
+        if self.core is None:
+            return {"name": "python", "note": self.engine_core_note}
+        return self.core.summary()
+
     def stop(self, fate: str, message: str = "") -> None:
         """End the run with `fate` (first reason wins)."""
         if self.fate is None:

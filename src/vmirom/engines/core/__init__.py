@@ -17,7 +17,6 @@ next to `on_exception`), so a third-party personality works unchanged.
 from __future__ import annotations
 
 import os
-import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -92,7 +91,8 @@ def policy(machine: Machine) -> tuple[bool, int, bytes, str]:
     if cls.on_exception is not Personality.on_exception:
         vectors = _declared(cls, "on_exception", "core_exception_vectors")
         if vectors is None:
-            return False, -1, bytes(intercept), f"{cls.__name__}.on_exception does not say which vectors it takes"
+            why = f"{cls.__name__}.on_exception does not say which vectors it takes"
+            return False, -1, bytes(intercept), why
         for v in vectors:
             intercept[v] = 1
     if type(machine.kernel_stacks) is not KernelStacks:
@@ -176,7 +176,7 @@ class MachineCore:
         Python path."""
         self.sync()
         m = self.m
-        res = self.core.intr(vector, m.delivery.registers(), time.clock_gettime_ns(self._clock._clk))
+        res = self.core.intr(vector, m.delivery.registers(), m.clock.now_ns() + self.raw_offset())
         if res is None:
             return False
         cpl, cs, ss, esp, eflags, eip, cr2 = res
@@ -187,7 +187,7 @@ class MachineCore:
 
     def summary(self) -> dict:
         return {"name": "c", "accelerated": self.accel, "why_not": self.why_not or None,
-                "fallbacks": self.core.fallbacks}
+                "completed": self.core.completed, "fallbacks": self.core.fallbacks}
 
 
 def attach(machine: Machine, choice: str | None) -> MachineCore | None:

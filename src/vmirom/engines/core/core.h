@@ -180,7 +180,7 @@ typedef struct core {
     int timing;
     uint64_t t_calls[4], t_ns[4];  /* 0 softint, 1 exception, 2 pf, 3 fallback decisions */
     uint64_t t_phase[3][3];        /* completed exits by kind: reading registers, deciding, entering */
-    uint64_t fallbacks;
+    uint64_t fallbacks, completed;
     /* the Unicorn glue */
     uc_api api;
     uc_engine *uc;

@@ -159,6 +159,7 @@ static void hook_intr(uc_engine *uc, uint32_t intno, void *ud) {
     }
     apply_entry(c, &e, intno);
     core_commit(c, &cnt);
+    c->completed++;
     if (c->timing) {
         int k = intno >= 32 || intno == V_BP || intno == V_OF ? 0 : intno == V_PF ? 2 : 1;
         uint64_t t3 = mono_ns();
@@ -349,6 +350,7 @@ static PyObject *Core_intr(CoreObject *self, PyObject *args) {
         Py_RETURN_NONE;
     }
     core_commit(&self->c, &cnt);
+    self->c.completed++;
     return entry_tuple(&e);
 }
 
@@ -504,7 +506,12 @@ static PyMethodDef Core_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *Core_get_completed(CoreObject *self, void *unused) {
+    return PyLong_FromUnsignedLongLong(self->c.completed);
+}
+
 static PyGetSetDef Core_getset[] = {
+    {"completed", (getter)Core_get_completed, NULL, "exits the core completed itself", NULL},
     {"fallbacks", (getter)Core_get_fallbacks, NULL, "exits handed to the Python path", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
