@@ -81,10 +81,6 @@ def policy(machine: Machine) -> tuple[bool, int, bytes, str]:
     p = machine.personality
     cls = type(p)
     intercept = bytearray(256)
-    if getattr(machine, "mmu", None) is not None:
-        # the engine runs on shadow page tables: its CR3 is not the guest's, and page faults are
-        # the MMU's to decide (vmirom.machine.mmu)
-        return False, -1, bytes(intercept), "shadow paging (the MMU decides page faults)"
     for name in ("load_virtual_if", "save_virtual_if"):
         if getattr(cls, name) is not getattr(Personality, name):
             return False, -1, bytes(intercept), f"{cls.__name__}.{name} is its own"
@@ -114,6 +110,12 @@ class MachineCore:
         self.accel, hv, intercept, self.why_not = policy(machine)
         self.core.set_policy(self.accel, hv, intercept)
         self.publish_memory()
+        self.mmu = getattr(machine, "mmu", None)
+        if self.mmu is not None:
+            # shadow paging: the engine's CR3 is the shadow root; the core then completes software
+            # interrupts only (exceptions, page faults above all, are the MMU's), walking the guest's
+            # tables with its virtual control registers (published by sync)
+            self.core.set_shadow(mem.machine, mem.machine_offset + mem.size)
         for ring, (ss, esp) in machine.kernel_stacks.items():
             self.core.set_kernel_stack(ring, ss, esp)
         ks = machine.kernel_stacks
@@ -145,6 +147,9 @@ class MachineCore:
         unmasked request, and the next timer deadline.  Called before every slice and after every
         exit the Python path handled (only Python code changes either)."""
         m = self.m
+        mmu = self.mmu
+        if mmu is not None:
+            self.core.set_virtual_crs(mmu.cr0, mmu.cr3, mmu.cr4)
         master = m.pic.master
         nxt = m.next_deadline()
         self.core.set_irq_window(

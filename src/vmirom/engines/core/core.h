@@ -154,6 +154,12 @@ typedef struct {
 
 typedef struct core {
     vmem_t mem;
+    /* shadow paging (vmirom.machine.mmu): the engine's CR0/CR3/CR4 are the shadow's; the guest's
+     * (virtual) ones are published by Python, and the shadow tables live in machine memory */
+    int shadow;
+    uint8_t *mach;
+    uint64_t mach_size;
+    uint32_t vcr0, vcr3, vcr4;
     /* kernel_stacks overrides (VMI UpdateKernelStack) */
     int ks_valid[4];
     uint32_t ks_ss[4], ks_esp[4];
@@ -207,6 +213,7 @@ uint32_t core_read_code(const core_t *c, uint32_t lin, uint8_t *out, uint32_t n,
 int core_deliver(core_t *c, vregs_t *r, int vector, int has_err, uint32_t err, int software,
                  int external, ventry_t *e, vcounts_t *cnt, char *msg, size_t msglen);
 int core_intr(core_t *c, vregs_t *r, int vector, ventry_t *e, vcounts_t *cnt, int64_t (*now_raw)(core_t *));
+int core_shadow_gdt_ready(const core_t *c, const vregs_t *r, uint32_t shadow_root);
 void core_commit(core_t *c, const vcounts_t *cnt);
 
 /* decode.c */

@@ -206,6 +206,7 @@ int core_deliver(core_t *c, vregs_t *R, int vector, int has_err, uint32_t err, i
             e->cr2 = cr2;
             return CORE_TRIPLE;
         }
+        if (f1.has_cr2 && c->shadow) return CORE_FALLBACK; /* CR2 is the MMU's (virtual) there */
         if (f1.has_cr2) {
             cr2_set = 1;
             cr2 = R->r[R_CR2] = f1.cr2;
@@ -253,8 +254,17 @@ int core_intr(core_t *c, vregs_t *R, int vector, ventry_t *e, vcounts_t *cnt, in
     if (vector == c->hypercall_vector) return CORE_FALLBACK;
     /* Machine._irq_first: with IF set and an interrupt possibly due, Python takes the exit */
     if ((R->r[R_EFLAGS] & EFL_IF) && (c->pic_pending || now_raw(c) >= c->deadline_raw)) return CORE_FALLBACK;
+    int soft = vector >= 32 || vector == V_BP || vector == V_OF;
+    if (c->shadow) {
+        /* shadow paging: exceptions (page faults above all) are the MMU's; software interrupts go
+         * on with the guest's own control registers, once the GDT is ready in the shadow */
+        if (!soft || !core_shadow_gdt_ready(c, R, R->r[R_CR3])) return CORE_FALLBACK;
+        R->r[R_CR0] = c->vcr0;
+        R->r[R_CR3] = c->vcr3;
+        R->r[R_CR4] = c->vcr4;
+    }
     int rc;
-    if (vector >= 32 || vector == V_BP || vector == V_OF) {
+    if (soft) {
         vcount(cnt, C_SOFTINT + vector);
         rc = core_deliver(c, R, vector, 0, 0, 1, 0, e, cnt, NULL, 0);
     } else {

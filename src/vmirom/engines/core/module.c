@@ -23,6 +23,8 @@ typedef struct {
     core_t c;
     Py_buffer ram;
     int has_ram;
+    Py_buffer mach;
+    int has_mach;
 } CoreObject;
 
 static int64_t cpu_ns(void) {
@@ -228,6 +230,7 @@ static void Core_dealloc(CoreObject *self) {
     if (c->uc && c->h_intr) c->api.hook_del(c->uc, c->h_intr);
     if (c->ctx && c->api.ctx_free) c->api.ctx_free(c->ctx);
     if (self->has_ram) PyBuffer_Release(&self->ram);
+    if (self->has_mach) PyBuffer_Release(&self->mach);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -271,6 +274,37 @@ static PyObject *Core_set_policy(CoreObject *self, PyObject *args) {
     PyBuffer_Release(&icpt);
     self->c.accel_intr = accel;
     self->c.hypercall_vector = hv;
+    Py_RETURN_NONE;
+}
+
+/* set_shadow(machine_buffer, machine_size): the engine runs on shadow page tables in this buffer */
+static PyObject *Core_set_shadow(CoreObject *self, PyObject *args) {
+    PyObject *buf;
+    unsigned long long size;
+    if (!PyArg_ParseTuple(args, "OK", &buf, &size)) return NULL;
+    if (self->has_mach) {
+        PyBuffer_Release(&self->mach);
+        self->has_mach = 0;
+    }
+    if (PyObject_GetBuffer(buf, &self->mach, PyBUF_SIMPLE) < 0) return NULL;
+    self->has_mach = 1;
+    if ((unsigned long long)self->mach.len < size) {
+        PyErr_SetString(PyExc_ValueError, "machine buffer smaller than its size");
+        return NULL;
+    }
+    self->c.mach = self->mach.buf;
+    self->c.mach_size = size;
+    self->c.shadow = 1;
+    Py_RETURN_NONE;
+}
+
+/* set_virtual_crs(cr0, cr3, cr4): the guest's control registers under shadow paging */
+static PyObject *Core_set_virtual_crs(CoreObject *self, PyObject *args) {
+    unsigned int a, b, d;
+    if (!PyArg_ParseTuple(args, "III", &a, &b, &d)) return NULL;
+    self->c.vcr0 = a;
+    self->c.vcr3 = b;
+    self->c.vcr4 = d;
     Py_RETURN_NONE;
 }
 
@@ -490,6 +524,8 @@ static PyMethodDef Core_methods[] = {
     {"set_memory", (PyCFunction)Core_set_memory, METH_VARARGS, "set_memory(readonly, writes_to_python)"},
     {"set_policy", (PyCFunction)Core_set_policy, METH_VARARGS,
      "set_policy(accel_intr, hypercall_vector, intercept: bytes[256])"},
+    {"set_shadow", (PyCFunction)Core_set_shadow, METH_VARARGS, "set_shadow(machine_buffer, size)"},
+    {"set_virtual_crs", (PyCFunction)Core_set_virtual_crs, METH_VARARGS, "set_virtual_crs(cr0, cr3, cr4)"},
     {"set_kernel_stack", (PyCFunction)Core_set_kernel_stack, METH_VARARGS,
      "set_kernel_stack(ring, ss|None, esp)"},
     {"set_irq_window", (PyCFunction)Core_set_irq_window, METH_VARARGS,

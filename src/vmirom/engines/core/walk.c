@@ -145,3 +145,25 @@ uint32_t core_read_code(const core_t *c, uint32_t lin, uint8_t *out, uint32_t n,
     }
     return got;
 }
+
+/* ShadowMMU.shadow_writable for every page of the GDT (ShadowedEngine._ready_gdt's condition): the
+ * engine reads (and marks accessed) a descriptor through the shadow when a segment is loaded, and
+ * a shadow miss there cannot be taken as a fault.  0: some page is not ready (Python prepares it). */
+int core_shadow_gdt_ready(const core_t *c, const vregs_t *r, uint32_t shadow_root) {
+    uint32_t base = r->r[R_GDT_BASE], end = base + r->r[R_GDT_LIMIT];
+    uint64_t root = shadow_root & 0xFFFFF000u;
+    for (uint64_t page = base & ~0xFFFu; page <= end; page += 0x1000) {
+        uint64_t pde_addr = root | ((page >> 22) << 2);
+        if (pde_addr + 4 > c->mach_size) return 0;
+        uint32_t pde;
+        memcpy(&pde, c->mach + pde_addr, 4);
+        if (!(pde & PTE_P)) return 0;
+        uint64_t leaf_addr = (uint64_t)(pde & 0xFFFFF000u) | ((page >> 10) & 0xFFC);
+        if (leaf_addr + 4 > c->mach_size) return 0;
+        uint32_t leaf;
+        memcpy(&leaf, c->mach + leaf_addr, 4);
+        if ((leaf & (PTE_P | PTE_RW)) != (PTE_P | PTE_RW)) return 0;
+        if (page >= 0xFFFFF000u) break;
+    }
+    return 1;
+}
