@@ -298,6 +298,12 @@ class Vmi(Personality):
         m.detail[self._detail_key[call]] += 1
         self.dispatch[call](vcpu)
 
+    def count_from_core(self, call: int, n: int) -> None:
+        """Hypercalls the compiled engine core completed (vmirom.engines.core: the IRET), counted
+        here as `hypercall` counts its own."""
+        self.call_counts[call] += n
+        self.calls_seen += n
+
     def hypercall_counts(self) -> dict[str, int]:
         """Hypercalls handled so far, by VMI call name (most frequent first)."""
         pairs = [(abi.call(n).name, c) for n, c in enumerate(self.call_counts) if c]

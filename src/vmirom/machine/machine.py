@@ -333,8 +333,12 @@ class Machine:
         return int(budget)
 
     def next_deadline(self) -> int | None:
-        ds = [d for d in (self.pit.deadline(), self.personality.deadline()) if d is not None]
-        return min(ds) if ds else None
+        """The earliest timer deadline (PIT, personality), None when no timer is armed.  Called
+        after every exit when the compiled engine core is on (it publishes the window): no list."""
+        a, b = self.pit.deadline(), self.personality.deadline()
+        if a is None:
+            return b
+        return a if b is None or a <= b else b
 
     def update_timers(self) -> None:
         self.pit.update()

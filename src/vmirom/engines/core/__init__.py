@@ -57,6 +57,11 @@ def counter_keys() -> list[tuple[str, str] | None]:
         keys[_core.C_SOFTINT + v] = ("softint", f"softint:{v:#x}")
         keys[_core.C_EXCEPTION + v] = ("exception", f"exception:{v}")
         keys[_core.C_INTERRUPT + v] = ("interrupt", f"interrupt:{v}")
+    from vmirom import abi
+
+    for call in abi.CALLS:
+        if call.number < _core.C_NCOUNTERS - _core.C_HYPERCALL:
+            keys[_core.C_HYPERCALL + call.number] = ("hypercall", f"hypercall:{call.name}")
     keys[_core.C_RING_CHANGE] = ("delivery", "delivery:ring_change")
     keys[_core.C_NESTED] = ("delivery", "delivery:nested_fault")
     keys[_core.C_DOUBLE] = ("delivery", "delivery:double_fault")
@@ -70,6 +75,28 @@ def _declared(cls: type, method: str, attr: str):
         if method in klass.__dict__:
             return klass.__dict__.get(attr)
     return None
+
+
+#: the vmi methods the C IRET stands for: a personality that overrides any of them keeps the Python path
+_IRET_METHODS = ("is_hypercall", "hypercall", "iret", "before_iret", "_iret", "_gdt_hi", "_after_if_change",
+                 "count_from_core")
+
+
+def iret_site(machine: Machine) -> int:
+    """ROM offset of the IRET stub's `int $0x82` when the C core may do the vmi IRET hypercall (the
+    personality is a `Vmi` that overrides none of the methods involved), else -1."""
+    from vmirom import abi
+    from vmirom.hypervisors.vmi import Vmi
+
+    p = machine.personality
+    if not isinstance(p, Vmi) or machine.rom_range is None:
+        return -1
+    if any(getattr(type(p), name) is not getattr(Vmi, name) for name in _IRET_METHODS):
+        return -1
+    if p.dispatch.get(abi.call("IRET").number) != p.iret:
+        return -1
+    sites = [off for off, num in p.call_at.items() if num == abi.call("IRET").number]
+    return sites[0] if len(sites) == 1 else -1
 
 
 def policy(machine: Machine) -> tuple[bool, int, bytes, str]:
@@ -109,6 +136,13 @@ class MachineCore:
         self._keys = counter_keys()
         self.accel, hv, intercept, self.why_not = policy(machine)
         self.core.set_policy(self.accel, hv, intercept)
+        self.iret_site = iret_site(machine) if self.accel else -1
+        if self.iret_site >= 0:
+            from vmirom import abi
+
+            self._iret_number = abi.call("IRET").number
+            p = machine.personality
+            self.core.set_iret(p.kernel_ring, machine.rom_range[0], self.iret_site, self._iret_number)
         self.publish_memory()
         self.mmu = getattr(machine, "mmu", None)
         if self.mmu is not None:
@@ -121,8 +155,11 @@ class MachineCore:
         ks = machine.kernel_stacks
         if hasattr(ks, "on_change"):
             ks.on_change = self._kernel_stack_changed
+        self._pending = self.core.pending_flag().cast("i")  # ndirty, read without a call
         machine.metrics.add_source(self.drain)
         self._clock = machine.clock
+        self._vcrs: tuple[int, int, int] | None = None
+        self._window: tuple[bool, int] | None = None
 
     # -- state the core reads --------------------------------------------------------------------
     def publish_memory(self) -> None:
@@ -146,20 +183,26 @@ class MachineCore:
         """Publish the interrupt window (Machine._irq_first's inputs): whether the PIC holds an
         unmasked request, and the next timer deadline.  Called before every slice and after every
         exit the Python path handled (only Python code changes either)."""
+        # Called after every exit the Python path handled: kept to a few attribute reads, and the
+        # core is told only what changed.
         m = self.m
         mmu = self.mmu
         if mmu is not None:
-            self.core.set_virtual_crs(mmu.cr0, mmu.cr3, mmu.cr4)
+            crs = (mmu.cr0, mmu.cr3, mmu.cr4)
+            if crs != self._vcrs:
+                self._vcrs = crs
+                self.core.set_virtual_crs(*crs)
         master = m.pic.master
         nxt = m.next_deadline()
-        self.core.set_irq_window(
-            bool(master.irr & ~master.imr), INT64_MAX if nxt is None else nxt + self.raw_offset()
-        )
+        window = (bool(master.irr & ~master.imr), INT64_MAX if nxt is None else nxt + self.raw_offset())
+        if window != self._window:
+            self._window = window
+            self.core.set_irq_window(*window)
 
     # -- counters --------------------------------------------------------------------------------
     def drain(self, kinds, detail, recent) -> None:  # noqa: ANN001 - Metrics' counters
         """Metrics source: fold the core's counts in, and its log of their order into `recent`."""
-        if not self.core.pending():
+        if not self._pending[0]:
             return
         keys = self._keys
         counts, log = self.core.drain()
@@ -167,6 +210,8 @@ class MachineCore:
             kind, key = keys[idx]
             kinds[kind] += n
             dict.__setitem__(detail, key, detail[key] + n)  # not through Metrics' recent-recording counter
+            if kind == "hypercall":  # the personality's own per-call counters (Vmi.hypercall_counts)
+                self.m.personality.count_from_core(idx - _core.C_HYPERCALL, n)
         if recent is not None:
             recent.extend(keys[i][1] for i in log)
 
@@ -192,6 +237,7 @@ class MachineCore:
 
     def summary(self) -> dict:
         return {"name": "c", "accelerated": self.accel, "why_not": self.why_not or None,
+                "iret": self.iret_site >= 0,
                 "completed": self.core.completed, "fallbacks": self.core.fallbacks}
 
 

@@ -131,7 +131,8 @@ enum {
     C_RING_CHANGE = 768,    /* "delivery:ring_change" */
     C_NESTED,               /* "delivery:nested_fault" */
     C_DOUBLE,               /* "delivery:double_fault" */
-    C_NCOUNTERS
+    C_HYPERCALL,            /* + VMI call number: "hypercall:<name>" */
+    C_NCOUNTERS = C_HYPERCALL + 128
 };
 /* A delivery counts tentatively (pending) and commits only when the exit is done in C: a fallback
  * to Python must leave no trace, Python then counts the exit itself. */
@@ -167,6 +168,12 @@ typedef struct core {
     int accel_intr;          /* exits of the INTR hook may be completed here */
     int hypercall_vector;    /* -1: none (the vector always goes to Python) */
     uint8_t intercept[256];  /* exceptions the personality's on_exception may take: Python */
+    /* the vmi IRET hypercall (iret.c): the kernel ring, the ROM's physical base and the ROM offset
+     * of the IRET stub's `int $0x82` (-1: not handled in C), its counter */
+    int kernel_ring;
+    uint64_t rom_base;
+    int iret_site;
+    int iret_counter;
     /* interrupt window (Machine._irq_first): Python publishes whether the PIC has an unmasked
      * request and the next timer deadline in raw thread-CPU-clock ns */
     int pic_pending;
@@ -184,8 +191,8 @@ typedef struct core {
     uint64_t nlog;           /* events logged since the last drain */
     /* timing (profiling only) */
     int timing;
-    uint64_t t_calls[4], t_ns[4];  /* 0 softint, 1 exception, 2 pf, 3 fallback decisions */
-    uint64_t t_phase[3][3];        /* completed exits by kind: reading registers, deciding, entering */
+    uint64_t t_calls[5], t_ns[5];  /* 0 softint, 1 exception, 2 pf, 3 fallback decisions, 4 iret */
+    uint64_t t_phase[5][3];        /* completed exits by kind: reading registers, deciding, entering */
     uint64_t fallbacks, completed;
     /* the Unicorn glue */
     uc_api api;
@@ -215,6 +222,9 @@ int core_deliver(core_t *c, vregs_t *r, int vector, int has_err, uint32_t err, i
 int core_intr(core_t *c, vregs_t *r, int vector, ventry_t *e, vcounts_t *cnt, int64_t (*now_raw)(core_t *));
 int core_shadow_gdt_ready(const core_t *c, const vregs_t *r, uint32_t shadow_root);
 void core_commit(core_t *c, const vcounts_t *cnt);
+
+/* iret.c: segs = DS, ES, FS, GS */
+int core_iret(core_t *c, vregs_t *r, const uint32_t *segs, ventry_t *e);
 
 /* decode.c */
 int core_pf_write(const uint8_t *code, uint32_t n);   /* 1 write, 0 read, -1 unknown */

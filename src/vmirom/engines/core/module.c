@@ -42,9 +42,13 @@ static uint64_t mono_ns(void) {
 /* The thread's CPU time (the virtual clock's raw source) where it matters: an upper bound from the
  * monotonic clock while that bound is below the deadline, the real clock otherwise (see core.h). */
 static int64_t now_raw(core_t *c) {
-    int64_t ub = c->cpu_at_sync + ((int64_t)mono_ns() - c->mono_at_sync);
+    int64_t mono = (int64_t)mono_ns();
+    int64_t ub = c->cpu_at_sync + (mono - c->mono_at_sync);
     if (ub < c->deadline_raw) return ub;
-    return cpu_ns();
+    int64_t cpu = cpu_ns();  /* the bound reached the deadline: read the real clock, tighten the bound */
+    c->cpu_at_sync = cpu;
+    c->mono_at_sync = mono;
+    return cpu;
 }
 
 /* The test entry point's clock: exactly the value it was given. */
@@ -137,6 +141,25 @@ static void apply_entry(core_t *c, const ventry_t *e, uint32_t intno) {
     if (poke_context(c, 1, e->eip, intno < 32, -1)) glue_error(c, "uc_context_save/restore failed");
 }
 
+/* The vmi IRET hypercall from the hook (iret.c), with the data segments and, under shadow paging,
+ * the guest's control registers; the interrupt window as in core_intr. */
+static int glue_iret(core_t *c, vregs_t *R, ventry_t *e, vcounts_t *cnt) {
+    static int ids[4] = {UC_X86_REG_DS, UC_X86_REG_ES, UC_X86_REG_FS, UC_X86_REG_GS};
+    uint32_t segs[4] = {0, 0, 0, 0};
+    void *vals[4] = {&segs[0], &segs[1], &segs[2], &segs[3]};
+    if (c->api.read_batch(c->uc, ids, vals, 4)) return CORE_FALLBACK;
+    if (c->shadow) {
+        if (!core_shadow_gdt_ready(c, R, R->r[R_CR3])) return CORE_FALLBACK;
+        R->r[R_CR0] = c->vcr0;
+        R->r[R_CR3] = c->vcr3;
+        R->r[R_CR4] = c->vcr4;
+    }
+    if (core_iret(c, R, segs, e) != CORE_OK) return CORE_FALLBACK;
+    if ((e->eflags & EFL_IF) && (c->pic_pending || now_raw(c) >= c->deadline_raw)) return CORE_FALLBACK;
+    vcount(cnt, C_HYPERCALL + c->iret_counter);
+    return CORE_OK;
+}
+
 static void hook_intr(uc_engine *uc, uint32_t intno, void *ud) {
     core_t *c = ud;
     uint64_t t0 = c->timing ? mono_ns() : 0;
@@ -147,7 +170,10 @@ static void hook_intr(uc_engine *uc, uint32_t intno, void *ud) {
     uint64_t t1 = 0, t2 = 0;
     if (!c->error[0] && uc_read_regs(c, &R) == 0) {
         if (c->timing) t1 = mono_ns();
-        rc = core_intr(c, &R, (int)intno, &e, &cnt, now_raw);
+        if ((int)intno == c->hypercall_vector && c->iret_site >= 0)
+            rc = glue_iret(c, &R, &e, &cnt);
+        else
+            rc = core_intr(c, &R, (int)intno, &e, &cnt, now_raw);
         if (c->timing) t2 = mono_ns();
     }
     if (rc != CORE_OK) {
@@ -163,7 +189,8 @@ static void hook_intr(uc_engine *uc, uint32_t intno, void *ud) {
     core_commit(c, &cnt);
     c->completed++;
     if (c->timing) {
-        int k = intno >= 32 || intno == V_BP || intno == V_OF ? 0 : intno == V_PF ? 2 : 1;
+        int k = (int)intno == c->hypercall_vector ? 4
+                : intno >= 32 || intno == V_BP || intno == V_OF ? 0 : intno == V_PF ? 2 : 1;
         uint64_t t3 = mono_ns();
         c->t_calls[k]++;
         c->t_ns[k] += t3 - t0;
@@ -221,6 +248,7 @@ static int Core_init(CoreObject *self, PyObject *args, PyObject *kw) {
     self->c.mem.ram = self->ram.buf;
     self->c.mem.size = size;
     self->c.hypercall_vector = -1;
+    self->c.iret_site = -1;
     self->c.deadline_raw = INT64_MAX;
     return 0;
 }
@@ -308,6 +336,23 @@ static PyObject *Core_set_virtual_crs(CoreObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* set_iret(kernel_ring, rom_base, site, call_number): the vmi IRET hypercall may be done in C
+ * (site: the ROM offset of the IRET stub's `int`; -1 turns it off) */
+static PyObject *Core_set_iret(CoreObject *self, PyObject *args) {
+    int ring, site, num;
+    unsigned long long base;
+    if (!PyArg_ParseTuple(args, "iKii", &ring, &base, &site, &num)) return NULL;
+    if (num < 0 || num >= C_NCOUNTERS - C_HYPERCALL) {
+        PyErr_SetString(PyExc_ValueError, "call number out of range");
+        return NULL;
+    }
+    self->c.kernel_ring = ring;
+    self->c.rom_base = base;
+    self->c.iret_site = site;
+    self->c.iret_counter = num;
+    Py_RETURN_NONE;
+}
+
 static PyObject *Core_set_kernel_stack(CoreObject *self, PyObject *args) {
     int ring;
     PyObject *ss, *esp;
@@ -333,8 +378,10 @@ static PyObject *Core_set_irq_window(CoreObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "pL", &pending, &deadline)) return NULL;
     self->c.pic_pending = pending;
     self->c.deadline_raw = deadline;
-    self->c.cpu_at_sync = cpu_ns();
-    self->c.mono_at_sync = (int64_t)mono_ns();
+    if (!self->c.mono_at_sync) {  /* any earlier (cpu, mono) pair bounds the clock: one is enough */
+        self->c.cpu_at_sync = cpu_ns();
+        self->c.mono_at_sync = (int64_t)mono_ns();
+    }
     Py_RETURN_NONE;
 }
 
@@ -365,6 +412,12 @@ static PyObject *Core_drain(CoreObject *self, PyObject *unused) {
 
 static PyObject *Core_pending(CoreObject *self, PyObject *unused) {
     return PyBool_FromLong(self->c.ndirty != 0);
+}
+
+/* A writable memoryview of one int that is non-zero while counts wait to be drained (Python reads
+ * it without a call: Metrics looks at it on every read of its counters). */
+static PyObject *Core_pending_flag(CoreObject *self, PyObject *unused) {
+    return PyMemoryView_FromMemory((char *)&self->c.ndirty, sizeof self->c.ndirty, PyBUF_READ);
 }
 
 /* intr(vector, regs, now_raw) -> None (the Python path takes the exit) | entry tuple.
@@ -496,12 +549,14 @@ static PyObject *Core_set_timing(CoreObject *self, PyObject *args) {
 /* {"softint": (calls, ns), "exception": ..., "page_fault": ..., "fallback": ...} */
 static PyObject *Core_timings(CoreObject *self, PyObject *unused) {
     core_t *c = &self->c;
-    PyObject *d = Py_BuildValue("{s(KK)s(KK)s(KK)s(KK)}", "softint", c->t_calls[0], c->t_ns[0], "exception",
-                                c->t_calls[1], c->t_ns[1], "page_fault", c->t_calls[2], c->t_ns[2], "fallback",
-                                c->t_calls[3], c->t_ns[3]);
-    static const char *kind[3] = {"softint", "exception", "page_fault"};
+    PyObject *d = Py_BuildValue("{s(KK)s(KK)s(KK)s(KK)s(KK)}", "softint", c->t_calls[0], c->t_ns[0],
+                                "exception", c->t_calls[1], c->t_ns[1], "page_fault", c->t_calls[2],
+                                c->t_ns[2], "fallback", c->t_calls[3], c->t_ns[3], "hypercall:IRET",
+                                c->t_calls[4], c->t_ns[4]);
+    static const char *kind[5] = {"softint", "exception", "page_fault", "fallback", "hypercall_IRET"};
     static const char *phase[3] = {"read_registers", "decide_and_frame", "enter_handler"};
-    for (int k = 0; d && k < 3; k++)
+    for (int k = 0; d && k < 5; k++) {
+        if (k == 3) continue;
         for (int p = 0; p < 3; p++) {
             char key[64];
             snprintf(key, sizeof key, "phase:%s:%s", kind[k], phase[p]);
@@ -513,6 +568,7 @@ static PyObject *Core_timings(CoreObject *self, PyObject *unused) {
             }
             Py_DECREF(v);
         }
+    }
     return d;
 }
 
@@ -526,12 +582,14 @@ static PyMethodDef Core_methods[] = {
      "set_policy(accel_intr, hypercall_vector, intercept: bytes[256])"},
     {"set_shadow", (PyCFunction)Core_set_shadow, METH_VARARGS, "set_shadow(machine_buffer, size)"},
     {"set_virtual_crs", (PyCFunction)Core_set_virtual_crs, METH_VARARGS, "set_virtual_crs(cr0, cr3, cr4)"},
+    {"set_iret", (PyCFunction)Core_set_iret, METH_VARARGS, "set_iret(kernel_ring, rom_base, site, number)"},
     {"set_kernel_stack", (PyCFunction)Core_set_kernel_stack, METH_VARARGS,
      "set_kernel_stack(ring, ss|None, esp)"},
     {"set_irq_window", (PyCFunction)Core_set_irq_window, METH_VARARGS,
      "set_irq_window(pic_pending, deadline_raw_ns)"},
     {"drain", (PyCFunction)Core_drain, METH_NOARGS, "counts since the last drain: [(index, n)]"},
     {"pending", (PyCFunction)Core_pending, METH_NOARGS, "True when counts wait to be drained"},
+    {"pending_flag", (PyCFunction)Core_pending_flag, METH_NOARGS, "memoryview of the pending count"},
     {"intr", (PyCFunction)Core_intr, METH_VARARGS, "intr(vector, regs, now_raw) -> entry | None"},
     {"deliver", (PyCFunction)Core_deliver, METH_VARARGS, "deliver(regs, vector, err, software, external)"},
     {"pf_write", (PyCFunction)Core_pf_write, METH_VARARGS, "decoder: 1 write, 0 read, -1 unknown"},
@@ -581,6 +639,7 @@ PyMODINIT_FUNC PyInit__core(void) {
     PyModule_AddIntConstant(m, "C_RING_CHANGE", C_RING_CHANGE);
     PyModule_AddIntConstant(m, "C_NESTED", C_NESTED);
     PyModule_AddIntConstant(m, "C_DOUBLE", C_DOUBLE);
+    PyModule_AddIntConstant(m, "C_HYPERCALL", C_HYPERCALL);
     PyModule_AddIntConstant(m, "C_NCOUNTERS", C_NCOUNTERS);
     /* the Unicorn constants this file was written against (a test compares them with the binding) */
     PyObject *uc = Py_BuildValue(
