@@ -112,6 +112,19 @@ def test_under_shadow_paging_the_core_completes_software_interrupts_only(kernel)
     d = res["metrics"]["detail"]
     assert d["softint:0x80"] > 0 and d["exception:14"] > 0
     assert res["metrics"]["mmu"]  # the shadow MMU was on
+    # the IRET hypercall is done in C too, and counted once in both places Python counts it
+    assert core["iret"]
+    assert d["hypercall:IRET"] == res["personality"]["hypercalls_by_call"]["IRET"] > 1000
+
+
+def test_debugging_modes_that_see_every_exit_turn_the_core_off():
+    from vmirom.debug.session import DebugOptions, DebugSession
+
+    m = _machine(create("bare"))
+    assert m.core.accel
+    DebugSession(m, DebugOptions(deterministic=True))
+    assert not m.core.accel and m.delivery._core is None
+    m.close()
 
 
 class ThirdParty(Personality):

@@ -48,6 +48,10 @@ class DebugSession:
                 self.tracer = ExitTracer(machine, options.trace)
             except OSError as e:
                 raise DebugSetupError(f"cannot write the trace {options.trace}: {e.strerror or e}") from None
+        core = getattr(machine, "core", None)
+        if core is not None and (options.deterministic or options.trace):
+            # the compiled engine core reads the CPU-time clock and completes exits no hook sees
+            core.disable("--deterministic/--trace: every exit on the Python path")
         if options.gdb:
             from vmirom.debug.gdbstub import GdbStub, parse_address
 

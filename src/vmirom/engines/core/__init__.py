@@ -161,6 +161,15 @@ class MachineCore:
         self._vcrs: tuple[int, int, int] | None = None
         self._window: tuple[bool, int] | None = None
 
+    def disable(self, reason: str) -> None:
+        """From now on every exit takes the Python path (e.g. a debugging mode that must see every
+        exit, or that drives guest time by another clock than the core's)."""
+        self.accel, self.why_not = False, reason
+        self.core.set_policy(False, -1, bytes(256))
+        self.core.set_iret(0, 0, -1, 0)
+        self.iret_site = -1
+        self.m.delivery.use_core(None)
+
     # -- state the core reads --------------------------------------------------------------------
     def publish_memory(self) -> None:
         mem = self.m.memory
