@@ -79,7 +79,8 @@ def test_the_tutorial_personality_boots_the_unchanged_kernel_at_ring_1(tmp_path:
     show = next(p.stdout for c, p in out if c.startswith("vmirom rom show"))
     assert "out 0xe4, al" in show and "pushfd" in show and "int 0x82" not in show
     doc = json.loads((tmp_path / "tinyhv.json").read_text())
-    assert doc["outcome"]["selftest"] == {"passed": 22, "failed": 0, "total": 22}
+    st = doc["outcome"]["selftest"]
+    assert st["failed"] == 0 and st["passed"] == st["total"] >= 29
     assert doc["personality"]["kernel_ring"] == 1 and doc["personality"]["name"] == "tinyhv"
     assert doc["binding"]["vmi"]["status"] == "bound" and doc["binding"]["vmi"]["ring"] == 1
     assert doc["binding"]["vmi"]["rom"]["manufacturer"] == "Tiny Hypervisors"

@@ -72,6 +72,8 @@ int uvm_fault(struct proc *p, u32 va, u32 err);        /* 0 = resolved */
 u32 *uvm_copy(u32 *pgdir);                             /* fork: copy-on-write duplicate */
 u32 region_perm(struct proc *p, u32 va);               /* 0 if not a lazy region */
 int uvm_unmap(struct proc *p, u32 start, u32 end);
+void uvm_protect(struct proc *p, u32 start, u32 end, u32 perm);  /* mprotect on present pages */
+int uvm_pteflags(struct proc *p, u32 va, u32 clear);           /* flags, then clear A/D */
 u32 user_mem(struct proc *p);
 
 /* exec.c */

@@ -117,7 +117,22 @@
 #define SYS_kill     23   /* kill(int pid) -> 0; the process dies with status
                              WSTATUS_KILLED | 0 (no signals otherwise); -ESRCH */
 
-#define SYS_MAX      23   /* highest assigned number */
+#define SYS_mprotect 24   /* mprotect(void *addr, unsigned len, int prot) -> 0; [addr, addr+len)
+                             must be exactly one mmap region (whole pages); prot as for mmap.
+                             Present pages take the new rights at once (a shared copy-on-write
+                             page stays read-only until its next write fault). -EINVAL */
+#define SYS_pteflags 25   /* pteflags(void *addr, unsigned clear) -> the low 12 bits of the
+                             page-table entry that maps addr in the caller (PTE_P, PTE_W,
+                             PTE_U, PTE_A 0x20, PTE_D 0x40 ...) as they were, then clears the
+                             bits of `clear` (only PTE_A|PTE_D) and invalidates the TLB entry.
+                             -EFAULT when nothing is mapped there, -EINVAL.  For MMU self-tests. */
+#define SYS_vmcheck  26   /* vmcheck(int what) -> 0, or a negative failing step: in-kernel
+                             paging checks user space cannot do itself.  VMCHECK_BIGPAGE: a
+                             4 MiB page (CR4.PSE) mapped in the caller's address space, written
+                             and read through it and the direct map, its PDE's A and D bits. */
+#define VMCHECK_BIGPAGE 1
+
+#define SYS_MAX      26   /* highest assigned number */
 
 /* timer rate of the kernel (uptime() ticks per second) */
 #define SYS_HZ 100
@@ -133,6 +148,8 @@
 /* ----- open/mmap flags ----- */
 #define O_RDONLY   0
 #define PROT_NONE  0x0
+#define PTE_FLAG_A 0x20  /* pteflags(): Accessed */
+#define PTE_FLAG_D 0x40  /* pteflags(): Dirty */
 #define PROT_READ  0x1
 #define PROT_WRITE 0x2
 #define MAP_PRIVATE 0x02

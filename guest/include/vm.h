@@ -16,4 +16,5 @@ u32 *pgdir_new(void);                  /* a fresh address space sharing the kern
 void pgdir_free(u32 *pgdir);           /* drops user pages (refcounted) and the tables */
 void switch_pgdir(u32 *pgdir);
 void flush_user_tlb(void);
+int vm_bigpage_check(void);            /* the 4 MiB-page self-check of vmcheck() */
 #endif

@@ -236,6 +236,35 @@ static int sys_mmap(u32 addr, u32 len, u32 prot, u32 flags, u32 a5)
     return start;
 }
 
+static int sys_mprotect(u32 addr, u32 len, u32 prot, u32 a4, u32 a5)
+{
+    struct proc *p = curproc;
+    u32 end = PGROUNDUP(addr + len);
+    if (addr % PGSIZE || len == 0 || end < addr || (prot & ~(PROT_READ | PROT_WRITE)))
+        return -EINVAL;
+    for (int i = 0; i < NMMAP; i++) {
+        struct region *r = &p->mmaps[i];
+        if (r->start == addr && r->end == end && r->start != r->end) {
+            r->perm = PTE_U | ((prot & PROT_WRITE) ? PTE_W : 0);
+            uvm_protect(p, addr, end, r->perm);
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+static int sys_pteflags(u32 addr, u32 clear, u32 a3, u32 a4, u32 a5)
+{
+    if (addr >= USER_TOP || (clear & ~(PTE_A | PTE_D)))
+        return -EINVAL;
+    return uvm_pteflags(curproc, addr, clear);
+}
+
+static int sys_vmcheck(u32 what, u32 a2, u32 a3, u32 a4, u32 a5)
+{
+    return what == VMCHECK_BIGPAGE ? vm_bigpage_check() : -EINVAL;
+}
+
 static int sys_munmap(u32 addr, u32 len, u32 a3, u32 a4, u32 a5)
 {
     struct proc *p = curproc;
@@ -339,7 +368,8 @@ static const sysfn systab[SYS_MAX + 1] = {
     [SYS_sbrk] = sys_sbrk, [SYS_mmap] = sys_mmap, [SYS_munmap] = sys_munmap, [SYS_sleep] = sys_sleep,
     [SYS_yield] = sys_yield, [SYS_uptime] = sys_uptime, [SYS_clock] = sys_clock,
     [SYS_shutdown] = sys_shutdown, [SYS_readdir] = sys_readdir, [SYS_procs] = sys_procs,
-    [SYS_kill] = sys_kill,
+    [SYS_kill] = sys_kill, [SYS_mprotect] = sys_mprotect, [SYS_pteflags] = sys_pteflags,
+    [SYS_vmcheck] = sys_vmcheck,
 };
 
 void syscall_dispatch(struct trapframe *tf)

@@ -25,6 +25,16 @@ u32 region_perm(struct proc *p, u32 va)
     return 0;
 }
 
+/* May a copy-on-write page at va become writable?  Not in an mmap region mprotect()ed read-only
+ * (program data, heap and stack pages always may). */
+static int cow_writable(struct proc *p, u32 va)
+{
+    for (int i = 0; i < NMMAP; i++)
+        if (va >= p->mmaps[i].start && va < p->mmaps[i].end)
+            return (p->mmaps[i].perm & PTE_W) != 0;
+    return 1;
+}
+
 static void tlb_inval(struct proc *p, u32 va)
 {
     if (p->pgdir == cur_pgdir)
@@ -60,7 +70,7 @@ void *uva_page(struct proc *p, u32 va, int write)
         if (!(*pte & PTE_U))
             return 0;
         if (write && !(*pte & PTE_W)) {
-            if (!(*pte & PTE_COW) || cow_break(p, PGROUNDDOWN(va), pte) < 0)
+            if (!(*pte & PTE_COW) || !cow_writable(p, va) || cow_break(p, PGROUNDDOWN(va), pte) < 0)
                 return 0;
         }
         return (u8 *)P2V(PTE_ADDR(*pte)) + (va & (PGSIZE - 1));
@@ -180,6 +190,54 @@ u32 *uvm_copy(u32 *parent)
     return child;
 }
 
+/* After changing entries of [start, end) in p's tables: the TLB forgets them (a few invlpg, or
+ * one flush for a big range).  Only the live address space can have them cached. */
+static void tlb_range(struct proc *p, u32 start, u32 end)
+{
+    if (p->pgdir != cur_pgdir)
+        return;
+    if ((end - start) / PGSIZE <= 8)
+        for (u32 va = start; va < end; va += PGSIZE)
+            invlpg(va);
+    else
+        flush_user_tlb();
+}
+
+/* mprotect: present pages of [start, end) take the W bit of `perm`; a shared copy-on-write page
+ * stays read-only (its next write fault copies it, if the region allows writes then). */
+void uvm_protect(struct proc *p, u32 start, u32 end, u32 perm)
+{
+    int changed = 0;
+    for (u32 va = start; va < end; va += PGSIZE) {
+        u32 *pte = pgdir_walk(p->pgdir, va, 0);
+        if (!pte || !(*pte & PTE_P))
+            continue;
+        u32 e = *pte;
+        u32 w = (perm & PTE_W) && !(e & PTE_COW) ? PTE_W : 0;
+        if ((e & PTE_W) != w) {
+            set_entry(p->pgdir, pte, (e & ~PTE_W) | w, VMI_PAGE_PT, va);
+            changed = 1;
+        }
+    }
+    if (changed)
+        tlb_range(p, start, end);
+}
+
+/* pteflags(): the entry's flag bits, then clear the Accessed/Dirty bits asked for.  The CPU sets
+ * them again only once the entry has left its TLB: hence the invlpg. */
+int uvm_pteflags(struct proc *p, u32 va, u32 clear)
+{
+    u32 *pte = pgdir_walk(p->pgdir, va, 0);
+    if (!pte || !(*pte & PTE_P))
+        return -EFAULT;
+    u32 flags = *pte & 0xFFF;
+    if (flags & clear) {
+        set_entry(p->pgdir, pte, *pte & ~clear, VMI_PAGE_PT, PGROUNDDOWN(va));
+        tlb_range(p, PGROUNDDOWN(va), PGROUNDDOWN(va) + PGSIZE);
+    }
+    return flags;
+}
+
 int uvm_unmap(struct proc *p, u32 start, u32 end)
 {
     int changed = 0;
@@ -197,13 +255,8 @@ int uvm_unmap(struct proc *p, u32 start, u32 end)
         page_unref(pa);
         changed++;
     }
-    if (changed && p->pgdir == cur_pgdir) {
-        if ((end - start) / PGSIZE <= 8)
-            for (u32 va = start; va < end; va += PGSIZE)
-                invlpg(va);
-        else
-            flush_user_tlb();
-    }
+    if (changed)
+        tlb_range(p, start, end);
     return 0;
 }
 

@@ -100,6 +100,45 @@ void pgdir_free(u32 *pd)
     kfree(pd);
 }
 
+/* vmcheck(VMCHECK_BIGPAGE): a 4 MiB page (CR4.PSE) works as the CPU manual says.  The 4 MiB-aligned
+ * physical region around a fresh page is mapped with one PDE at the first kernel slot past the
+ * direct map of the current address space; a store through either view is read through the other,
+ * the PDE gets Accessed and Dirty; then the PDE goes (invlpg) and CR4 is restored.  Returns 0 or
+ * the negative number of the step that failed (-5: no free page). */
+#define CR4_PSE 0x10
+int vm_bigpage_check(void)
+{
+    u8 *page = kalloc();
+    if (!page)
+        return -5;
+    u32 pa = V2P(page), base = pa & ~0x3FFFFFu;
+    u32 slot = KERN_PDX + ((phys_end + 0x3FFFFFu) >> 22);
+    u32 va = slot << 22;
+    if (slot >= NPDENTRIES || (cur_pgdir[slot] & PTE_P) ||
+        (vmi.bound && vmi.virtual_top && va >= vmi.virtual_top)) {
+        kfree(page);
+        return -1;
+    }
+    u32 cr4 = vmi_ops.get_cr4();
+    vmi_ops.set_cr4(cr4 | CR4_PSE);
+    set_entry(cur_pgdir, &cur_pgdir[slot], base | PTE_P | PTE_W | PTE_PS, VMI_PAGE_PD, va);
+    volatile u32 *big = (volatile u32 *)(va + (pa - base)), *direct = (volatile u32 *)page;
+    int r = 0;
+    big[0] = 0xB16B00B5;
+    if (direct[0] != 0xB16B00B5)
+        r = -2;
+    direct[1] = 0x5EED1234;
+    if (!r && big[1] != 0x5EED1234)
+        r = -3;
+    if (!r && (cur_pgdir[slot] & (PTE_A | PTE_D)) != (PTE_A | PTE_D))
+        r = -4;
+    set_entry(cur_pgdir, &cur_pgdir[slot], 0, VMI_PAGE_PD, va);
+    invlpg(va + (pa - base));
+    vmi_ops.set_cr4(cr4);
+    kfree(page);
+    return r;
+}
+
 /* How much physical memory the direct map can cover: all RAM up to 896 MiB, and never into the
  * hypervisor's reservation [virtual_top, 4 GiB). */
 u32 vm_map_limit(u32 ram_end)

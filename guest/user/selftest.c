@@ -688,6 +688,219 @@ static int c_fork_churn(char *d, int n)
     return fails == 0;
 }
 
+/* ---- what shadow page tables can break (docs/mmu.md); they pass on bare hardware and QEMU too */
+
+#define PTE_AD (PTE_FLAG_A | PTE_FLAG_D)
+
+static int c_ad_bits(char *d, int n)
+{
+    volatile char *p = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_ANON | MAP_PRIVATE);
+    if (SYSCALL_IS_ERR(p)) {
+        NOTE("mmap: %s", strerror((int)(long)p));
+        return 0;
+    }
+    (void)p[0];                                     /* first touch: a read */
+    int f = pteflags((void *)p, 0);
+    EXPECT(f > 0 && (f & PTE_AD) == PTE_FLAG_A, "after a read: flags %#x, want A without D", f);
+    p[8] = 1;
+    f = pteflags((void *)p, PTE_AD);                /* read them, then clear them */
+    EXPECT(f > 0 && (f & PTE_AD) == PTE_AD, "after a write: flags %#x, want A and D", f);
+    f = pteflags((void *)p, 0);
+    EXPECT(f > 0 && !(f & PTE_AD), "after clearing: flags %#x", f);
+    (void)p[8];
+    f = pteflags((void *)p, 0);
+    EXPECT(f > 0 && (f & PTE_AD) == PTE_FLAG_A, "read after clearing: flags %#x, want A only", f);
+    p[9] = 2;
+    f = pteflags((void *)p, 0);
+    EXPECT(f > 0 && (f & PTE_AD) == PTE_AD, "write after clearing: flags %#x, want A and D", f);
+    EXPECT(pteflags((void *)(p + PAGE), 0) == -EFAULT, "pteflags of an unmapped page");
+    munmap((void *)p, PAGE);
+    return fails == 0;
+}
+
+static int c_bigpage(char *d, int n)
+{
+    int r = vmcheck(VMCHECK_BIGPAGE);
+    EXPECT(r == 0, "the kernel's 4 MiB page check failed at step %d (2/3: views differ, 4: A/D)", -r);
+    return fails == 0;
+}
+
+static int mp_child(long a)
+{
+    volatile char *p = mmap(NULL, 2 * PAGE, PROT_READ | PROT_WRITE, MAP_ANON | MAP_PRIVATE);
+    if (SYSCALL_IS_ERR(p))
+        return 2;
+    p[0] = 1;                                       /* writable, present, cached by the TLB */
+    if (mprotect((void *)p, 2 * PAGE, PROT_READ) != 0 || p[0] != 1)
+        return 3;
+    p[a] = 2;                                       /* must fault: the old rights are gone */
+    return 0;
+}
+
+static int c_mprotect(char *d, int n)
+{
+    int s = run_child(mp_child, 0);
+    EXPECT(s == (WSTATUS_KILLED | 14), "write after mprotect(PROT_READ): status %#x, want 0x10e", s);
+    s = run_child(mp_child, PAGE);
+    EXPECT(s == (WSTATUS_KILLED | 14), "write to a not yet touched page: status %#x, want 0x10e", s);
+    volatile char *p = mmap(NULL, 4 * PAGE, PROT_READ, MAP_ANON | MAP_PRIVATE);
+    if (SYSCALL_IS_ERR(p)) {
+        NOTE("mmap: %s", strerror((int)(long)p));
+        return 0;
+    }
+    (void)p[0];
+    EXPECT(mprotect((void *)p, 4 * PAGE, PROT_READ | PROT_WRITE) == 0, "mprotect(RW) refused");
+    for (unsigned i = 0; i < 4; i++)
+        p[i * PAGE] = (char)(i + 1);
+    int ok = 1;
+    for (unsigned i = 0; i < 4; i++)
+        ok &= p[i * PAGE] == (char)(i + 1);
+    EXPECT(ok, "writes after mprotect(RW) lost");
+    EXPECT(mprotect((void *)(p + PAGE), PAGE, PROT_READ) == -EINVAL, "part of a region accepted");
+    munmap((void *)p, 4 * PAGE);
+    return fails == 0;
+}
+
+#define CP_PAGES 24
+
+static int c_cow_pages(char *d, int n)
+{
+    volatile uint8_t *b = mmap(NULL, CP_PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_ANON | MAP_PRIVATE);
+    if (SYSCALL_IS_ERR(b)) {
+        NOTE("mmap: %s", strerror((int)(long)b));
+        return 0;
+    }
+    cow_fill(b, 0, CP_PAGES * PAGE, 5);
+    int pid = fork();
+    if (pid == 0) {                                 /* the child writes every page: all copies */
+        int bad = !cow_verify(b, 0, CP_PAGES * PAGE, 5);
+        cow_fill(b, 0, CP_PAGES * PAGE, 6);
+        bad |= !cow_verify(b, 0, CP_PAGES * PAGE, 6) << 1;
+        exit(bad);
+    }
+    int f = pteflags((void *)b, 0);                 /* shared now: read-only in the parent */
+    EXPECT(f > 0 && !(f & 2), "parent's entry after fork: %#x, want W clear", f);
+    int s = -1;
+    wait(pid, &s);
+    EXPECT(s == 0, "child: status %#x (1: did not inherit, 2: own writes lost)", s);
+    EXPECT(cow_verify(b, 0, CP_PAGES * PAGE, 5), "the child's writes reached the parent");
+    cow_fill(b, 0, CP_PAGES * PAGE, 7);             /* the last owner writes: no copy needed */
+    EXPECT(cow_verify(b, 0, CP_PAGES * PAGE, 7), "parent's writes after the child exited lost");
+    f = pteflags((void *)b, 0);
+    EXPECT(f > 0 && (f & 2) && (f & PTE_AD) == PTE_AD, "parent's entry after its write: %#x", f);
+    munmap((void *)b, CP_PAGES * PAGE);
+    NOTE("%d pages", CP_PAGES);
+    return fails == 0;
+}
+
+#define MR_DATA 64
+#define MR_TABLES 16
+
+static int c_munmap_reuse(char *d, int n)
+{
+    /* fill pages and unmap them: their frames go back to the kernel, and the next allocations
+     * take them - here as the page tables of 4 MiB slots never used before */
+    volatile uint8_t *a = mmap(NULL, MR_DATA * PAGE, PROT_READ | PROT_WRITE, MAP_ANON | MAP_PRIVATE);
+    if (SYSCALL_IS_ERR(a)) {
+        NOTE("mmap: %s", strerror((int)(long)a));
+        return 0;
+    }
+    for (unsigned i = 0; i < MR_DATA * PAGE; i += 64)
+        a[i] = 0xA5;
+    EXPECT(munmap((void *)a, MR_DATA * PAGE) == 0, "munmap");
+    volatile uint32_t *t[MR_TABLES];
+    int bad = 0;
+    for (unsigned k = 0; k < MR_TABLES; k++) {
+        void *want = (void *)(uintptr_t)(0x60000000u + k * 0x400000u);
+        t[k] = mmap(want, PAGE, PROT_READ | PROT_WRITE, MAP_ANON | MAP_PRIVATE);
+        if (SYSCALL_IS_ERR(t[k]) || (void *)t[k] != want) {
+            NOTE("mmap at %p: %p", want, (void *)t[k]);
+            return 0;
+        }
+        for (unsigned i = 0; i < PAGE / 4; i += 97)
+            bad += t[k][i] != 0;                    /* a new table, a fresh zero page */
+        t[k][k] = 0x1000 + k;
+    }
+    EXPECT(bad == 0, "%d words of fresh pages not zero", bad);
+    for (unsigned k = 0; k < MR_TABLES; k++)
+        bad += t[k][k] != 0x1000 + k;
+    EXPECT(bad == 0, "%d of %d pages behind new tables lost their word", bad, MR_TABLES);
+    mm_ptr = (volatile char *)a;
+    int s = run_child(mm_touch_write, 5 * PAGE);
+    EXPECT(s == (WSTATUS_KILLED | 14), "touching unmapped memory: status %#x, want 0x10e", s);
+    for (unsigned k = 0; k < MR_TABLES; k++)
+        munmap((void *)t[k], PAGE);
+    NOTE("%d pages freed, %d new tables", MR_DATA, MR_TABLES);
+    return fails == 0;
+}
+
+#define MS_SPACES 24
+
+static int ms_child(long k)
+{
+    volatile uint32_t *m = mmap(NULL, 4 * PAGE, PROT_READ | PROT_WRITE, MAP_ANON | MAP_PRIVATE);
+    if (SYSCALL_IS_ERR(m))
+        return 2;
+    global_counter = (int)k;                        /* a copy-on-write data page, one per child */
+    for (unsigned i = 0; i < 4; i++)
+        m[i * PAGE / 4] = (uint32_t)(k * 100 + i);
+    for (int round = 0; round < 6; round++) {
+        yield();                                    /* the others run: their CR3, their pages */
+        if (global_counter != (int)k)
+            return 3;
+        for (unsigned i = 0; i < 4; i++)
+            if (m[i * PAGE / 4] != (uint32_t)(k * 100 + i))
+                return 4;
+    }
+    return 0;
+}
+
+static int c_many_spaces(char *d, int n)
+{
+    int pids[MS_SPACES], started = 0;
+    for (int k = 0; k < MS_SPACES; k++) {
+        pids[k] = fork();
+        if (pids[k] == 0)
+            exit(ms_child(k + 1));
+        started += pids[k] > 0;
+    }
+    int ok = 0;
+    for (int k = 0; k < MS_SPACES; k++) {
+        int s = -1;
+        if (pids[k] > 0 && wait(pids[k], &s) == pids[k] && s == 0)
+            ok++;
+        else if (pids[k] > 0)
+            NOTE("child %d: status %#x (3: data page, 4: mmap page); ", k + 1, s);
+    }
+    EXPECT(ok == MS_SPACES, "%d of %d address spaces kept their memory (%d started)", ok, MS_SPACES,
+           started);
+    EXPECT(global_counter == 7, "the children's writes reached the parent");
+    NOTE("%d address spaces alive at once", MS_SPACES);
+    return fails == 0;
+}
+
+static int c_invlpg(char *d, int n)
+{
+    /* unmap and map again at the same address: the old translation must be gone */
+    void *at = (void *)0x50000000u;
+    int stale = 0;
+    for (int round = 0; round < 32; round++) {
+        unsigned pages = round & 1 ? 16 : 1;        /* 16 pages: a full flush; 1 page: invlpg */
+        volatile uint32_t *p = mmap(at, pages * PAGE, PROT_READ | PROT_WRITE, MAP_ANON | MAP_PRIVATE);
+        if (SYSCALL_IS_ERR(p) || (void *)p != at) {
+            NOTE("round %d: mmap at %p: %p", round, at, (void *)p);
+            return 0;
+        }
+        for (unsigned i = 0; i < pages; i++) {
+            stale += p[i * PAGE / 4] != 0;
+            p[i * PAGE / 4] = (uint32_t)round + 1;
+        }
+        munmap((void *)p, pages * PAGE);
+    }
+    EXPECT(stale == 0, "%d pages read data of an unmapped page (stale translation)", stale);
+    return fails == 0;
+}
+
 static int c_shutdown_eperm(char *d, int n)
 {
     int r = shutdown(0);
@@ -722,6 +935,13 @@ static const struct {
     {"procs", c_procs},
     {"proc_limit", c_proc_limit},
     {"fork_churn", c_fork_churn},
+    {"ad_bits", c_ad_bits},
+    {"bigpage", c_bigpage},
+    {"mprotect", c_mprotect},
+    {"cow_pages", c_cow_pages},
+    {"munmap_reuse", c_munmap_reuse},
+    {"many_spaces", c_many_spaces},
+    {"invlpg", c_invlpg},
     {"shutdown_eperm", c_shutdown_eperm},
 };
 #define NCHECKS (int)(sizeof checks / sizeof checks[0])

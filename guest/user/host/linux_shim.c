@@ -161,6 +161,9 @@ void *mmap(void *addr, unsigned len, int prot, int flags)
 }
 
 int munmap(void *addr, unsigned len) { return syscall2(L_munmap, (long)addr, len); }
+int mprotect(void *addr, unsigned len, int prot) { return syscall3(125 /* mprotect */, (long)addr, len, prot); }
+int pteflags(void *addr, unsigned clear) { return -ENOSYS; }  /* no page tables to look at on Linux */
+int vmcheck(int what) { return -ENOSYS; }
 
 int sleep(unsigned ms)
 {

@@ -69,6 +69,9 @@ void *mmap(void *addr, unsigned len, int prot, int flags)
     return (void *)syscall4(SYS_mmap, (long)addr, len, prot, flags);
 }
 int munmap(void *addr, unsigned len) { return syscall2(SYS_munmap, (long)addr, len); }
+int mprotect(void *addr, unsigned len, int prot) { return syscall3(SYS_mprotect, (long)addr, len, prot); }
+int pteflags(void *addr, unsigned clear) { return syscall2(SYS_pteflags, (long)addr, clear); }
+int vmcheck(int what) { return syscall1(SYS_vmcheck, what); }
 int sleep(unsigned ms) { return syscall1(SYS_sleep, ms); }
 int yield(void) { return syscall0(SYS_yield); }
 int uptime(void) { return syscall0(SYS_uptime); }
