@@ -7,6 +7,7 @@ skip when it is not built, the stock ones always run.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -124,3 +125,20 @@ def test_the_store_micro_measurement_runs_on_every_build():
     for r in rows:
         for layout in ("scoped_hooks", "hook_over_everything"):
             assert r[layout]["store_ns_per_iter"] > 0 and r[layout]["load_ns_per_iter"] > 0
+
+
+def test_without_the_patched_build_the_vmm_runs_on_the_stock_wheel_and_says_so(tmp_path):
+    """A user with only the wheel (nothing built in the cache) gets a working VMM, told why it is slower."""
+    elf = vmm_guests.build("hello", tmp_path)
+    out = tmp_path / "r.json"
+    env = {**os.environ, "VMIROM_CACHE_DIR": str(tmp_path / "empty-cache")}
+    env.pop(lu.ENV_LIBPATH, None)
+    env.pop(lu.ENV_BUILD, None)
+    p = subprocess.run([sys.executable, "-c", "from vmirom.cli import main; main()", "run", "-H", "bare",
+                        "--cmdline", "", "--json", str(out), str(elf)],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    engine = json.loads(out.read_text())["engine"]
+    assert engine["build"] == "stock" and "not built" in engine["note"]
+    shown = " ".join(p.stdout.replace("│", " ").split())  # the summary table may wrap the note
+    assert "engine note the patched engine is not built" in shown

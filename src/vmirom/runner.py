@@ -444,13 +444,12 @@ def _kinds_text(kinds: dict, limit: int = 6) -> str:
 
 
 def engine_text(engine: dict | None) -> str:
-    """The engine build a run used (libunicorn.EngineBuild as JSON), in one line."""
+    """The engine build a run used (libunicorn.EngineBuild as JSON), in one line (without its note)."""
     if not engine:
         return "-"
     from vmirom.engines.libunicorn import EngineBuild
 
-    d = EngineBuild(**engine)
-    return d.text() + (f" [{d.note}]" if d.note else "")
+    return EngineBuild(**engine).text()
 
 
 def engine_core_text(core: dict | None) -> str:
@@ -485,6 +484,9 @@ def print_summary(res: dict, console) -> None:
     t.add_row("kernel", f"{res.get('kernel')} (sha256 {str(res.get('kernel_sha256', '?'))[:16]}...)")
     t.add_row("initrd", str(res.get("initrd") or "none"))
     t.add_row("engine", engine_text(res.get("engine")))
+    note = (res.get("engine") or {}).get("note")
+    if note:
+        t.add_row("engine note", note)
     t.add_row("engine core", engine_core_text(res.get("engine_core")))
     t.add_row("run time", f"{res.get('run_time_s', 0):.3f} s")
     m = res.get("metrics") or {}

@@ -163,11 +163,10 @@ def bench(ctx: click.Context, targets_opt: tuple[str, ...], tests_opt: tuple[str
         sys.exit(3)
 
     from vmirom.engines.libunicorn import describe
-    from vmirom.runner import engine_text
 
-    stock = any(t.engine.build == "stock" for t in targets)
-    console.print(f"engine: {engine_text(describe().as_json())}"
-                  + ("; +stock targets: the stock wheel" if stock else ""))
+    engine, stock = describe(), any(t.engine.build == "stock" for t in targets)
+    console.print(f"engine: {engine.text()}" + ("; +stock targets: the stock wheel" if stock else "")
+                  + (f" ({engine.note})" if engine.note else ""))
     console.print("clock: " + ("deterministic (VMM guest time = instructions retired, docs/debugging.md)"
                                if deterministic else "cpu-time (VMM guest time = vCPU thread CPU time)"))
     boots, records, interrupted = _run_matrix(console, targets, workload, kernels, repeat)
