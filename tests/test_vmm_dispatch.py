@@ -42,7 +42,7 @@ from vmirom.engines import core as engine_core
 from vmirom.engines.base import REG_NAMES, Engine, EngineError, SliceResult, segment_descriptor
 from vmirom.hypervisors.base import Personality
 from vmirom.hypervisors.fullvirt import FullVirt
-from vmirom.machine.faults import DF, GP, NP, PF, UD, GuestFault
+from vmirom.machine.faults import DF, GP, NP, PF, SS, TS, UD, GuestFault, UnsupportedState
 from vmirom.machine.machine import Machine, MachineConfig
 
 RAM = 4 * 1024 * 1024
@@ -91,6 +91,10 @@ class FakeEngine(Engine):
         self.hooks = None
         self.code_hooks: dict[int, tuple[int, object]] = {}
         self.msrs: dict[int, int] = {}
+        #: True while the test plays an instruction/code hook: the engine is inside a block of guest
+        #: code, so `fence` parks the fault (Unicorn's W15) instead of letting the machine deliver
+        self.in_block = False
+        self.fences = 0
 
     # -- Engine ------------------------------------------------------------------------------------
     def attach_memory(self, ram, size, readonly) -> None:
@@ -127,6 +131,12 @@ class FakeEngine(Engine):
 
     def fault_done(self) -> None:
         pass
+
+    def fence(self) -> bool:
+        if not self.in_block:
+            return False
+        self.fences += 1
+        return True
 
     def invalidate_code(self, start: int, end: int) -> None:
         pass
@@ -865,3 +875,165 @@ def test_pending_irq_is_delivered_before_a_user_syscall(engine_cls):
     vm.assert_entered(0x20, ring=0, esp=ESP0 - 20, if_set=False)
     assert vm.kinds == {"irq_before_exit": 1, "interrupt": 1, "delivery": 1}
     assert vm.detail["interrupt:32"] == 1 and "softint:0x80" not in vm.detail
+
+
+# -- faults raised inside hooks: one mechanism (Machine.fault_in_exit + Engine.fence) --------------
+@pytest.mark.parametrize(
+    "hook, args",
+    [("on_port_out", (0xF4, 4, 66)), ("on_port_in", (0x80, 1)), ("on_sysenter", ()), ("on_cpuid", ())],
+    ids=["out", "in", "sysenter", "cpuid"],
+)
+def test_fault_raised_inside_a_block_is_parked_until_the_slice_ends(hook, args, engine_cls):
+    """Issue 11 item 1: inside an instruction hook the engine goes on running the block; the machine
+    must not enter the handler there (its CS/SS would run the user's next instructions).  The fault
+    is parked (the engine fences), nothing is written, and after the slice it is delivered with EIP
+    at the instruction itself (sysenter: +0, like ud2)."""
+    p = HypercallAt0x82()
+    vm = Vm(p, engine_cls)
+    if hook == "on_cpuid":
+        p.fault = GuestFault(GP, 0)
+    vm.in_user(eax=0x11223344)
+    vm.eng.in_block = True
+    vm.exit(hook, *args)
+    assert vm.eng.fences == 1 and vm.eng.writes == [] and vm.eng.switches == []
+    assert vm.m.fate is None and vm.m.uart.text() == ""
+    assert vm.m.parked_fault is not None and vm.detail["delivery:parked_fault"] == 1
+    vm.eng.in_block = False
+    vm.eng.hook_entry()
+    vm.m.deliver_parked_fault()  # what the run loop does right after run_slice
+    vector = UD if hook == "on_sysenter" else GP
+    frame = (USER_CODE, USER_CS, 0x202, USER_ESP, USER_SS)
+    n = 5 if vector == UD else 6
+    assert vm.words(ESP1 - 4 * n, n) == frame if n == 5 else (0, *frame)
+    vm.assert_entered(vector, ring=1, esp=ESP1 - 4 * n, if_set=False)
+    assert vm.m.parked_fault is None
+
+
+def test_fault_at_a_code_hook_goes_through_the_same_path(engine_cls):
+    """fullvirt's sensitive-instruction sites run as engine code hooks: a GuestFault raised there is
+    parked like any other (before: it escaped into the engine and ended the run with a traceback)."""
+    vm = vm_for(1, engine_cls)
+    vm.in_kernel()
+    vm.eng.in_block = True
+
+    def site() -> None:
+        raise GuestFault(PF, 0b010, cr2=NOT_PRESENT)
+
+    vm.exit("code_hook", site)
+    assert vm.m.parked_fault == (PF, 0b010, NOT_PRESENT) and vm.eng.writes == []
+    vm.eng.in_block = False
+    vm.m.deliver_parked_fault()
+    assert vm.r("cr2") == NOT_PRESENT
+    vm.assert_entered(PF, ring=1, esp=KERNEL_ESP - 16, if_set=False)
+
+
+def test_fault_between_instructions_is_delivered_at_once(engine_cls):
+    """An INTR-hook exit (a hypercall) is between instructions: no fence, delivered in the hook."""
+    p = HypercallAt0x82()
+    vm = Vm(p, engine_cls)
+    p.fault = GuestFault(GP, 0)
+    vm.in_kernel(eip=KCODE + 2)
+    vm.exit("on_interrupt", 0x82)
+    assert vm.eng.fences == 0 and vm.m.parked_fault is None
+    vm.assert_entered(GP, ring=1, esp=KERNEL_ESP - 16, if_set=False)
+
+
+# -- de-privileging rules of delivery --------------------------------------------------------------
+CONFORMING0 = 0x58  # DPL-0 conforming code (readable)
+EXEC_ONLY1 = 0x60  # DPL-1 execute-only code
+BAD_SS = 0x68  # a ring-1 code segment used as a stack
+
+
+def _more_descriptors(vm: Vm) -> None:
+    ram = vm.m.memory.ram
+    for sel, access in ((CONFORMING0, 0x9E), (EXEC_ONLY1, 0xB8), (BAD_SS, 0xBA)):
+        ram[GDT + sel : GDT + sel + 8] = segment_descriptor(0, 0xFFFFF, access)
+    vm.eng.poke(gdtr=(GDT, 0x70 - 1))
+
+
+def test_conforming_target_keeps_the_current_ring(engine_cls):
+    """Issue 11 item 2: a ring-1 kernel's gate to a DPL-0 *conforming* segment runs the handler at
+    ring 1 (hardware rule; before, the VMM switched to ring 0 and TSS.esp0)."""
+    vm = vm_for(1, engine_cls)
+    _more_descriptors(vm)
+    vm.set_gate(0x90, gate(handler(0x90), CONFORMING0, 3))
+    vm.in_kernel(eip=KCODE + 2)
+    vm.exit("on_interrupt", 0x90)
+    assert vm.eng.cpl() == 1 and vm.eng.switches == []
+    assert vm.r("cs") == CONFORMING0 | 1 and vm.r("esp") == KERNEL_ESP - 12
+    assert vm.words(KERNEL_ESP - 12, 3) == (KCODE + 2, KCS[1], 0x202)
+    assert vm.words(ESP0 - 12, 3) == (0, 0, 0)
+    # from user space the same gate stays at ring 3 (no stack switch either)
+    vm.in_user(eip=USER_CODE + 2)
+    vm.exit("on_interrupt", 0x90)
+    assert vm.eng.cpl() == 3 and vm.r("cs") == CONFORMING0 | 3 and vm.r("esp") == USER_ESP - 12
+
+
+def test_gate_to_a_ring_below_the_kernel_ring_is_refused(engine_cls):
+    """The VMM never enters a ring the de-privileged kernel does not own: #GP(selector)."""
+    vm = vm_for(1, engine_cls)
+    vm.set_gate(0x91, gate(handler(0x91), KCS[0], 3))  # ring-0 code from a ring-1 kernel
+    vm.code(USER_CODE, b"\xcd\x91")
+    vm.in_user(eip=USER_CODE + 2)
+    vm.exit("on_interrupt", 0x91)
+    assert vm.words(ESP1 - 24, 6) == (KCS[0] & ~3, USER_CODE, USER_CS, 0x202, USER_ESP, USER_SS)
+    vm.assert_entered(GP, ring=1, esp=ESP1 - 24, if_set=False)
+    assert all(c != 0 for c, _cs, _ss in vm.eng.switches)
+
+
+def test_bare_kernel_may_still_use_ring_0_gates(engine_cls):
+    vm = vm_for(0, engine_cls)
+    vm.in_user(eip=USER_CODE + 2)
+    vm.exit("on_interrupt", 0x80)
+    vm.assert_entered(0x80, ring=0, esp=ESP0 - 20, if_set=True)
+
+
+@pytest.mark.parametrize(
+    "ss, vector, err",
+    [(0, TS, 0), (KSS[1] & ~3, TS, KSS[1] & ~3), (BAD_SS | 1, TS, BAD_SS), (USER_SS, TS, USER_SS & ~3)],
+    ids=["null", "rpl", "code-segment", "dpl3"],
+)
+def test_bad_tss_stack_segment_is_a_fault_for_the_guest(ss, vector, err, engine_cls):
+    """Issue 11 item 6: a bad SS in the TSS makes the CPU raise #TS(SS) (before: the engine refused
+    the segment write and the run ended in engine_error)."""
+    vm = vm_for(1, engine_cls)
+    _more_descriptors(vm)
+    struct.pack_into("<I", vm.m.memory.ram, TSS + 16, ss)  # ss1
+    vm.set_gate(vector, gate(handler(vector), KCS[1], 0))
+    vm.in_user(eip=USER_CODE + 2)
+    vm.exit("on_interrupt", 0x80)
+    # the #TS itself needs the same broken stack: a contributory fault on a benign software int ->
+    # delivered as such, which fails again -> the machine ends in a triple fault (no engine error)
+    assert vm.m.fate == "triple_fault" or vm.r("eip") == handler(vector)
+    assert vm.m.fate != "engine_error"
+
+
+def test_not_present_tss_stack_segment_is_ss_fault(engine_cls):
+    vm = vm_for(1, engine_cls)
+    ram = vm.m.memory.ram
+    ram[GDT + 0x58 : GDT + 0x60] = segment_descriptor(0, 0xFFFFF, 0x32)  # ring-1 data, not present
+    vm.eng.poke(gdtr=(GDT, 0x60 - 1))
+    struct.pack_into("<I", ram, TSS + 16, 0x59)
+    vm.in_user(eip=USER_CODE + 2)
+    with pytest.raises(GuestFault) as e:
+        vm.m.delivery._deliver(0x80, None, True, False)
+    assert (e.value.vector, e.value.error_code) == (SS, 0x58)
+
+
+def test_execute_only_handler_segment_is_gp_not_an_engine_error(engine_cls):
+    vm = vm_for(1, engine_cls)
+    _more_descriptors(vm)
+    vm.set_gate(0x92, gate(handler(0x92), EXEC_ONLY1, 3))
+    vm.in_kernel(eip=KCODE + 2)
+    with pytest.raises(GuestFault) as e:
+        vm.m.delivery._deliver(0x92, None, True, False)
+    assert (e.value.vector, e.value.error_code) == (GP, EXEC_ONLY1)
+
+
+def test_exit_in_virtual_8086_mode_ends_the_run(engine_cls):
+    """Issue 11 item 6: Unicorn's native iret enters V86 mode even at CPL 1; the VMM does not
+    virtualize it and says so instead of building a protected-mode frame for it."""
+    vm = vm_for(1, engine_cls)
+    vm.in_user(eflags=0x20202)
+    with pytest.raises(UnsupportedState, match="virtual-8086"):
+        vm.m.delivery.exception(GP, 0)

@@ -181,6 +181,16 @@ class Engine(abc.ABC):
         self.set_reg("eflags", eflags)
         self.set_reg("eip", eip)
 
+    def fence(self) -> bool:
+        """Called by an exit handler that must end its exit with a fault for the guest.  An engine
+        that is in the middle of a block of guest code here (an instruction hook for in/out, cpuid,
+        sysenter, or a code hook) and would go on executing the block's next instructions after
+        the hook returns must make sure none of them has an effect, end the slice, and on its return
+        put the CPU back in the state of this moment (EIP at the instruction); it returns True and
+        the machine delivers the fault after the slice.  False (the default): the exit is between
+        instructions, nothing runs before the handler's state changes take effect, deliver now."""
+        return False
+
     @abc.abstractmethod
     def fault_done(self) -> None:
         """Called after the machine has handled a fault hook (engine-specific cleanup, e.g. the

@@ -80,6 +80,18 @@ uc_vmem_read/uc_vmem_write/uc_vmem_translate (the machine's own page walker stay
 guest's checks and reports the guest's faults without touching engine state).
 The library itself is the one vmirom builds (vmirom.engines.libunicorn; the stock wheel's on
 request or when it is not built): W15/W16 need our patch to pay off or to be exact.
+W18 A fault raised by an exit handler inside an instruction hook (in/out, cpuid, sysenter) or a code
+    hook must stop the guest there, but Unicorn calls those hooks from the middle of a translation
+    block and goes on executing the block after the hook returns (uc_emu_stop and EIP writes only
+    take effect at the next check: after the next guest memory access or at the block's end).
+    Measured: a user `in` refused with #GP, then `out` to the debug-exit port in the same block,
+    ran with the handler's CS - user code powered the VM off.  `fence()`: save the whole CPU
+    context, point CR3 at an all-zero page directory (a read-only VMM page above RAM) with paging
+    on, and stop.  Whatever the block still executes touches no memory (every access faults inside
+    QEMU before it happens, leaving the block) and reaches no device (hooks are ignored while
+    fenced); at the end of the slice the saved context is restored (registers, CR3/CR0, EIP at the
+    faulting instruction: this also undoes the SYSENTER helper's EIP += 2 after its hook) and the
+    machine delivers the fault between slices.
 Unicorn can still abort the host process on some CPU states it does not support, which is why the
 runner executes each VM in a child process (see vmirom.runner).
 """
@@ -152,6 +164,8 @@ _REGS = {
     "tr": X.UC_X86_REG_TR,
     "ldtr": X.UC_X86_REG_LDTR,
 }
+#: W16: a read-only all-zero page above guest RAM: the page directory of a fenced CPU
+FENCE_PD = 0xFFFFF000
 _TABLE_REGS = ("gdtr", "idtr")  # (base, limit) in our interface
 _SEL_REGS = ("tr", "ldtr")  # (selector, base, limit, flags)
 _SEG_REGS = ("cs", "ss", "ds", "es", "fs", "gs")
@@ -402,6 +416,8 @@ def _guarded(method):
     @functools.wraps(method)
     def wrapper(self, *args):
         self.reg_gen += 1
+        if self._fenced:  # W18: the rest of a fenced block reaches neither the machine nor devices
+            return True if method.__name__ in ("_h_invalid", "_h_cpuid") else 0
         try:
             out = method(self, *args)
             if self._core is not None:
@@ -425,6 +441,8 @@ class UnicornEngine(Engine):
         self.off_exc, self.off_hflags = calibrate()
         self.off_eip = eip_offset()  # W13
         self._in_intr = False  # W13: inside the UC_HOOK_INTR callback
+        self._between_blocks = False  # W18: in a hook Unicorn calls outside any translation block
+        self._fenced = False  # W18: a fault is parked, the CPU is fenced until the slice ends
         self._running = False  # W13: inside emu_start (hooks may be running)
         self._pending_eip: int | None = None  # W13: EIP written in an INTR hook, not yet in env
         self.uc = Uc(UC_ARCH_X86, UC_MODE_32)
@@ -459,6 +477,7 @@ class UnicornEngine(Engine):
         self.icount_total = 0  # instructions run by counted slices so far
         self._core = None  # the compiled engine core, when it takes the INTR exits (use_core)
         self._intr_hook = None
+        self._fence_ctx = self.uc.context_save()  # W18: the CPU state at the parked fault
 
     # -- setup ------------------------------------------------------------------------------------
     def attach_memory(self, ram: mmap.mmap, size: int, readonly: list[tuple[int, int]]) -> None:
@@ -476,6 +495,8 @@ class UnicornEngine(Engine):
                 continue
             prot = UC_PROT_READ | UC_PROT_EXEC if any(s <= start and end <= e for s, e in ro) else UC_PROT_ALL
             self.uc.mem_map_ptr(start, end - start, prot, self._ram_ptr + start)
+        if size <= FENCE_PD:
+            self.uc.mem_map(FENCE_PD, 0x1000, UC_PROT_READ)  # W18: reads as zeros, a write is bad_memory
 
     def set_hooks(self, hooks: EngineHooks) -> None:
         self._hooks = hooks
@@ -497,6 +518,8 @@ class UnicornEngine(Engine):
         for start, end in self._readonly:
             if end > start:
                 uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._h_mem, None, start, end - 1)
+        if self._ram_size <= FENCE_PD:  # W18's page: a guest write there is an error of the guest's
+            uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._h_mem, None, FENCE_PD, FENCE_PD + 0xFFF)
 
     def use_core(self, core) -> None:  # noqa: ANN001 - vmirom.engines.core.MachineCore
         """Let the compiled engine core take the INTR exits: its C hook replaces the Python one and
@@ -525,12 +548,12 @@ class UnicornEngine(Engine):
     # -- hooks (W8 guarded) -----------------------------------------------------------------------
     @_guarded
     def _h_intr(self, uc, intno, _ud):
-        self._in_intr = True
+        self._in_intr = self._between_blocks = True
         self._entered = False
         try:
             self._hooks.on_interrupt(intno)
         finally:
-            self._in_intr = False
+            self._in_intr = self._between_blocks = False
         if self._pending_eip is not None or (intno < 32 and not self._entered):
             self._poke_context(clear_exception=intno < 32)  # W1 + W13
 
@@ -552,7 +575,11 @@ class UnicornEngine(Engine):
 
     @_guarded
     def _h_invalid(self, uc, _ud):
-        return bool(self._hooks.on_invalid_opcode())
+        self._between_blocks = True  # called from the exception path, outside any block (W18)
+        try:
+            return bool(self._hooks.on_invalid_opcode())
+        finally:
+            self._between_blocks = False
 
     @_guarded
     def _h_mem(self, uc, access, address, size, value, _ud):
@@ -592,6 +619,13 @@ class UnicornEngine(Engine):
             timed_out = ran > count  # ended by the count, like a timer would have ended it
             self.icount_total += max(0, min(ran, count) - self._uncount)
             self._uncount = 0
+        if self._fenced:  # W18: undo what the rest of the block did, back to the faulting instruction
+            self._fenced = False
+            self._pending_eip = None
+            self.uc.context_restore(self._fence_ctx)
+            self.flush_tlb()
+            self.reg_gen += 1
+            res.error, self._stopped = None, True
         if self._hook_error is not None:
             err, self._hook_error = self._hook_error, None
             raise err
@@ -828,6 +862,21 @@ class UnicornEngine(Engine):
         else:
             c.write(_REGS["eip"], eip)
 
+    def fence(self) -> bool:
+        """W18 (see the module docstring)."""
+        if not self._running or self._between_blocks:
+            return False
+        if self._fenced:
+            return True
+        self.uc.context_update(self._fence_ctx)
+        self._fenced = True
+        cr0 = self.reg("cr0")
+        self.uc.reg_write(X.UC_X86_REG_CR4, self.reg("cr4") & ~0x20)  # 2-level walk of the zero page
+        self.uc.reg_write(X.UC_X86_REG_CR3, FENCE_PD)
+        self.uc.reg_write(X.UC_X86_REG_CR0, cr0 | 0x80000001)  # PG (+PE): every access walks it
+        self.stop()
+        return True
+
     def fault_done(self) -> None:
         self._poke_context(clear_exception=True)
 
@@ -866,6 +915,8 @@ class UnicornEngine(Engine):
 
         def cb(uc, addr, size, _ud):
             self.reg_gen += 1
+            if self._fenced:  # W18
+                return
             try:
                 callback()
                 if self._core is not None:

@@ -352,7 +352,8 @@ class FullVirt(Personality):
     def _add_code_hook(self, eng, lin: int):
         """A pre-execution hook on one linear address (Unicorn: UC_HOOK_CODE with begin == end, which
         emits the callback only into translations of that one address, so the rest runs at full speed)."""
-        return eng.add_code_hook(lin, lambda: self._on_site(lin))
+        m = self.machine
+        return eng.add_code_hook(lin, lambda: m.code_hook(lambda: self._on_site(lin)))
 
     def _on_site(self, lin: int) -> None:
         kind, opsize = self.hooked[lin]

@@ -39,7 +39,7 @@ IF = 0x200
 IOPL = 0x3000
 #: EFLAGS bits an IRET frame may load (CF PF AF ZF SF TF IF DF OF NT AC ID); IOPL/VM/RF stay
 IRET_FLAGS = 0x244FD5
-CR4_ALLOWED = 0x7FF & ~0x3  # no VME/PVI
+CR4_ALLOWED = 0x7FF & ~0x3 & ~0x20  # no VME/PVI, no PAE (2-level paging only: docs/security.md)
 CR0_ALLOWED = 0x3F | (1 << 16) | (1 << 18) | (1 << 29) | (1 << 30) | (1 << 31)
 
 

@@ -11,6 +11,19 @@ stops).  All guest memory accesses go through the checked page walker.
 
 Simplification (documented): the stack segments are assumed flat (base 0), which is what every
 32-bit kernel we run uses; task gates and virtual-8086 mode are not supported (#GP).
+
+De-privileging rules (docs/security.md), checked here because this is the one place where the VMM
+itself makes the CPU enter a more privileged ring:
+- a *conforming* target code segment keeps the current ring (no stack switch, CS.RPL = CPL), as
+  the hardware does - a ring-1 kernel's gate to a DPL-0 conforming segment must not reach ring 0;
+- a non-conforming target more privileged than the personality's kernel ring is refused with
+  #GP(selector): the VMM never enters a ring the guest kernel does not own;
+- the new stack's SS from the TSS is checked like the CPU does (null, RPL/DPL != new ring, not a
+  writable data segment -> #TS(SS); not present -> #SS) instead of failing inside the engine;
+- a code segment the engine cannot load (execute-only: Unicorn's segment write wants it readable)
+  is refused with #GP(selector) rather than ending the run with an engine error;
+- an exit taken in virtual-8086 mode (reachable only through the engine's native `iret`, which
+  does not check CPL 0 as the hardware does) ends the run: V86 mode is not part of this VMM.
 """
 
 from __future__ import annotations
@@ -19,7 +32,19 @@ import struct
 from typing import TYPE_CHECKING
 
 from vmirom.machine.decode import code_writes
-from vmirom.machine.faults import CONTRIBUTORY, DF, GP, HAS_ERROR_CODE, NP, PF, TS, GuestFault, TripleFault
+from vmirom.machine.faults import (
+    CONTRIBUTORY,
+    DF,
+    GP,
+    HAS_ERROR_CODE,
+    NP,
+    PF,
+    SS,
+    TS,
+    GuestFault,
+    TripleFault,
+    UnsupportedState,
+)
 from vmirom.machine.paging import PFERR_P, PFERR_U, PFERR_W, RW, US
 
 if TYPE_CHECKING:
@@ -27,6 +52,10 @@ if TYPE_CHECKING:
 
 EFLAGS_CLEAR = 0x100 | 0x4000 | 0x10000 | 0x20000  # TF, NT, RF, VM
 IF = 0x200
+VM = 0x20000
+PAE_REFUSED = "the guest enabled PAE paging: not supported by this VMM (2-level paging only)"
+#: descriptor high-dword bits: S (code/data), code, conforming, readable (code) / writable (data), P
+D_S, D_CODE, D_CONFORMING, D_RW, D_P = 1 << 12, 1 << 11, 1 << 10, 1 << 9, 1 << 15
 M32 = 0xFFFFFFFF
 
 #: everything one delivery needs from the engine, read in ONE batched call where the engine can
@@ -103,6 +132,8 @@ class Delivery:
         r = self.registers()
         eip, cs, esp, cr0, cr3, cr4, cr2, edi = r[0], r[2], r[4], r[5], r[6], r[7], r[16], r[17]
         user = cs & 3 == 3
+        if cr4 & 0x20 and cr0 & 0x80000000:
+            raise UnsupportedState(PAE_REFUSED)
         flags = self.paging.entry(cr2, cr0, cr3, cr4)
         if flags and (flags & US or not user) and not flags & RW:
             write = True  # present, reachable and read-only: only a write faults
@@ -175,6 +206,13 @@ class Delivery:
         (eip, eflags, cs, ss, esp, cr0, cr3, cr4, idt_base, idt_limit, gdt_base, gdt_limit,
          tr_sel, tr_base, tr_limit, _tr_flags, cr2, _edi) = self.registers()  # fmt: skip
         ext = 1 if external else 0
+        if cr4 & 0x20 and cr0 & 0x80000000:
+            raise UnsupportedState(PAE_REFUSED)
+        if eflags & VM:
+            raise UnsupportedState(
+                f"the guest runs in virtual-8086 mode (eip={eip:#x}): not supported by this VMM "
+                "(entered through a native iret with EFLAGS.VM set)"
+            )
         if vector * 8 + 7 > idt_limit:
             raise GuestFault(GP, vector * 8 + 2 + ext)
         lohi = self.paging.sys_u32x2(idt_base + vector * 8, cr0, cr3, cr4)
@@ -189,9 +227,14 @@ class Delivery:
             raise GuestFault(NP, vector * 8 + 2 + ext)
         sel = lo >> 16
         offset = (hi & 0xFFFF0000) | (lo & 0xFFFF)
-        dpl = self._code_dpl(sel, ext, gdt_base, gdt_limit, cr0, cr3, cr4)
+        hi = self._code_descriptor(sel, ext, gdt_base, gdt_limit, cr0, cr3, cr4)
+        dpl = (hi >> 13) & 3
         if dpl > cpl:
             raise GuestFault(GP, (sel & ~3) + ext)
+        if hi & D_CONFORMING:
+            dpl = cpl  # a conforming segment runs at the caller's ring: no privilege change
+        elif dpl < m.personality.kernel_ring:
+            raise GuestFault(GP, (sel & ~3) + ext)  # the de-privileged kernel owns no inner ring
         new_flags = eflags & ~EFLAGS_CLEAR
         if gtype == 0x0E:
             new_flags &= ~IF
@@ -201,6 +244,7 @@ class Delivery:
             if stack is None:
                 stack = self._tss_stack(dpl, ext, tr_sel, tr_base, tr_limit, cr0, cr3, cr4)
             ss_new, esp_new = stack
+            self._check_stack_segment(ss_new, dpl, ext, gdt_base, gdt_limit, cr0, cr3, cr4)
             if err is None:
                 n, words = 5, (eip, cs, eflags, esp, ss)
             else:
@@ -240,9 +284,10 @@ class Delivery:
             return struct.unpack("<II", self.paging.read(linear & M32, 8))  # raises the right fault
         return v
 
-    def _code_dpl(
+    def _code_descriptor(
         self, sel: int, ext: int, gdt_base: int, gdt_limit: int, cr0: int, cr3: int, cr4: int
     ) -> int:
+        """The high dword of the gate's target code descriptor, after the CPU's checks."""
         if sel & ~3 == 0:
             raise GuestFault(GP, ext)
         if sel & 4:
@@ -250,11 +295,30 @@ class Delivery:
         if (sel & ~7) + 7 > gdt_limit:
             raise GuestFault(GP, (sel & ~3) + ext)
         hi = self._read8(gdt_base + (sel & ~7), cr0, cr3, cr4)[1]
-        if not (hi >> 11) & 1 or not (hi >> 12) & 1:  # must be a code segment
+        if not hi & D_CODE or not hi & D_S:  # must be a code segment
             raise GuestFault(GP, (sel & ~3) + ext)
-        if not hi & 0x8000:
+        if not hi & D_P:
             raise GuestFault(NP, (sel & ~3) + ext)
-        return (hi >> 13) & 3
+        if not hi & D_RW:  # execute-only: the engine's CS write refuses it (see module docstring)
+            raise GuestFault(GP, (sel & ~3) + ext)
+        return hi
+
+    def _check_stack_segment(
+        self, ss: int, ring: int, ext: int, gdt_base: int, gdt_limit: int, cr0: int, cr3: int, cr4: int
+    ) -> None:
+        """The CPU's checks of the inner stack's SS before a ring change (SDM "stack switching"):
+        #TS(SS) unless it is a writable data segment with RPL = DPL = the new ring in the
+        GDT (LDT stacks: not supported, #TS); not present: #SS(SS)."""
+        err = (ss & 0xFFFC) + ext
+        if ss & 0xFFFC == 0:
+            raise GuestFault(TS, ext)
+        if ss & 4 or ss & 3 != ring or (ss & ~7) + 7 > gdt_limit:
+            raise GuestFault(TS, err)
+        hi = self._read8(gdt_base + (ss & ~7), cr0, cr3, cr4)[1]
+        if not hi & D_S or hi & D_CODE or not hi & D_RW or (hi >> 13) & 3 != ring:
+            raise GuestFault(TS, err)
+        if not hi & D_P:
+            raise GuestFault(SS, err)
 
     def _tss_stack(
         self, ring: int, ext: int, sel: int, base: int, limit: int, cr0: int, cr3: int, cr4: int

@@ -48,7 +48,10 @@ CR0_PE, CR0_MP, CR0_EM, CR0_TS, CR0_ET, CR0_NE = 0x1, 0x2, 0x4, 0x8, 0x10, 0x20
 CR0_WP, CR0_AM, CR0_NW, CR0_CD, CR0_PG = 1 << 16, 1 << 18, 1 << 29, 1 << 30, 1 << 31
 CR4_VME, CR4_PVI, CR4_DE = 0x1, 0x2, 0x8
 #: CR4 bits a 32-bit guest may set (VME..OSXMMEXCPT); anything else is #GP(0) as on a P6-class CPU.
-CR4_VALID = 0x7FF
+CR4_PAE = 0x20
+#: CR4 bits a guest may set: P6-class features up to PCE, minus PAE (the VMM's walker and VMI 3.0's
+#: page-table calls here are 2-level; a PAE guest gets #GP, see docs/security.md)
+CR4_VALID = 0x7FF & ~CR4_PAE
 #: CR4 bits kept out of the engine: VME/PVI would turn user-mode cli/sti into VIF updates.
 CR4_HOST_MASKED = CR4_VME | CR4_PVI
 #: EFLAGS bits popf/iret load: CF PF AF ZF SF TF IF DF OF NT AC ID (IOPL is virtual, VM/RF/VIF/VIP kept)

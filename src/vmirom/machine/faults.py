@@ -66,6 +66,13 @@ class TripleFault(VmError):
     fate = "triple_fault"
 
 
+class UnsupportedState(VmError):
+    """The guest put the CPU in a state this VMM does not virtualize (virtual-8086 mode, PAE paging):
+    the run ends with a clear message instead of emulating it wrongly."""
+
+    fate = "unsupported"
+
+
 class EngineCrash(VmError):
     """The engine reported an unrecoverable error (or the process running it died)."""
 

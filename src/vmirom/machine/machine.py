@@ -10,7 +10,9 @@
 
 Every exit into Python is counted by kind in `self.metrics`.  Fates (why the VM stopped):
 "exit" (debug-exit port; `exit_status` = the value), "triple_fault", "timeout", "halt_dead",
-"rom_write", "bad_memory", "engine_error", "quit" (the user stopped it: Ctrl-A x, Ctrl-C, gdb kill).
+"rom_write", "bad_memory", "engine_error", "quit" (the user stopped it: Ctrl-A x, Ctrl-C, gdb kill),
+"privilege_violation" (a de-privileged kernel found running below its ring, see `privilege_held`),
+"unsupported" (V86 mode, PAE paging).
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ from typing import TYPE_CHECKING
 from vmirom.engines.base import EngineError, segment_descriptor
 from vmirom.machine import loader
 from vmirom.machine.clock import VirtualClock
-from vmirom.machine.delivery import Delivery
+from vmirom.machine.delivery import PAE_REFUSED, Delivery
 from vmirom.machine.devices import DebugExit, PicPair, Pit, PortBus, Uart16550
 from vmirom.machine.escape import HELP, ConsoleEscape
-from vmirom.machine.faults import BP, GP, OF, PF, UD, GuestFault, TripleFault, VmError
+from vmirom.machine.faults import BP, GP, OF, PF, UD, GuestFault, TripleFault, UnsupportedState, VmError
 from vmirom.machine.memory import DEFAULT_RAM, GuestMemory
 from vmirom.machine.metrics import Metrics
 from vmirom.machine.mmu import HIDDEN, ROM_WRITE, TRUE_FAULT, WP_TRAP, PhysMap, ShadowMMU
@@ -48,7 +50,10 @@ _EXCEPTION_KEYS = tuple(f"exception:{v}" for v in range(256))
 ROM_BASE = 0xC0000
 MAX_INPUT_WAIT_NS = 10_000_000  # a halted interactive guest looks for keys at least every 10 ms
 BOOT_GDT = 0x800
+BOOT_TSS = 0x900  # an all-zero 32-bit TSS: the TR the machine loads before the first instruction
+BOOT_TSS_SEL = 0x38
 BOOT_STACK = 0x7000
+CR0_PG, CR4_PAE = 1 << 31, 0x20
 IF = 0x200
 
 
@@ -160,6 +165,9 @@ class Machine:
         self.message = ""
         self.halted = False
         self._port_hypercall = False  # an `out` to the personality's hypercall port waits for the slice end
+        #: a fault an exit handler raised while the engine was inside a block of guest code: the
+        #: engine fenced the CPU (`Engine.fence`), the run loop delivers it when the slice ends
+        self.parked_fault: tuple[int, int, int | None] | None = None
         self.boot = None
         self.rom = None
         self.rom_range: tuple[int, int] | None = None
@@ -206,12 +214,19 @@ class Machine:
                 segment_descriptor(0, 0xFFFFF, 0xB2),
                 segment_descriptor(0, 0xFFFFF, 0xDA),
                 segment_descriptor(0, 0xFFFFF, 0xD2),
+                segment_descriptor(BOOT_TSS, 0x67, 0x89, 0),
             ]
         )
         self.memory.load(BOOT_GDT, gdt)
+        self.memory.load(BOOT_TSS, bytes(0x68))
         eng = self.engine
         eng.set_reg("gdtr", (BOOT_GDT, len(gdt) - 1))
         eng.set_reg("idtr", (0, 0))
+        # A valid (available, type 9) TR before the first guest instruction: the engine reads the
+        # TSS itself for a native inner-ring call gate, and with the TR it starts with (type 0) it
+        # aborts the whole process (issue 11 item 3).  All-zero: such a gate takes #TS (SS0 null)
+        # until the kernel loads its own TR.
+        eng.set_reg("tr", (BOOT_TSS_SEL, BOOT_TSS, 0x67, 0x8900))
         eng.set_reg("cr0", 0x11)
         eng.set_reg("cs", 0x08)
         for s in ("ss", "ds", "es", "fs", "gs"):
@@ -260,6 +275,9 @@ class Machine:
                     self.core.sync()
                 res = self.engine.run_slice(self.slice_budget_us())
                 self.metrics.count("slice")
+                if not self.privilege_held() or not self.mode_supported():
+                    break
+                self.deliver_parked_fault()
                 if res.halted:
                     self.metrics.count("halt")
                     self.request_halt()
@@ -414,6 +432,8 @@ class Machine:
     def on_interrupt(self, vector: int) -> None:
         # The hottest exit (every system call, page fault, emulated instruction): metrics keys are
         # precomputed, the #PF error code comes from one batched read and one walk.
+        if self.personality.kernel_ring and not self.privilege_held():
+            return
         try:
             p = self.personality
             if vector == p.hypercall_vector and p.is_hypercall(self.vcpu):
@@ -440,9 +460,11 @@ class Machine:
             self.delivery.exception(vector, err)
         except GuestFault as f:
             self.metrics.count(f"exception:{f.vector}")
-            self._reflect(f.vector, f.error_code, f.cr2)
+            self.fault_in_exit(f.vector, f.error_code, f.cr2)
         except TripleFault as e:
             self.stop("triple_fault", f"triple fault: {e}")
+        except UnsupportedState as e:
+            self.stop(e.fate, str(e))
 
     def _shadow_fault(self) -> bool:
         """A #PF under shadow paging: True when it was the VMM's (a hidden fault filled, a trapped
@@ -512,19 +534,88 @@ class Machine:
             return (eip - 1) & 0xFFFFFFFF
         return None
 
+    # -- de-privileging: the kernel never runs below its ring ---------------------------------------
+    def privilege_held(self) -> bool:
+        """True unless the CPU runs below the personality's kernel ring (then the run stops with
+        fate "privilege_violation" and the exit is not served).
+
+        Why a check and not only prevention: the VMM's own transitions (delivery, IRET, SYSEXIT,
+        descriptor-table hypercalls and emulation) refuse every route to a ring below the kernel's,
+        but Unicorn executes far calls through call gates, task switches and `iret` natively, from
+        descriptor tables the guest can rewrite with plain stores at any moment; with no shadow
+        paging there is no page the VMM could keep the guest from writing its tables into.  So every
+        exit and every slice end looks at the CPL first: a context that got there never has an exit
+        served (no I/O reaches a device, no hypercall runs, nothing is emulated for it) and the VM
+        stops.  What it can do before its next exit stays inside its own VM (docs/security.md)."""
+        ring = self.personality.kernel_ring
+        if ring == 0:
+            return True
+        eng = self.engine
+        cpl = eng.cpl()
+        if cpl >= ring:
+            return True
+        if self.fate is not None:
+            return False
+        eng.fence()
+        self.stop(
+            "privilege_violation",
+            f"the de-privileged kernel (ring {ring}) reached CPL {cpl} (cs={eng.reg('cs'):#x}, "
+            f"eip={eng.reg('eip'):#010x}) through a native call gate, task switch or iret: "
+            "the VM is stopped, no exit is served at that privilege",
+        )
+        return False
+
+    def mode_supported(self) -> bool:
+        """False (fate "unsupported") when the guest enabled what the VMM does not virtualize and can
+        only see after the fact (a ring-0 kernel's native `mov %cr4`): PAE paging."""
+        eng = self.engine
+        if eng.reg("cr4") & CR4_PAE and eng.reg("cr0") & CR0_PG:
+            self.stop("unsupported", PAE_REFUSED)
+            return False
+        return True
+
+    # -- faults raised by exit handlers: ONE mechanism for every hook -------------------------------
+    def fault_in_exit(self, vector: int, err: int = 0, cr2: int | None = None) -> None:
+        """Make the guest take fault `vector` because of the exit being handled (a refused `in`, a
+        hypercall's bad pointer, `sysenter`'s #UD, a fault while emulating at a code hook...).
+
+        Why one path: the engine calls some hooks between instructions (interrupts/exceptions,
+        invalid opcodes) and others from the middle of a block of guest code that goes on running
+        after the hook returns (I/O, cpuid, sysenter, code hooks).  Delivering from the latter let
+        the faulting context's next instructions run with the handler's CS/SS (issue 11: a user
+        program powered the VM off).  So the engine is asked to `fence` first: if it is inside a
+        block it stops it without letting anything else take effect, and the fault waits here
+        until the slice ends (EIP back at the faulting instruction); otherwise it is delivered now.
+        A fault that cannot be delivered settles the fate (triple fault) here, in the hook."""
+        if self.engine.fence():
+            if self.parked_fault is None:
+                self.parked_fault = (vector, err, cr2)
+                self.metrics.count("delivery:parked_fault")
+            return
+        self._reflect(vector, err, cr2)
+
+    def deliver_parked_fault(self) -> None:
+        """Deliver the fault an exit handler parked during the slice that just ended."""
+        parked, self.parked_fault = self.parked_fault, None
+        if parked is not None and self.fate is None:
+            self._reflect(*parked)
+
     def _io_allowed(self) -> bool:
         return self.personality.io_permitted(self.vcpu)
 
     def on_port_in(self, port: int, size: int) -> int:
         self.metrics.count(f"io:in:{port:#x}")
         keep = self.engine.reg("eax")
+        if not self.privilege_held():
+            return keep
+        if not self._io_allowed():
+            self.fault_in_exit(GP, 0)
+            return keep  # leave EAX as it was: the #GP handler must see the guest's EAX
         try:
-            if not self._io_allowed():
-                raise GuestFault(GP, 0)
             v = self.personality.port_in(self.vcpu, port, size)
         except GuestFault as f:
-            self._fault_in_hook(f.vector, f.error_code, f.cr2)
-            return keep  # leave EAX as it was: the fault handler must see the guest's EAX
+            self.fault_in_exit(f.vector, f.error_code, f.cr2)
+            return keep
         if v is None:
             v = self.io.port_in(port, size)
         return v
@@ -542,18 +633,19 @@ class Machine:
                     self.engine.stop()
                     return
             except GuestFault as f:
-                self._fault_in_hook(f.vector, f.error_code, f.cr2)
+                self.fault_in_exit(f.vector, f.error_code, f.cr2)
                 return
         self.metrics.count(f"io:out:{port:#x}")
-        try:
-            if not self._io_allowed():
-                raise GuestFault(GP, 0)
-            consumed = p.port_out(self.vcpu, port, size, value)
-        except GuestFault as f:
-            self._fault_in_hook(f.vector, f.error_code, f.cr2)
+        if not self.privilege_held():
             return
-        if not consumed:
-            self.io.port_out(port, size, value)
+        if not self._io_allowed():
+            self.fault_in_exit(GP, 0)
+            return
+        try:
+            if not p.port_out(self.vcpu, port, size, value):
+                self.io.port_out(port, size, value)
+        except GuestFault as f:
+            self.fault_in_exit(f.vector, f.error_code, f.cr2)
 
     def _reflect(self, vector: int, err: int = 0, cr2: int | None = None) -> None:
         """Deliver a fault to the guest from an exit handler; a triple fault ends the run here, so
@@ -563,40 +655,26 @@ class Machine:
         except TripleFault as e:
             self.stop("triple_fault", f"triple fault: {e}")
 
-    def _fault_in_hook(self, vector: int, err: int, cr2: int | None = None) -> None:
-        """Deliver a fault raised by an instruction that the engine reports after the fact (I/O):
-        rewind EIP to the instruction first."""
-        eip = self.engine.reg("eip")
-        start = self.io_insn_start(eip)
-        self.engine.set_reg("eip", start)
-        try:
-            self.delivery.exception(vector, err, cr2)
-        except TripleFault as e:
-            self.stop("triple_fault", f"triple fault: {e}")
-
-    def io_insn_start(self, eip: int) -> int:
-        return self._io_eip_adjust(eip)
-
-    def _io_eip_adjust(self, eip: int) -> int:
-        # Unicorn reports I/O hooks with EIP at the I/O instruction itself (measured in tests).
-        return eip
-
     def on_cpuid(self) -> bool:
         self.metrics.count("cpuid")
+        if not self.privilege_held():
+            return True
         try:
             return bool(self.personality.on_cpuid(self.vcpu))
         except GuestFault as f:
-            self._reflect(f.vector, f.error_code, f.cr2)
+            self.fault_in_exit(f.vector, f.error_code, f.cr2)
             return True
 
     def on_invalid_opcode(self) -> bool:
+        if not self.privilege_held():
+            return True
         try:
             if self.personality.on_exception(self.vcpu, UD, 0):
                 return True
             self.metrics.count("exception:6")
             self.delivery.exception(UD)
         except GuestFault as f:
-            self._reflect(f.vector, f.error_code, f.cr2)
+            self.fault_in_exit(f.vector, f.error_code, f.cr2)
         except TripleFault as e:
             self.stop("triple_fault", f"triple fault: {e}")
         return True
@@ -622,7 +700,21 @@ class Machine:
 
     def on_sysenter(self) -> None:
         self.metrics.count("exception:6")
-        self._reflect(UD)
+        if self.privilege_held():
+            self.fault_in_exit(UD)  # at the sysenter itself (+0), like ud2
+
+    def code_hook(self, callback) -> None:
+        """Run a personality's code-hook callback (fullvirt's sensitive-instruction sites) with the
+        exit rules of every other hook: a GuestFault it raises goes through `fault_in_exit`."""
+        if not self.privilege_held():
+            return
+        try:
+            callback()
+        except GuestFault as f:
+            self.metrics.count(f"exception:{f.vector}")
+            self.fault_in_exit(f.vector, f.error_code, f.cr2)
+        except TripleFault as e:
+            self.stop("triple_fault", f"triple fault: {e}")
 
     def close(self) -> None:
         self.engine.close()

@@ -1,0 +1,2 @@
+#define NO_TR 1
+#include "callgate_escape.S"
