@@ -391,13 +391,14 @@ def run_isolated(req: RunRequest) -> dict:
     except KeyboardInterrupt:
         gave_up = True
     if res is None:
-        # A child that closed the pipe (or died) is a crash whatever the clock says: wait for it to be
-        # gone instead of killing it and calling that a timeout (issue 11: with two runs at a time,
-        # 8 of 30 aborts were reported as "timeout" after < 1 s).
-        if pipe_closed or not proc.is_alive():
+        if not gave_up and time.monotonic() < deadline:
+            # No result before the deadline: the child closed its pipe or died.  That is a crash
+            # whatever it is doing this instant - wait for it to be gone instead of killing it and
+            # calling that a timeout (issue 11: with two runs at a time, 8 of 30 aborts were
+            # reported as "timeout" after < 1 s).
             proc.join(max(5.0, min(30.0, deadline - time.monotonic())))
-        timed_out = proc.is_alive() and time.monotonic() >= deadline
-        if proc.is_alive():
+        timed_out = gave_up or time.monotonic() >= deadline
+        if proc.is_alive() and timed_out:
             proc.kill()
             proc.join(5)
             if gave_up:
@@ -405,14 +406,17 @@ def run_isolated(req: RunRequest) -> dict:
             else:
                 msg = f"the VM did not finish within {req.timeout_s + GRACE_S:g} s and was killed"
                 fate = "timeout"
+        elif proc.is_alive():
+            proc.kill()
+            proc.join(5)
+            msg, fate = "the engine crashed: the VM process closed its result pipe and hung", "engine_crash"
         else:
+            proc.join(5)
             code = proc.exitcode
             what = (
                 f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"status {code}"
             )
             msg = f"the engine crashed: the VM process died with {what}"
-            if pipe_closed and code == -signal.SIGKILL:
-                msg = "the engine crashed: the VM process closed its result pipe and did not exit"
             fate = "engine_crash"
         res = {
             "hypervisor": req.hypervisor + req.engine.suffix,
