@@ -124,8 +124,13 @@ def test_the_installed_command(tmp_path: Path) -> None:
     out = tmp_path / "n.rom"
     assert subprocess.run([*cmd, "rom", "build", "-o", str(out)], capture_output=True).returncode == 0
     assert subprocess.run([*cmd, "rom", "check", str(out)], capture_output=True).returncode == 0
-    r = subprocess.run([*cmd, "rom", "check", "/dev/null"], capture_output=True, text=True)
+    empty = tmp_path / "empty.rom"
+    empty.write_bytes(b"")
+    r = subprocess.run([*cmd, "rom", "check", str(empty)], capture_output=True, text=True)
     assert r.returncode == 1 and "the file is empty" in r.stdout and "Traceback" not in r.stderr
+    # a device is not a ROM file: refused before reading (issue 11: inputs are regular files only)
+    r = subprocess.run([*cmd, "rom", "check", "/dev/zero"], capture_output=True, text=True)
+    assert r.returncode != 0 and "not a regular file" in r.stderr and "Traceback" not in r.stderr
 
 
 def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

@@ -7,8 +7,12 @@ an engine abort would show up as fate "engine_crash" instead of killing pytest."
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -103,3 +107,91 @@ def test_a_child_that_closes_its_pipe_and_dies_is_a_crash_not_a_timeout(monkeypa
     r = run_isolated(RunRequest("bare", "/nonexistent", "", 5.0, echo=False))
     assert r["fate"] == "engine_crash", r
     assert "SIGABRT" in r["message"]
+
+
+# -- item 4: guest text is data --------------------------------------------------------------------
+def vmirom_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", "from vmirom.cli import main; main()", *args],
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def test_console_markup_nesting_and_escape_sequences_are_data(build, tmp_path):
+    """Events whose values are rich markup are shown literally (`[/x]` used to crash the summary with
+    a MarkupError, `[bold red]...` restyled it), 3,000 nested `[` no longer lose the run in a
+    RecursionError, and no ESC/BEL byte of the guest reaches the host terminal."""
+    out = tmp_path / "r.json"
+    p = vmirom_cli("run", "-H", "bare", "--json", str(out), str(build("console_hostile")))
+    assert "Traceback" not in p.stdout + p.stderr and "RecursionError" not in p.stdout + p.stderr
+    assert p.returncode == 0, p.stdout + p.stderr
+    doc = json.loads(out.read_text())
+    assert doc["fate"] == "exit" and doc["exit_status"] == 0
+    assert "checks passed [bold red]22[/]/[link=x]22" in p.stdout  # the outcome row, literally
+    assert "[/bold]genuine ROM" in p.stdout  # the binding row, literally
+    assert "\x1b" not in p.stdout and "\x07" not in p.stdout
+    assert "red text" in p.stdout  # what followed an escape sequence is still shown, as text
+
+
+# -- item 5: host resources are bounded --------------------------------------------------------------
+def test_kernel_that_is_not_a_regular_file_is_refused_unread():
+    p = vmirom_cli("run", "-H", "bare", "/dev/zero", timeout=60)
+    assert p.returncode == runner.EXIT_CODES["refused"]
+    assert "not a regular file" in p.stdout + p.stderr and "Traceback" not in p.stderr
+
+
+def test_initrd_larger_than_ram_is_refused_before_reading(build, tmp_path):
+    big = tmp_path / "big.cpio"
+    with open(big, "wb") as f:  # sparse: 1 GiB claimed, nothing stored
+        f.truncate(1 << 30)
+    r = run_isolated(RunRequest("bare", str(build("hello")), "", 20, initrd=str(big), echo=False))
+    assert r["fate"] == "refused" and "more than the limit" in r["message"], r["message"]
+
+
+def test_segment_memsz_takes_no_host_memory_of_its_size(tmp_path):
+    """A 1000 MiB .bss (p_memsz) in a tiny ELF: loading it into 1100 MiB of guest RAM must not cost
+    the host that much memory (it took 2 GB: the zero fill was built as a bytes object)."""
+    elf = tmp_path / "bss.elf"
+    hdr = struct.pack("<4sBBBB8xHHIIIIIHHHHHH", b"\x7fELF", 1, 1, 1, 0, 2, 3, 1, 0x100000, 52, 0, 0,
+                      52, 32, 1, 0, 0, 0)
+    ph = struct.pack("<IIIIIIII", 1, 0x1000, 0x100000, 0x100000, 16, 1000 << 20, 7, 0x1000)
+    mb = struct.pack("<III", 0x1BADB002, 0, (-0x1BADB002) & 0xFFFFFFFF) + b"\xf4" * 4
+    elf.write_bytes(hdr + ph + bytes(0x1000 - 84) + mb)
+    code = (
+        "import resource, sys; from vmirom.machine.memory import GuestMemory; "
+        "from vmirom.machine.loader import load_multiboot; m = GuestMemory(1100 << 20); "
+        f"b = load_multiboot(m, open({str(elf)!r}, 'rb').read()); "
+        "print(b.segments, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    segs, maxrss_kib = p.stdout.rsplit(" ", 1)
+    assert str(1000 << 20) in segs
+    assert int(maxrss_kib) < 400 << 10, p.stdout  # well under the 1000 MiB claimed
+
+
+def test_fullvirt_hook_count_is_bounded(build):
+    r = run(build, "fullvirt_aliases", "fullvirt")
+    assert r["fate"] == "resource_limit" and "hooks" in r["message"], r["message"]
+
+
+# -- item 6: emulation gaps that hurt the guest -------------------------------------------------------
+@pytest.mark.parametrize("hv", ALL)
+def test_pae_is_refused_cleanly(build, hv):
+    r = run(build, "pae_on", hv)
+    if hv in DEPRIVILEGED:  # the emulated / hypercall CR4 write refuses the bit: #GP at the mov
+        assert exited_ok(r), (r["fate"], r["exit_status"], r["message"])
+    else:
+        assert r["fate"] == "unsupported" and "PAE" in r["message"], r["message"]
+
+
+@pytest.mark.parametrize("hv", ALL)
+def test_iret_to_virtual_8086_mode_is_refused(build, hv):
+    r = run(build, "iret_v86", hv)
+    assert r["fate"] == "unsupported" and "virtual-8086" in r["message"], r["message"]
+
+
+@pytest.mark.parametrize("hv", ["vmi", "vmi2"])
+def test_code_written_by_the_vmm_is_retranslated(build, hv):
+    r = run(build, "vmm_writes_code", hv)
+    assert exited_ok(r), (r["fate"], r["exit_status"], r["message"])

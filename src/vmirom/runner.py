@@ -38,7 +38,6 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import click
 
@@ -48,6 +47,7 @@ from vmirom.cliutil import hypervisor_names, json_option, split_list, write_json
 from vmirom.debug.session import DebugOptions, DebugSession, DebugSetupError
 from vmirom.engines.options import EngineOptions
 from vmirom.guest.initrd import reference_initrd
+from vmirom.machine.faults import VmError
 
 EXIT_CODES = {
     "exit_ok": 0,
@@ -220,25 +220,33 @@ def run_in_process(req: RunRequest) -> dict:
         base["engine"] = libunicorn.require(req.engine.build).as_json()
     except libunicorn.EngineBuildMismatch as e:
         return refused(str(e))
+    from vmirom.hostfiles import MAX_KERNEL_BYTES, InputRefused, read_limited
+
     try:
-        data = Path(req.kernel).read_bytes()
-    except OSError as e:
-        return refused(f"cannot read kernel {req.kernel}: {e.strerror or e}")
+        data = read_limited(req.kernel, MAX_KERNEL_BYTES, "kernel")
+    except InputRefused as e:
+        return refused(str(e))
     base["kernel_sha256"] = hashlib.sha256(data).hexdigest()
     modules = []
     if req.initrd:
-        try:
-            modules.append((Path(req.initrd).read_bytes(), "initrd"))
-        except OSError as e:
-            return refused(f"cannot read initrd {req.initrd}: {e.strerror or e}")
+        try:  # an initrd larger than the guest's RAM could never be loaded: refused unread
+            modules.append((read_limited(req.initrd, req.ram_mb << 20, "initrd"), "initrd"))
+        except InputRefused as e:
+            return refused(str(e))
     try:
         personality = create(req.hypervisor)
     except UnknownHypervisor as e:
         return refused(str(e))
 
+    from vmirom.guest.console import TerminalFilter
+
+    # the console goes to the host terminal as text: control characters and escape sequences are
+    # stripped, except with --interactive, where the guest's shell drives the terminal on purpose
+    to_terminal = (lambda b: b) if req.interactive else TerminalFilter()
+
     def echo(b: bytes) -> None:
         try:
-            os.write(req.echo_fd, b)
+            os.write(req.echo_fd, to_terminal(b))
         except OSError:
             pass
 
@@ -270,8 +278,12 @@ def run_in_process(req: RunRequest) -> dict:
     except DebugSetupError as e:
         machine.close()
         return refused(str(e))
+    if _ISOLATED:
+        _bound_child(req.timeout_s, waits=session is not None)
     with _sigint_stops(machine):
         result = machine.run()
+    if _ISOLATED:
+        signal.setitimer(signal.ITIMER_REAL, 0)
     debug_facts = session.finish() if session is not None else {}
     out = {
         **base,
@@ -340,7 +352,55 @@ def _parent_survives_sigint():
         signal.signal(signal.SIGINT, old)
 
 
+#: True in the child process of `run_isolated` (limits may then be put on the whole process)
+_ISOLATED = False
+#: host memory a VM process may take beyond what it holds when the guest starts (RAM, engine)
+HOST_MEMORY_HEADROOM = 1 << 30
+#: how far past its own wall-clock budget a VM process may run inside one exit handler
+HANDLER_GRACE_S = 10.0
+
+
+class HandlerTimeout(VmError):
+    """Raised by the child's wall-clock watchdog inside whatever Python code is running."""
+
+    fate = "timeout"
+
+
+def _bound_child(timeout_s: float, *, waits: bool = False) -> None:
+    """Host limits of a VM child process, set once the guest is loaded (issue 11, docs/security.md).
+
+    Memory: the address space may grow by HOST_MEMORY_HEADROOM beyond what the loaded VM occupies
+    (guest RAM and the engine's translation buffers are already mapped), so an exit handler that
+    allocates without bound gets MemoryError (fate resource_limit) instead of the host's memory.
+    Time: the run loop checks its wall-clock budget after every slice; a watchdog timer backs it
+    for time spent inside one exit handler (fate timeout, raised in the handler)."""
+    import resource
+
+    try:
+        with open("/proc/self/statm") as f:
+            vm_bytes = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        cap = vm_bytes + HOST_MEMORY_HEADROOM
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if hard == resource.RLIM_INFINITY or cap < hard:
+            resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    except (OSError, ValueError):
+        pass  # no /proc or no permission: the run loop's own checks remain
+
+    def expired(_sig, _frame) -> None:
+        raise HandlerTimeout(
+            f"an exit handler was still running {HANDLER_GRACE_S:g} s after the wall-clock budget of "
+            f"{timeout_s:g} s"
+        )
+
+    if waits:  # a debugger may hold the VM stopped as long as it likes: no watchdog then
+        return
+    signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, timeout_s + HANDLER_GRACE_S)
+
+
 def _child(req: RunRequest, conn) -> None:
+    global _ISOLATED
+    _ISOLATED = True
     try:
         res = run_in_process(req)
     except BaseException as e:  # noqa: BLE001 - reported to the parent, never a traceback
@@ -473,6 +533,15 @@ def engine_core_text(core: dict | None) -> str:
         return f"c, not used for this personality ({core.get('why_not')}): every exit on the Python path"
     done, back = core.get("completed", 0), core.get("fallbacks", 0)
     return f"c (compiled; {done} exits completed in C, {back} handed to Python)"
+def _add_row(table, *values: object) -> None:
+    """A table row whose cells may carry guest-provided text (event fields, messages): rich `Text`,
+    never parsed as markup, one bounded line each (issue 11: `[/x]` in an event crashed the summary,
+    other markup restyled it)."""
+    from rich.text import Text
+
+    from vmirom.guest.console import clip
+
+    table.add_row(*(Text(clip(v, 600)) for v in values))
 
 
 def print_summary(res: dict, console) -> None:
@@ -484,32 +553,33 @@ def print_summary(res: dict, console) -> None:
     p = res.get("personality") or {}
     rom = p.get("rom")
     if p:
-        t.add_row("personality", f"{res.get('hypervisor')} (kernel ring {p.get('kernel_ring', '?')})")
-        t.add_row("ROM", f"{rom['product']} API {rom['api']} ROM {rom['rom_version']}" if rom else "none")
+        _add_row(t, "personality", f"{res.get('hypervisor')} (kernel ring {p.get('kernel_ring', '?')})")
+        _add_row(t, "ROM", f"{rom['product']} API {rom['api']} ROM {rom['rom_version']}" if rom else "none")
     else:  # the VM never started: say so instead of guessing
-        t.add_row("personality", f"{res.get('hypervisor')} (not started)")
-    t.add_row("binding", _binding_text(res))
-    t.add_row("fate", f"{res.get('fate')}: {res.get('message', '')}")
-    t.add_row("result", (res.get("outcome") or {}).get("text", "-"))
-    t.add_row("hypervisor work", (res.get("hypervisor_work") or {}).get("text", "-"))
-    t.add_row("kernel", f"{res.get('kernel')} (sha256 {str(res.get('kernel_sha256', '?'))[:16]}...)")
-    t.add_row("initrd", str(res.get("initrd") or "none"))
-    t.add_row("engine", engine_text(res.get("engine")))
+        _add_row(t, "personality", f"{res.get('hypervisor')} (not started)")
+    _add_row(t, "binding", _binding_text(res))
+    _add_row(t, "fate", f"{res.get('fate')}: {res.get('message', '')}")
+    _add_row(t, "result", (res.get("outcome") or {}).get("text", "-"))
+    _add_row(t, "hypervisor work", (res.get("hypervisor_work") or {}).get("text", "-"))
+    _add_row(t, "kernel", f"{res.get('kernel')} (sha256 {str(res.get('kernel_sha256', '?'))[:16]}...)")
+    _add_row(t, "initrd", str(res.get("initrd") or "none"))
+    _add_row(t, "engine", engine_text(res.get("engine")))
     note = (res.get("engine") or {}).get("note")
     if note:
-        t.add_row("engine note", note)
-    t.add_row("engine core", engine_core_text(res.get("engine_core")))
-    t.add_row("run time", f"{res.get('run_time_s', 0):.3f} s")
+        _add_row(t, "engine note", note)
+    _add_row(t, "engine core", engine_core_text(res.get("engine_core")))
+    _add_row(t, "run time", f"{res.get('run_time_s', 0):.3f} s")
     m = res.get("metrics") or {}
-    t.add_row("exits", f"{m.get('total_exits', 0)} total")
+    _add_row(t, "exits", f"{m.get('total_exits', 0)} total")
     for k, v in sorted((m.get("kinds") or {}).items(), key=lambda kv: -kv[1]):
-        t.add_row(f"  {k}", str(v))
+        _add_row(t, f"  {k}", str(v))
     top = sorted((m.get("detail") or {}).items(), key=lambda kv: -kv[1])[:8]
     if top:
-        t.add_row("top exits", ", ".join(f"{k} {v}" for k, v in top))
+        _add_row(t, "top exits", ", ".join(f"{k} {v}" for k, v in top))
     mmu = m.get("mmu")
     if mmu:
-        t.add_row(
+        _add_row(
+            t,
             "shadow MMU",
             f"{mmu['tracking']}: {mmu['hidden_faults']} hidden faults, {mmu['wp_traps']} WP traps, "
             f"{mmu['emulated_pte_writes']} emulated PTE writes, {mmu['pv_updates']} pv updates, "
@@ -793,6 +863,7 @@ def demo(
     from rich.table import Table
 
     from vmirom.engines.options import parse_target
+    from vmirom.hostfiles import MAX_KERNEL_BYTES, InputRefused, read_limited
     from vmirom.hypervisors import names
 
     con = output_console(json_out)
@@ -803,9 +874,9 @@ def demo(
     kernel = kernel or _default_kernel()
     initrd = reference_initrd(kernel, initrd, no_initrd, given)
     try:
-        digest = hashlib.sha256(Path(kernel).read_bytes()).hexdigest()
-    except OSError as e:
-        click.echo(f"Error: cannot read kernel {kernel}: {e.strerror or e}", err=True)
+        digest = hashlib.sha256(read_limited(kernel, MAX_KERNEL_BYTES, "kernel")).hexdigest()
+    except InputRefused as e:
+        click.echo(f"Error: {e}", err=True)
         sys.exit(EXIT_CODES["refused"])
     selected = wanted or names()
     if with_qemu is None:
@@ -842,7 +913,8 @@ def demo(
         p = r.get("personality") or {}
         rom = p.get("rom")
         m = r.get("metrics") or {}
-        t.add_row(
+        _add_row(
+            t,
             r.get("hypervisor", "?"),
             str(p.get("kernel_ring", "?")),
             f"{rom['product']} {rom['api']}" if rom else "none",
@@ -876,6 +948,6 @@ def demo(
         )
     bad = [r for r in results if exit_code(r) != 0]
     for r in bad:
-        con.print(f"[red]{r.get('hypervisor')}: {r.get('fate')}: {r.get('message')}[/red]")
+        con.print(f"{r.get('hypervisor')}: {r.get('fate')}: {r.get('message')}", style="red", markup=False)
     if bad or len(texts) != 1 or not same_file:
         sys.exit(1)

@@ -139,12 +139,14 @@ def initrd_build(output: str, files: tuple[str, ...]) -> None:
 @json_option("Write the members as JSON to FILE ('-': stdout).")
 def initrd_list(archive: str, json_out: str | None) -> None:
     """List an archive's members: mode, size, name."""
+    from vmirom.hostfiles import MAX_ARCHIVE_BYTES, InputRefused, read_limited
+
     from .initrd import InitrdError, read_cpio
 
     try:
-        members = read_cpio(Path(archive).read_bytes())
-    except OSError as e:
-        click.echo(f"Error: refused: cannot read {archive}: {e.strerror or e}", err=True)
+        members = read_cpio(read_limited(archive, MAX_ARCHIVE_BYTES, "archive"))
+    except InputRefused as e:
+        click.echo(f"Error: refused: {e}", err=True)
         sys.exit(3)
     except InitrdError as e:
         click.echo(f"Error: refused: {e}", err=True)

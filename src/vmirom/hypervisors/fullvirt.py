@@ -48,6 +48,11 @@ if TYPE_CHECKING:
 #: how many distinct page directories are walked to find the kernel's linear aliases (the kernel
 #: mappings are set up by the first few; every later process shares them)
 ALIAS_WALK_LIMIT = 6
+#: most engine code hooks fullvirt installs (one per linear alias x sensitive site).  The reference
+#: kernel needs a few hundred; a guest that maps its kernel image at thousands of linear addresses
+#: would otherwise make the VMM install hooks without bound (issue 11: 32 Ki aliases -> 524k hooks,
+#: 1.9 GB, over a minute with no wall-clock check).  Past it the run ends (fate resource_limit).
+MAX_SITE_HOOKS = 16384
 
 
 class RingStacks(dict):
@@ -247,11 +252,20 @@ class FullVirt(Personality):
                     mapping.setdefault(pte & 0xFFFFF000, []).append((i << 22) | (j << 12))
         wanted = STRICT_HOOKED if self.strict else DEFAULT_HOOKED
         new: dict[int, int] = {}
+        room = MAX_SITE_HOOKS - len(self.hooked) - len(self._pending)
         for pg, lins in mapping.items():
             for lin in lins:
                 for phys in pages[pg]:
                     if self.sites[phys] in wanted and lin + (phys - pg) not in self.hooked:
                         new[lin + (phys - pg)] = phys
+                if len(new) > room:
+                    m.stop(
+                        "resource_limit",
+                        f"fullvirt: the guest maps its kernel code at so many linear addresses that "
+                        f"more than {MAX_SITE_HOOKS} sensitive-instruction hooks would be needed "
+                        f"(page directory {cr3:#x}); refused",
+                    )
+                    return
         self.scan_seconds += time.perf_counter() - t0
         if new:
             # Hooks and the translation-cache flush they need must not happen while the engine runs

@@ -54,6 +54,10 @@ EFLAGS_CLEAR = 0x100 | 0x4000 | 0x10000 | 0x20000  # TF, NT, RF, VM
 IF = 0x200
 VM = 0x20000
 PAE_REFUSED = "the guest enabled PAE paging: not supported by this VMM (2-level paging only)"
+V86_REFUSED = (
+    "the guest runs in virtual-8086 mode: not supported by this VMM (entered through a native iret "
+    "with EFLAGS.VM set; the hardware would ignore VM outside ring 0)"
+)
 #: descriptor high-dword bits: S (code/data), code, conforming, readable (code) / writable (data), P
 D_S, D_CODE, D_CONFORMING, D_RW, D_P = 1 << 12, 1 << 11, 1 << 10, 1 << 9, 1 << 15
 M32 = 0xFFFFFFFF
@@ -209,10 +213,7 @@ class Delivery:
         if cr4 & 0x20 and cr0 & 0x80000000:
             raise UnsupportedState(PAE_REFUSED)
         if eflags & VM:
-            raise UnsupportedState(
-                f"the guest runs in virtual-8086 mode (eip={eip:#x}): not supported by this VMM "
-                "(entered through a native iret with EFLAGS.VM set)"
-            )
+            raise UnsupportedState(f"{V86_REFUSED} (eip={eip:#x})")
         if vector * 8 + 7 > idt_limit:
             raise GuestFault(GP, vector * 8 + 2 + ext)
         lohi = self.paging.sys_u32x2(idt_base + vector * 8, cr0, cr3, cr4)

@@ -96,7 +96,8 @@ def load_multiboot(
                 f"segment [{paddr:#x}, {end:#x}) overlaps the VMM's low-memory area or the "
                 "option-ROM hole; load kernels at 1 MiB or above"
             )
-        mem.load(paddr, data[off : off + fsz] + bytes(msz - fsz))
+        mem.load(paddr, data[off : off + fsz])  # the file bytes, then .bss without a host copy of it
+        mem.zero(paddr + fsz, msz - fsz)
         info.segments.append((paddr, fsz, msz))
         info.kernel_end = max(info.kernel_end, end)
     # The entry is physical; a higher-half kernel may give its virtual entry: translate it.

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from vmirom.engines.base import EngineError, segment_descriptor
 from vmirom.machine import loader
 from vmirom.machine.clock import VirtualClock
-from vmirom.machine.delivery import PAE_REFUSED, Delivery
+from vmirom.machine.delivery import PAE_REFUSED, V86_REFUSED, Delivery
 from vmirom.machine.devices import DebugExit, PicPair, Pit, PortBus, Uart16550
 from vmirom.machine.escape import HELP, ConsoleEscape
 from vmirom.machine.faults import BP, GP, OF, PF, UD, GuestFault, TripleFault, UnsupportedState, VmError
@@ -168,6 +168,7 @@ class Machine:
         #: a fault an exit handler raised while the engine was inside a block of guest code: the
         #: engine fenced the CPU (`Engine.fence`), the run loop delivers it when the slice ends
         self.parked_fault: tuple[int, int, int | None] | None = None
+        self._stale_code = False  # the VMM wrote into translated code: flush before the next slice
         self.boot = None
         self.rom = None
         self.rom_range: tuple[int, int] | None = None
@@ -205,6 +206,10 @@ class Machine:
         kernel ring (ring 1: flat CS/SS/DS with RPL/DPL 1 from the VMM's boot GDT)."""
         self.boot = loader.load_multiboot(self.memory, image, cmdline, modules)
         self.engine.invalidate_code(0, self.memory.size)
+        code = [(p, p + n) for p, n, _m in self.boot.segments if n > 0]
+        if code:
+            self.memory.code_span = (min(s for s, _ in code), max(e for _, e in code))
+            self.memory.code_written = self._vmm_wrote_code
         gdt = b"".join(
             [
                 bytes(8),
@@ -273,6 +278,9 @@ class Machine:
                     continue
                 if self.core is not None:
                     self.core.sync()
+                if self._stale_code:
+                    self._stale_code = False
+                    self.engine.invalidate_code(0, self.memory.size)
                 res = self.engine.run_slice(self.slice_budget_us())
                 self.metrics.count("slice")
                 if not self.privilege_held() or not self.mode_supported():
@@ -295,6 +303,10 @@ class Machine:
             self.stop("triple_fault", f"triple fault: {e}")
         except (EngineError, VmError) as e:
             self.stop(getattr(e, "fate", "engine_error"), str(e))
+        except MemoryError:
+            self.fate = None
+            self.stop("resource_limit", "an exit handler needed more host memory than the VM process may "
+                      "take (the host limit of vmirom.runner.HOST_MEMORY_HEADROOM); stopped")
         except Exception as e:  # noqa: BLE001 - a bug in a handler (ours or a plugin's), not the guest's
             # Why here: the console, the exits counted so far and the personality's facts are what
             # its author needs to find the bug; the child process would only report the type.
@@ -324,6 +336,13 @@ class Machine:
         if self.mmu is not None:
             d["mmu"] = self.mmu.summary()
         return d
+    def _vmm_wrote_code(self, start: int, end: int) -> None:
+        """A VMM write (hypercall result, emulation, delivery frame) landed in the kernel's code:
+        the engine would go on running its old translation of those bytes (notes W4).  The
+        translation cache cannot be flushed from inside a hook (a block may be running): end the
+        slice, the run loop flushes before the next one."""
+        self._stale_code = True
+        self.engine.stop()
 
     def engine_core_summary(self) -> dict:
         """Which exit core this machine runs (`vmirom run` summary and JSON, bench records)."""
@@ -557,6 +576,9 @@ class Machine:
         if self.fate is not None:
             return False
         eng.fence()
+        if eng.reg("eflags") & 0x20000:  # CS & 3 is no CPL in virtual-8086 mode (CPL 3 there)
+            self.stop("unsupported", V86_REFUSED)
+            return False
         self.stop(
             "privilege_violation",
             f"the de-privileged kernel (ring {ring}) reached CPL {cpl} (cs={eng.reg('cs'):#x}, "

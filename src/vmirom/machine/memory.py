@@ -42,6 +42,10 @@ class GuestMemory:
             self.machine = self.ram
         self.readonly: list[tuple[int, int]] = []
         self.on_code_write = None  # callback(start, end): lets the engine drop stale translations
+        #: physical [start, end) of the loaded kernel's code: a VMM write there takes the checked
+        #: path (`write`), which reports it through `code_written`
+        self.code_span: tuple[int, int] = (0, 0)
+        self.code_written = None  # callback(start, end) for VMM writes into code_span
 
     def check(self, phys: int, size: int, *, write: bool = False) -> None:
         """Raise GuestFault(#GP) unless [phys, phys+size) is RAM (and writable when `write`)."""
@@ -61,12 +65,30 @@ class GuestMemory:
         self.ram[phys : phys + len(data)] = data
         if self.on_code_write is not None:
             self.on_code_write(phys, phys + len(data))
+        end = phys + len(data)
+        if self.code_written is not None and phys < self.code_span[1] and end > self.code_span[0]:
+            self.code_written(phys, end)
 
     def load(self, phys: int, data: bytes) -> None:
         """Loader write (kernel image, ROM, boot structures): bypasses the read-only ranges."""
         if phys < 0 or phys + len(data) > self.size:
             raise ValueError(f"load [{phys:#x}, {phys + len(data):#x}) outside RAM")
         self.ram[phys : phys + len(data)] = data
+
+    def zero(self, phys: int, size: int) -> None:
+        """Loader zero-fill (a segment's .bss) without touching whole pages, so host memory does not
+        grow with the size a (possibly hostile) ELF header claims (issue 11: p_memsz 1000 MiB took
+        2 GB of RSS)."""
+        if phys < 0 or size < 0 or phys + size > self.size:
+            raise ValueError(f"zero [{phys:#x}, {phys + size:#x}) outside RAM")
+        end = phys + size
+        lo, hi = (phys + 0xFFF) & ~0xFFF, end & ~0xFFF
+        if hi > lo:  # whole pages: dropped (a private anonymous mapping reads them back as zeros)
+            self.ram[phys:lo] = bytes(lo - phys)
+            self.ram.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            self.ram[hi:end] = bytes(end - hi)
+        else:
+            self.ram[phys:end] = bytes(end - phys)
 
     def u32(self, phys: int) -> int:
         self.check(phys, 4)

@@ -126,8 +126,8 @@ class Paging:
         if phys + size > mem.size:
             return -1
         if write:
-            if mem.on_code_write is not None:
-                return -1
+            if mem.on_code_write is not None or phys < mem.code_span[1] and phys + size > mem.code_span[0]:
+                return -1  # the checked path: it tells the machine that code changed
             for s, e in mem.readonly:
                 if phys < e and phys + size > s:
                     return -1

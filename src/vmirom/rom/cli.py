@@ -46,10 +46,12 @@ def _hypervisor_spec(name: str) -> RomSpec:
 
 
 def _read(path: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as e:
-        raise click.ClickException(f"cannot read {path}: {e.strerror or e}") from None
+    from vmirom.hostfiles import InputRefused, read_limited
+
+    try:  # bounded: a ROM file is at most 128 KiB; 16 MiB leaves `check` room to say what is wrong
+        return read_limited(path, 16 << 20, "ROM image")
+    except InputRefused as e:
+        raise click.ClickException(str(e)) from None
 
 
 @rom.command("build", epilog=exit_epilog("3 refused: the ROM description cannot be built (the reason "
