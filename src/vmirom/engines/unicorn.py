@@ -164,7 +164,7 @@ _REGS = {
     "tr": X.UC_X86_REG_TR,
     "ldtr": X.UC_X86_REG_LDTR,
 }
-#: W16: a read-only all-zero page above guest RAM: the page directory of a fenced CPU
+#: W17: a read-only all-zero page above guest RAM: the page directory of a fenced CPU
 FENCE_PD = 0xFFFFF000
 _TABLE_REGS = ("gdtr", "idtr")  # (base, limit) in our interface
 _SEL_REGS = ("tr", "ldtr")  # (selector, base, limit, flags)

@@ -168,7 +168,8 @@ class Machine:
         #: a fault an exit handler raised while the engine was inside a block of guest code: the
         #: engine fenced the CPU (`Engine.fence`), the run loop delivers it when the slice ends
         self.parked_fault: tuple[int, int, int | None] | None = None
-        self._stale_code = False  # the VMM wrote into translated code: flush before the next slice
+        #: physical ranges of kernel code the VMM wrote: invalidated before the next slice
+        self._stale_code: list[tuple[int, int]] = []
         self.boot = None
         self.rom = None
         self.rom_range: tuple[int, int] | None = None
@@ -279,8 +280,9 @@ class Machine:
                 if self.core is not None:
                     self.core.sync()
                 if self._stale_code:
-                    self._stale_code = False
-                    self.engine.invalidate_code(0, self.memory.size)
+                    for start, end in self._stale_code:
+                        self.engine.invalidate_code(start, end)
+                    self._stale_code.clear()
                 res = self.engine.run_slice(self.slice_budget_us())
                 self.metrics.count("slice")
                 if not self.privilege_held() or not self.mode_supported():
@@ -341,7 +343,10 @@ class Machine:
         the engine would go on running its old translation of those bytes (notes W4).  The
         translation cache cannot be flushed from inside a hook (a block may be running): end the
         slice, the run loop flushes before the next one."""
-        self._stale_code = True
+        if len(self._stale_code) < 16:
+            self._stale_code.append((start, end))
+        else:
+            self._stale_code[:] = [(0, self.memory.size)]
         self.engine.stop()
 
     def engine_core_summary(self) -> dict:
