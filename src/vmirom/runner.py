@@ -296,6 +296,7 @@ def run_in_process(req: RunRequest) -> dict:
         "console": result.console,
         "personality": personality_facts(personality),
         "boot_s": round(time.monotonic() - t0 - result.run_time_s, 4),
+        "host_max_rss_kib": _max_rss_kib(),
     }
     if result.traceback:
         out["traceback"] = result.traceback
@@ -350,6 +351,14 @@ def _parent_survives_sigint():
         yield
     finally:
         signal.signal(signal.SIGINT, old)
+
+
+def _max_rss_kib() -> int:
+    """Peak resident memory of this (VM) process in KiB: reported with every run, so tests and users
+    can see that a guest did not grow the host's memory (docs/security.md)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 #: True in the child process of `run_isolated` (limits may then be put on the whole process)
