@@ -684,6 +684,7 @@ class Vmi(Personality):
             return
         self._memory.check(phys, 4, write=True)
         mmu.set_pxe(phys, value, defer=bool(self.ecx & abi.PAGE_DEFER))  # entry and shadow together
+        self._memory.vmm_wrote(phys, 4)  # over code the guest ran: re-translated
         vcpu.sync_tlb()
 
     @handles("UpdatePxE")

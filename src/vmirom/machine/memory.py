@@ -65,7 +65,12 @@ class GuestMemory:
         self.ram[phys : phys + len(data)] = data
         if self.on_code_write is not None:
             self.on_code_write(phys, phys + len(data))
-        end = phys + len(data)
+        self.vmm_wrote(phys, len(data))
+
+    def vmm_wrote(self, phys: int, size: int) -> None:
+        """The VMM stored `size` bytes at `phys` (by this class or by a path of its own, e.g. the
+        shadow MMU's SetPxE): report it when it lands in the kernel's code (`code_written`)."""
+        end = phys + size
         if self.code_written is not None and phys < self.code_span[1] and end > self.code_span[0]:
             self.code_written(phys, end)
 
