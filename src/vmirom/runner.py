@@ -279,7 +279,7 @@ def run_in_process(req: RunRequest) -> dict:
         machine.close()
         return refused(str(e))
     if _ISOLATED:
-        _bound_child(req.timeout_s, waits=session is not None)
+        _bound_child(machine, req.timeout_s, waits=session is not None)
     with _sigint_stops(machine):
         result = machine.run()
     if _ISOLATED:
@@ -363,8 +363,12 @@ def _max_rss_kib() -> int:
 
 #: True in the child process of `run_isolated` (limits may then be put on the whole process)
 _ISOLATED = False
-#: host memory a VM process may take beyond what it holds when the guest starts (RAM, engine)
+#: host memory (resident) a VM process may add beyond what it holds when the guest starts (RAM,
+#: engine): checked after every slice by the machine (fate resource_limit)
 HOST_MEMORY_HEADROOM = 1 << 30
+#: address space it may add (a backstop inside one exit handler; generous because the engine
+#: reserves translation buffers of ~1 GiB that it never touches, e.g. when a debugger attaches)
+HOST_ADDRESS_SPACE_HEADROOM = 8 << 30
 #: how far past its own wall-clock budget a VM process may run inside one exit handler
 HANDLER_GRACE_S = 10.0
 
@@ -375,25 +379,27 @@ class HandlerTimeout(VmError):
     fate = "timeout"
 
 
-def _bound_child(timeout_s: float, *, waits: bool = False) -> None:
+def _bound_child(machine, timeout_s: float, *, waits: bool = False) -> None:
     """Host limits of a VM child process, set once the guest is loaded (issue 11, docs/security.md).
 
-    Memory: the address space may grow by HOST_MEMORY_HEADROOM beyond what the loaded VM occupies
-    (guest RAM and the engine's translation buffers are already mapped), so an exit handler that
-    allocates without bound gets MemoryError (fate resource_limit) instead of the host's memory.
+    Memory: the machine stops the run (fate resource_limit) when the process's resident memory has
+    grown by HOST_MEMORY_HEADROOM since the guest was loaded (checked after every slice); the
+    address space is capped at HOST_ADDRESS_SPACE_HEADROOM more, so a handler that allocates without
+    bound inside one exit gets MemoryError (also resource_limit) instead of the host's memory.
     Time: the run loop checks its wall-clock budget after every slice; a watchdog timer backs it
     for time spent inside one exit handler (fate timeout, raised in the handler)."""
     import resource
 
+    machine.config.max_rss_kib = _max_rss_kib() + (HOST_MEMORY_HEADROOM >> 10)
     try:
         with open("/proc/self/statm") as f:
             vm_bytes = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-        cap = vm_bytes + HOST_MEMORY_HEADROOM
+        cap = vm_bytes + HOST_ADDRESS_SPACE_HEADROOM
         soft, hard = resource.getrlimit(resource.RLIMIT_AS)
         if hard == resource.RLIM_INFINITY or cap < hard:
             resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
     except (OSError, ValueError):
-        pass  # no /proc or no permission: the run loop's own checks remain
+        pass  # no /proc or no permission: the per-slice check remains
 
     def expired(_sig, _frame) -> None:
         raise HandlerTimeout(

@@ -27,6 +27,7 @@ from typing import ClassVar
 
 from vmirom import abi
 from vmirom.hypervisors.base import Personality
+from vmirom.machine.descriptors import checked_gate, checked_segment, checked_table
 from vmirom.machine.faults import GP, GuestFault
 from vmirom.machine.vcpu import VCpu
 from vmirom.rom.spec import RomError
@@ -389,6 +390,7 @@ class Vmi(Personality):
     @handles("SetGDT")
     def set_gdt(self, vcpu: VCpu) -> None:
         base, limit = self._read_dtr(vcpu, self.eax)
+        self._validate_table(vcpu, base, limit)
         live = {reg: vcpu.get(reg) for reg in ("cs", "ss", "ds", "es", "fs", "gs")}
         for sel in live.values():  # every live selector must stay valid
             if sel & ~3 == 0:
@@ -411,6 +413,18 @@ class Vmi(Personality):
                     self._load_segment_checked(vcpu, reg, sel)
             raise
         self.emu.ctl.gdtr = (base, limit)
+
+    def _validate_table(self, vcpu: VCpu, base: int, limit: int) -> None:
+        """A GDT the kernel hands over: refused (#GP) with a call/task gate or 16-bit TSS in it,
+        DPL 0 code/data compressed to the kernel ring in guest memory (vmirom.machine.descriptors)."""
+        if not self.kernel_ring:
+            return
+        size = min(limit + 1, 8192 * 8) & ~7
+        raw = vcpu.read(base, size) if size else b""
+        new, n = checked_table(raw, self.kernel_ring)
+        if n:
+            vcpu.write_code(base, new)
+            self._metrics.count("descriptor:compressed", n)
 
     @handles("SetIDT")
     def set_idt(self, vcpu: VCpu) -> None:
@@ -452,6 +466,7 @@ class Vmi(Personality):
             if (hi >> 8) & 0x1F != 0x02 or not hi & 0x8000:
                 raise GuestFault(GP, sel & ~3)
             base, limit = self._desc_base_limit(lo, hi)
+            self._validate_table(vcpu, base, limit)  # the LDT's contents, like a GDT's
             vcpu.set("ldtr", (sel, base, limit, 0x8200))
         self.emu.ctl.ldtr = sel
 
@@ -459,11 +474,19 @@ class Vmi(Personality):
     def get_ldt(self, vcpu: VCpu) -> None:
         vcpu.set("eax", vcpu.get("ldtr")[0])
 
-    def _write_entry(self, vcpu: VCpu) -> None:
+    def _write_entry(self, vcpu: VCpu, *, idt: bool = False) -> None:
+        """Write descriptor `index` of the table at EAX, after the de-privileging rules of
+        vmirom.machine.descriptors (DPL 0 code/data -> the kernel ring, no call/task gates)."""
         table, index, lo = self.eax, self.edx, self.ecx
         hi = self.stack_arg(vcpu, 0)
         if index > 8191:
             raise GuestFault(GP, 0)
+        if idt:
+            checked_gate(lo, hi, self.kernel_ring)
+        else:
+            lo, hi, compressed = checked_segment(lo, hi, self.kernel_ring)
+            if compressed:
+                self._metrics.count("descriptor:compressed")
         vcpu.write_code(_u32(table + 8 * index), struct.pack("<II", lo, hi))  # over code it ran: seen
 
     @handles("WriteGDTEntry")
@@ -476,7 +499,7 @@ class Vmi(Personality):
 
     @handles("WriteIDTEntry")
     def write_idt_entry(self, vcpu: VCpu) -> None:
-        self._write_entry(vcpu)
+        self._write_entry(vcpu, idt=True)
 
     @handles("UpdateKernelStack")
     def update_kernel_stack(self, vcpu: VCpu) -> None:

@@ -238,6 +238,24 @@ _LITE_SENSITIVE = {"popf": "popf", "popfd": "popf", "pushf": "pushf", "pushfd": 
                    "smsw": "smsw", "lar": "lar", "lsl": "lsl", "verr": "verr", "verw": "verw"}
 
 
+_FAR = frozenset({"ljmp", "lcall", "retf", "lret", "lds", "les", "lfs", "lgs", "lss", "iret", "iretd"})
+_SREGS = frozenset({"ds", "es", "fs", "gs", "ss"})
+
+
+def loads_segment(d: Decoded) -> bool:
+    """Does `d` load a segment register from a descriptor (mov/pop to a segment register, far
+    jmp/call/ret, lds & co., iret, `jmp/call m16:32`)?  Only such a #GP can be caused by a DPL-0
+    descriptor at CPL 1."""
+    if d.mnemonic in _FAR:
+        return True
+    first = d.ops[0] if d.ops else None
+    if first is None:
+        return False
+    if d.mnemonic in ("mov", "pop") and first.type == "reg" and first.reg in _SREGS:
+        return True
+    return d.mnemonic in ("jmp", "call") and first.type == "mem" and first.size == 6
+
+
 def scan_code(code: bytes, base: int) -> dict[int, str]:
     """Linear-sweep `code` (loaded at linear `base`) and return {address: kind} of every sensitive
     non-trapping instruction.  Undecodable bytes are skipped one at a time (capstone skipdata), so
@@ -411,8 +429,10 @@ class TrapEmulator:
         handler = self._handlers.get(d.kind)
         if handler is None:
             # Not a privileged instruction: maybe a DPL-0 descriptor the kernel wrote with plain
-            # stores after its lgdt/lldt (mov ds, ljmp, lcall...).  Compress and retry once.
-            if self.compress_tables():
+            # stores after its lgdt/lldt.  Only an instruction that loads a segment register can be
+            # explained that way (issue 11: ANY unexplained kernel #GP used to rewrite the guest's
+            # DPL-0 descriptors); then compress and retry once, else the #GP is the guest's.
+            if loads_segment(d) and self.compress_tables():
                 self.stats.by_kind["retry:compressed"] += 1
                 cpu.count("fullvirt:retry_compressed")
                 return "retry"

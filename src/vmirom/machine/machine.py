@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import select
 import sys
 import time
@@ -67,6 +68,9 @@ class MachineConfig:
     #: interactive terminal; None: no input.  With input, a halted guest waits in real time for a key
     #: or its next timer deadline instead of skipping idle time at once.
     console_input: int | None = None
+    #: peak resident memory (KiB) the VM process may reach; checked after every slice (None: no
+    #: check).  The runner sets it in its child process (docs/security.md, "host resources").
+    max_rss_kib: int | None = None
     #: pool frames for shadow page tables (personalities with memory_model "shadow"; docs/mmu.md)
     shadow_pool_frames: int = 4096
     #: "python" (the reference path), "c" (the compiled engine core) or None: $VMIROM_ENGINE_CORE,
@@ -285,7 +289,7 @@ class Machine:
                     self._stale_code.clear()
                 res = self.engine.run_slice(self.slice_budget_us())
                 self.metrics.count("slice")
-                if not self.privilege_held() or not self.mode_supported():
+                if not self.privilege_held() or not self.mode_supported() or not self.memory_bounded():
                     break
                 self.deliver_parked_fault()
                 if res.halted:
@@ -590,6 +594,18 @@ class Machine:
             f"eip={eng.reg('eip'):#010x}) through a native call gate, task switch or iret: "
             "the VM is stopped, no exit is served at that privilege",
         )
+        return False
+
+    def memory_bounded(self) -> bool:
+        """False (fate resource_limit) once the process's peak RSS passed `config.max_rss_kib`."""
+        cap = self.config.max_rss_kib
+        if cap is None:
+            return True
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        if rss <= cap:
+            return True
+        self.stop("resource_limit", f"the VM process grew to {rss >> 10} MiB resident, past its limit of "
+                  f"{cap >> 10} MiB (guest RAM and engine + vmirom.runner.HOST_MEMORY_HEADROOM)")
         return False
 
     def mode_supported(self) -> bool:
