@@ -16,7 +16,8 @@ Exit status of `vmirom run` (the guest's fate):
     5  wall-clock budget exhausted (--timeout)
     6  the guest halted with nothing that could wake it
     7  another VM-level error (wrote to the ROM, touched memory outside RAM, engine error, reboot,
-       a bug in a personality's handler: `--debug` prints its traceback)
+       a bug in a personality's handler: `--debug` prints its traceback; and the security fates of
+       docs/security.md: privilege_violation, unsupported (V86, PAE), resource_limit)
     8  the engine crashed (the child process died)
     9  the user stopped the VM (Ctrl-A x on the console, Ctrl-C when the keys do not go to the
        guest, `kill` in gdb)

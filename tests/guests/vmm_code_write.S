@@ -1,6 +1,6 @@
 /* Code written by the VMM must be seen (tests/test_engine_smc.py), on `vmi` (ring 1).
    f runs, then the guest asks the VMM to write "a descriptor" over f's first 8 bytes through the
-   ROM's WriteGDTEntry (table = f, index 0): the bytes are `mov $0x22222222, %eax; ret; nop; nop`.
+   ROM's WriteGDTEntry (table = f, index 0): the bytes are `mov $0x22222222, %eax; mov $0x22, %cl; ret`.
    A VMM write is no guest store, so no engine sees it by itself: the VMM must drop the stale
    translation of f.  Exit status 0 when the second call of f returns the new value, 1 if the
    old code ran again, 2 if the first call was wrong. */
@@ -16,7 +16,9 @@ _start:
         mov $0xC0088, %ebx
         call *%ebx                           /* get_reloc: EAX = the stub */
         mov %eax, %ebx
-        push $0x9090c322                     /* hi: 22 c3 90 90 */
+        push $0xc322b122                     /* hi: 22 b1 22 c3 (access byte b1: a valid DPL-1 data
+                                                descriptor, which the VMM's descriptor rules accept
+                                                unchanged, docs/security.md) */
         mov $f, %eax                         /* table */
         xor %edx, %edx                       /* index 0 */
         mov $0x222222b8, %ecx                /* lo: b8 22 22 22 */
