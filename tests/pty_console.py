@@ -74,3 +74,15 @@ def run_shell_session(s: Serial) -> None:
     assert "nosuch: command not found" in s.expect("$ ")
     s.type("exit 0\r")
     s.expect('"event":"shutdown"', timeout=30)
+
+
+def read_until(proc: subprocess.Popen, needle: bytes, timeout: float = 100) -> bytes:
+    """What `proc` wrote on its stdout pipe up to `needle` (or until it stopped writing)."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while needle not in seen and time.monotonic() < deadline:
+        chunk = proc.stdout.read1(4096)
+        if not chunk:
+            break
+        seen += chunk
+    return seen

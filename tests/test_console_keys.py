@@ -98,20 +98,15 @@ def test_ctrl_c_without_a_guest_console_stops_with_a_report(kernel: Path) -> Non
     included, is still printed - no "Aborted!", no traceback."""
     import os
     import signal
-    import time
+
+    from pty_console import read_until
 
     p = subprocess.Popen([sys.executable, "-c", CLI, "run", "-H", "vmi", "--timeout", "120",
                           "--cmdline", "init=sh", str(kernel)],
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          start_new_session=True)
     try:
-        seen = b""
-        deadline = time.monotonic() + 100
-        while b"$ " not in seen and time.monotonic() < deadline:
-            chunk = p.stdout.read1(4096)
-            if not chunk:
-                break
-            seen += chunk
+        seen = read_until(p, b"$ ")
         assert b"$ " in seen, seen[-2000:]
         os.killpg(p.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
         out, err = p.communicate(timeout=60)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).parent))
+from pty_console import Serial, read_until  # noqa: E402
 from vmirom.guest.build import BUILD_DIR, build_kernel
 from vmirom.guest.qemu import qemu_available
 
@@ -32,13 +34,7 @@ def test_console_streams_and_the_default_initrd_is_passed(kernel: Path) -> None:
     cmd = [sys.executable, "-c", CLI, "guest", "qemu", "--cmdline", "init=sh", "--timeout", "120"]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     try:
-        seen = b""
-        deadline = time.monotonic() + 100
-        while b"$ " not in seen and time.monotonic() < deadline:
-            chunk = p.stdout.read1(4096)
-            if not chunk:
-                break
-            seen += chunk
+        seen = read_until(p, b"$ ")
         # the shell's prompt (init=sh needs the initrd) arrived while QEMU still runs
         assert b"$ " in seen, seen[-2000:]
         assert p.poll() is None
@@ -48,9 +44,6 @@ def test_console_streams_and_the_default_initrd_is_passed(kernel: Path) -> None:
 
 
 def test_interactive_console_and_ctrl_c(kernel: Path) -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from pty_console import Serial
-
     s = Serial([sys.executable, "-c", CLI, "guest", "qemu", "-i", "--cmdline", "init=sh", "--timeout", "120"])
     try:
         s.expect("$ ")

@@ -203,9 +203,9 @@ class GdbStub:
         self.conn, self.no_ack, self._buf = conn, False, b""
         self._say(f"gdb connected from {peer[0]}:{peer[1]}")
 
-    def _drop(self) -> None:
-        """gdb went away without detaching: remove its breakpoints and let the guest run on."""
-        self._say("gdb disconnected; the guest runs on")
+    def _drop(self, why: str = "gdb disconnected; the guest runs on") -> None:
+        """gdb went away (or detached): remove its breakpoints and let the guest run on."""
+        self._say(why)
         for addr in list(self.breakpoints):
             self._remove_breakpoint(addr)
         try:
@@ -319,8 +319,7 @@ class GdbStub:
             return "OK"
         if head == "D":
             self._send("OK")
-            self._say("gdb detached; the guest runs on")
-            self._drop_quietly()
+            self._drop("gdb detached; the guest runs on")
             raise _Resume
         return self._query(pkt)
 
@@ -368,15 +367,6 @@ class GdbStub:
             text = "vmirom monitor commands: state, exits"
         self._send("O" + (text + "\n").encode().hex())
         return "OK"
-
-    def _drop_quietly(self) -> None:
-        for addr in list(self.breakpoints):
-            self._remove_breakpoint(addr)
-        try:
-            self.conn.close()
-        except OSError:
-            pass
-        self.conn = None
 
     # -- registers --------------------------------------------------------------------------------
     def _reg_hex(self, n: int) -> str:
