@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 import click
 
 from vmirom import childproc
+from vmirom.cliutil import OutputPath, hypervisor_names, json_option, split_list, write_json
 from vmirom.cliutil import console as output_console
-from vmirom.cliutil import hypervisor_names, json_option, split_list, write_json
 from vmirom.debug.session import DebugOptions, DebugSession, DebugSetupError
 from vmirom.engines.options import EngineOptions
 from vmirom.guest.initrd import reference_initrd
@@ -694,7 +694,7 @@ def _show_traceback(res: dict, debug: bool) -> None:
                    "gdb KERNEL -ex 'target remote :PORT'  (docs/debugging.md)")
 @click.option("--wait", "gdb_wait", is_flag=True,
               help="with --gdb: stop before the first instruction until gdb connects")
-@click.option("--trace", "trace", type=click.Path(dir_okay=False),
+@click.option("--trace", "trace", type=OutputPath(allow_stdout=False),
               help="write every exit to FILE (Chrome trace-event JSON: ui.perfetto.dev)")
 @click.option("--deterministic", is_flag=True,
               help="guest time counts instructions, not host time: the same run gives the same "

@@ -11,7 +11,7 @@ from collections import Counter, defaultdict
 
 import click
 
-from vmirom.cliutil import console
+from vmirom.cliutil import OutputPath, console
 
 
 def load(path: str) -> dict:
@@ -62,7 +62,7 @@ def summary(path: str, top: int) -> None:
 
 @trace.command("plot")
 @click.argument("path", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG to write")
+@click.option("-o", "--output", required=True, type=OutputPath(allow_stdout=False), help="PNG to write")
 @click.option("--top", type=click.IntRange(1, 40), default=12, show_default=True, help="exit kinds to draw")
 def plot(path: str, output: str, top: int) -> None:
     """Draw the exits over guest time: one row per exit kind (the most frequent), a tick per exit,
