@@ -251,10 +251,6 @@ def run_in_process(req: RunRequest) -> dict:
         except OSError:
             pass
 
-    if req.debug.trace:  # every exit must reach Python to be traced (vmirom.debug.trace)
-        from vmirom.debug.trace import TRACE_ENV
-
-        os.environ.update(TRACE_ENV)
     try:
         machine = Machine(
             personality,

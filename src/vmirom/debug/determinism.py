@@ -13,7 +13,9 @@ differ (the issue measured 75,486 / 75,522 / 75,474 exits for one boot).  Here, 
   point of a fixed grid (GRID_NS of guest time) - absolute positions, so a slice that a
   breakpoint or a stop splits in two ends where it would have ended anyway: stopping in gdb does
   not move a single interrupt;
-* the VMI wall clock is a fixed epoch plus guest time.
+* the VMI wall clock is a fixed epoch plus guest time;
+* the compiled engine core, which decides from the thread's CPU clock whether an interrupt is due
+  at an exit, is switched off (`MachineCore.disable`): every exit takes the Python path.
 
 What it costs: `emu_start(count=N)` makes Unicorn call its counting hook before every instruction
 (W7) - measured in docs/debugging.md.  What stays nondeterministic: keys typed at the console
@@ -38,6 +40,10 @@ def make_deterministic(machine: Machine, shift: int = 0) -> None:
     """Switch `machine` (before it runs) to instruction-counted time and slices."""
     eng = machine.engine
     eng.icount()  # raises EngineError when the engine cannot count
+    core = getattr(machine, "core", None)
+    if core is not None and core.accel:
+        # the compiled core decides "interrupt due at this exit?" by the thread's CPU clock
+        core.disable("--deterministic: guest time counts instructions; the core reads the CPU clock")
     clock = machine.clock
     clock.drive_by(lambda: eng.icount() << shift, WALL_EPOCH_NS)
     run_slice = eng.run_slice

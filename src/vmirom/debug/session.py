@@ -49,9 +49,9 @@ class DebugSession:
             except OSError as e:
                 raise DebugSetupError(f"cannot write the trace {options.trace}: {e.strerror or e}") from None
         core = getattr(machine, "core", None)
-        if core is not None and (options.deterministic or options.trace):
-            # the compiled engine core reads the CPU-time clock and completes exits no hook sees
-            core.disable("--deterministic/--trace: every exit on the Python path")
+        if core is not None and core.accel and options.trace:
+            # the compiled engine core completes exits no hook sees (--deterministic: determinism.py)
+            core.disable("--trace: every exit on the Python path")
         if options.gdb:
             from vmirom.debug.gdbstub import GdbStub, parse_address
 

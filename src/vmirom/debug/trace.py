@@ -18,9 +18,11 @@ without --trace pays nothing; which exit it was comes from the exit counters the
 is what --deterministic makes reproducible: two deterministic runs give the same events apart from
 the host-time fields (dur, handler_ns).
 
-A C core that completes exits without Python (the `ccore` work) must either feed `record()` from
-its own event ring or be switched off while tracing: the runner sets VMIROM_ENGINE_CORE=python for
-traced runs (`TRACE_ENV`), so every exit reaches Python and appears here.
+The compiled engine core (`vmirom.engines.core`) completes hot exits in C, where no Python wrapper
+sees them (its counters and order log reach `Metrics` later, without handler times or EIPs).  It
+could feed `record()` from an event ring of its own; until it does, a traced run takes the Python
+path (`DebugSession` disables the core, whatever --engine-core said), so every exit appears here
+with its handler time - which makes the traced run slower than an untraced one on the C core.
 """
 
 from __future__ import annotations
@@ -33,8 +35,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from vmirom.machine import Machine
 
-#: environment for a traced VM: the exit-completing C core (if built in) must hand every exit to Python
-TRACE_ENV = {"VMIROM_ENGINE_CORE": "python"}
 HOOKS = ("on_interrupt", "on_port_in", "on_port_out", "on_cpuid", "on_invalid_opcode", "on_bad_memory",
          "on_sysenter", "deliver_pending_interrupt")  # fmt: skip
 PID, TID_GUEST, TID_EXITS = 1, 1, 2
