@@ -91,3 +91,18 @@ def test_bench_says_its_clock_and_repeats_exactly(tmp_path: Path) -> None:
     for test in ("null_syscall", "fork_exit"):
         reps = [r["exits_detail"] for r in doc["records"] if r["test"] == test]
         assert len(reps) == 2 and reps[0] == reps[1], test
+
+
+def test_piped_console_input_is_deterministic_too(kernel: Path, tmp_path: Path) -> None:
+    """The same input gives the same run: bytes enter the UART only when the guest halts."""
+    runs = []
+    for i in (1, 2):
+        out = tmp_path / f"in{i}.json"
+        p = subprocess.run([sys.executable, "-c", CLI, "run", "-H", "vmi", "-i", "--deterministic",
+                            "--cmdline", "init=sh", "--json", str(out), str(kernel)],
+                           input=b"echo hi\nls | wc\nexit 3\n", capture_output=True, timeout=300)
+        assert p.returncode == 1, p.stderr[-2000:]  # the shell's `exit 3`
+        runs.append(json.loads(out.read_text()))
+    a, b = runs
+    assert "\nhi\n" in a["console"].replace("\r\n", "\n")
+    assert a["metrics"] == b["metrics"] and a["console"] == b["console"]

@@ -17,12 +17,18 @@ differ (the issue measured 75,486 / 75,522 / 75,474 exits for one boot).  Here, 
 * the compiled engine core, which decides from the thread's CPU clock whether an interrupt is due
   at an exit, is switched off (`MachineCore.disable`): every exit takes the Python path.
 
-What it costs: `emu_start(count=N)` makes Unicorn call its counting hook before every instruction
-(W7) - measured in docs/debugging.md.  What stays nondeterministic: keys typed at the console
-(they arrive when the person types them) and the native `rdtsc` instruction, which Unicorn answers
-from the host clock with no hook to intercept it (the reference kernel uses it only on bare metal
-personalities, to interpolate clock_ns() between timer ticks; VMI personalities go through the
-ROM's RDTSC/cycle-counter calls, which read this clock).
+What it costs: `emu_start(count=N)` makes Unicorn call its counting hook before every
+instruction (W7) - measured in docs/debugging.md.
+
+Console input (`-i`) is taken at deterministic points: one byte each time the guest halts with
+the UART's receive queue empty, waiting for it if need be (`_input_at_halts`), never between
+slices.  Piped input therefore gives the same run every time; with a person typing, guest time
+stands still while the guest waits for the next key.
+
+What stays nondeterministic: the native `rdtsc` instruction, which Unicorn answers from the host
+clock with no hook to intercept it (the reference kernel uses it only on personalities without a
+VMI timer, to interpolate clock_ns() between timer ticks; VMI personalities go through the ROM's
+RDTSC/cycle-counter calls, which read this clock).
 """
 
 from __future__ import annotations
@@ -59,3 +65,17 @@ def make_deterministic(machine: Machine, shift: int = 0) -> None:
         return run_slice(0, max(1, (end - now) >> shift))
 
     eng.run_slice = counted_slice
+    _input_at_halts(machine)
+
+
+def _input_at_halts(machine: Machine) -> None:
+    """Console input only when the guest halts with nothing left to read: one byte, blocking (a
+    read of "whatever has arrived" would depend on the host's timing)."""
+    poll = machine.poll_console_input
+
+    def at_halt(timeout_s: float | None = 0.0, limit: int = 256) -> bool:
+        if not machine.halted or machine.uart.rx:
+            return False
+        return poll(None, 1)
+
+    machine.poll_console_input = at_halt

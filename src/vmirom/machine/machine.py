@@ -419,16 +419,17 @@ class Machine:
         self.halted = False
         return True
 
-    def poll_console_input(self, timeout_s: float = 0.0) -> bool:
-        """Move what was typed (if anything, waiting up to `timeout_s`) into the UART; True if bytes
-        arrived.  End of input is not an error: the guest just gets no more keys."""
+    def poll_console_input(self, timeout_s: float | None = 0.0, limit: int = 256) -> bool:
+        """Move what was typed (if anything, waiting up to `timeout_s`, None: until there is some)
+        into the UART, at most `limit` bytes; True if bytes arrived.  End of input is not an error:
+        the guest just gets no more keys."""
         fd = self.config.console_input
         if fd is None:
             return False
         ready: list = []
         try:
             ready, _, _ = select.select([fd], [], [], timeout_s)
-            data = os.read(fd, 256) if ready else b""
+            data = os.read(fd, limit) if ready else b""
         except (OSError, ValueError):
             data = b""
         if ready and not data:  # EOF (or an unreadable input): stop polling
