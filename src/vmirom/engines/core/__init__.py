@@ -143,6 +143,8 @@ class MachineCore:
             self._iret_number = abi.call("IRET").number
             p = machine.personality
             self.core.set_iret(p.kernel_ring, machine.rom_range[0], self.iret_site, self._iret_number)
+        else:  # no IRET in C, but delivery needs the kernel ring too (its de-privileging rules)
+            self.core.set_iret(machine.personality.kernel_ring, 0, -1, 0)
         self.publish_memory()
         self.mmu = getattr(machine, "mmu", None)
         if self.mmu is not None:
@@ -203,7 +205,10 @@ class MachineCore:
                 self.core.set_virtual_crs(*crs)
         master = m.pic.master
         nxt = m.next_deadline()
-        window = (bool(master.irr & ~master.imr), INT64_MAX if nxt is None else nxt + self.raw_offset())
+        # a guest's VMI SetAlarm may ask for any 64-bit expiry: clamped to the core's int64 clock
+        # (found by the hypercall fuzzer: OverflowError, docs/security.md)
+        deadline = INT64_MAX if nxt is None else max(0, min(INT64_MAX, nxt + self.raw_offset()))
+        window = (bool(master.irr & ~master.imr), deadline)
         if window != self._window:
             self._window = window
             self.core.set_irq_window(*window)

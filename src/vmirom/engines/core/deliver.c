@@ -44,6 +44,9 @@ static int code_dpl(const core_t *c, const vregs_t *R, uint32_t sel, int ext, in
     if (read8(c, R, R->r[R_GDT_BASE] + (sel & ~7u), &lo, &hi, f)) return CORE_FAULT;
     if (!((hi >> 11) & 1) || !((hi >> 12) & 1)) return gp(f, V_GP, (sel & ~3u) + ext);
     if (!(hi & 0x8000)) return gp(f, V_NP, (sel & ~3u) + ext);
+    /* docs/security.md: a conforming target keeps the caller's ring and an execute-only one is
+     * refused - both rare, both left to the Python path, which applies those rules */
+    if (((hi >> 10) & 1) || !((hi >> 9) & 1)) return CORE_FALLBACK;
     *dpl = (hi >> 13) & 3;
     return CORE_OK;
 }
@@ -67,6 +70,11 @@ static int deliver_once(const core_t *c, const vregs_t *R, int vector, int has_e
                         int software, int external, ventry_t *e, vframe_t *fr, vfault_t *f) {
     const uint32_t *r = R->r;
     uint32_t ext = external ? 1 : 0;
+    /* docs/security.md: a context below the kernel's ring (Machine.privilege_held), V86 mode and
+     * PAE paging are refused by the Python path: never completed here */
+    if ((int)(r[R_CS] & 3) < c->kernel_ring || (r[R_EFLAGS] & 0x20000u) ||
+        ((r[R_CR4] & 0x20u) && (r[R_CR0] & 0x80000000u)))
+        return CORE_FALLBACK;
     if ((uint32_t)vector * 8 + 7 > r[R_IDT_LIMIT]) return gp(f, V_GP, vector * 8 + 2 + ext);
     uint32_t lo, hi;
     if (read8(c, R, r[R_IDT_BASE] + vector * 8, &lo, &hi, f)) return CORE_FAULT;
@@ -78,8 +86,10 @@ static int deliver_once(const core_t *c, const vregs_t *R, int vector, int has_e
     uint32_t sel = lo >> 16;
     uint32_t offset = (hi & 0xFFFF0000u) | (lo & 0xFFFF);
     int dpl;
-    if (code_dpl(c, R, sel, ext, &dpl, f)) return CORE_FAULT;
+    int rc = code_dpl(c, R, sel, ext, &dpl, f);
+    if (rc) return rc;
     if (dpl > cpl) return gp(f, V_GP, (sel & ~3u) + ext);
+    if (dpl < c->kernel_ring) return CORE_FALLBACK; /* a ring the kernel does not own: #GP in Python */
     uint32_t new_flags = r[R_EFLAGS] & ~EFL_CLEAR;
     if (gtype == 0x0E) new_flags &= ~EFL_IF;
     uint32_t top;
