@@ -735,6 +735,13 @@ def run(
     hypervisor, engine = parse_target(hypervisor)
     if gdb_wait and not gdb:
         raise click.UsageError("--wait needs --gdb")
+    if gdb:
+        from vmirom.debug.gdbstub import parse_address
+
+        try:
+            parse_address(gdb)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--gdb") from None
     if timeout_s is None:
         timeout_s = 86400.0 if interactive or gdb else 60.0
     if interactive and quiet:
