@@ -507,19 +507,17 @@ class GdbStub:
         raise _Resume
 
     def _step_one(self) -> None:
-        """Run exactly one instruction (no interrupt injected; an exit it causes is handled)."""
+        """Run exactly one instruction (no interrupt injected; an exit it causes is handled, and what
+        follows a slice - a parked fault, a halt, the privilege checks - follows it too)."""
         m = self.m
         if m.halted:
             return  # a halted CPU waits for an interrupt; `continue` lets one come
         eng = m.engine
         self._stepping_from = eng.reg("eip")
+        m.prepare_slice()
         try:
             res = eng.run_slice(0, count=1)
         finally:
             self._stepping_from = None
         self.hit = None
-        if res.halted:
-            m.metrics.count("halt")
-            m.request_halt()
-        if res.error and m.fate is None:
-            m.stop("engine_error", f"engine stopped: {res.error} at eip={eng.reg('eip'):#010x}")
+        m.finish_slice(res)

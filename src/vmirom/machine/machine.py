@@ -281,24 +281,11 @@ class Machine:
                     self.metrics.count(f"exception:{f.vector}")
                     self._reflect(f.vector, f.error_code, f.cr2)
                     continue
-                if self.core is not None:
-                    self.core.sync()
-                if self._stale_code:
-                    for start, end in self._stale_code:
-                        self.engine.invalidate_code(start, end)
-                    self._stale_code.clear()
+                self.prepare_slice()
                 res = self.engine.run_slice(self.slice_budget_us())
                 self.metrics.count("slice")
-                if not self.privilege_held() or not self.mode_supported() or not self.memory_bounded():
+                if not self.finish_slice(res):
                     break
-                self.deliver_parked_fault()
-                if res.halted:
-                    self.metrics.count("halt")
-                    self.request_halt()
-                if res.error and self.fate is None:
-                    self.stop(
-                        "engine_error", f"engine stopped: {res.error} at eip={self.engine.reg('eip'):#010x}"
-                    )
                 if deadline is not None and self.fate is None and time.monotonic() - self.paused_s > deadline:
                     self.stop(
                         "timeout",
@@ -358,6 +345,29 @@ class Machine:
         if self.core is None:
             return {"name": "python", "note": self.engine_core_note}
         return self.core.summary()
+
+    def prepare_slice(self) -> None:
+        """Right before guest code runs (a slice, or a debugger's single step): the compiled core's
+        view of the interrupt window, translations of code the VMM rewrote."""
+        if self.core is not None:
+            self.core.sync()
+        if self._stale_code:
+            for start, end in self._stale_code:
+                self.engine.invalidate_code(start, end)
+            self._stale_code.clear()
+
+    def finish_slice(self, res) -> bool:
+        """Right after guest code ran: the privilege and resource checks, the fault an exit parked, a
+        native halt, an engine error.  False: the run must end (the checks set the fate)."""
+        if not self.privilege_held() or not self.mode_supported() or not self.memory_bounded():
+            return False
+        self.deliver_parked_fault()
+        if res.halted:
+            self.metrics.count("halt")
+            self.request_halt()
+        if res.error and self.fate is None:
+            self.stop("engine_error", f"engine stopped: {res.error} at eip={self.engine.reg('eip'):#010x}")
+        return True
 
     def stop(self, fate: str, message: str = "") -> None:
         """End the run with `fate` (first reason wins)."""
