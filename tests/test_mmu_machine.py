@@ -30,7 +30,11 @@ from test_vmm_dispatch import (
     FakeEngine,
     Vm,
 )
+from vmirom.guest.build import BUILD_DIR, build_kernel
+from vmirom.guest.console import last_event, parse_events
 from vmirom.hypervisors.fullvirt import FullVirt
+from vmirom.hypervisors.vmi import Vmi
+from vmirom.machine import Machine, MachineConfig
 from vmirom.machine.faults import PF
 from vmirom.machine.mmu.bits import CR0_PG, CR0_WP, RW, US, A, P
 
@@ -104,8 +108,12 @@ def test_fullvirt_traps_and_emulates_a_store_to_a_page_table(engine_cls):
     page_fault(vm, entry, MOV_STORE, **regs)  # not mapped yet: filled read-only (protected)
     assert vm.detail == {"shadow:hidden_fault": 1}
     page_fault(vm, entry, MOV_STORE, **regs)  # the store itself
-    assert vm.detail == {"shadow:wp_trap": 1, "emulate:pte_write": 1, "mmu:emulated_pte_write": 1,
-                         "mmu:zap": 1}
+    assert vm.detail == {
+        "shadow:wp_trap": 1,
+        "emulate:pte_write": 1,
+        "mmu:emulated_pte_write": 1,
+        "mmu:zap": 1,
+    }
     assert vm.r("eip") == KCODE + 2  # stepped over
     assert struct.unpack_from("<I", vm.m.memory.ram, entry)[0] == new
     assert shadow_leaf(vm, 0x200000) == 0  # the old translation is gone from the shadow
@@ -144,3 +152,27 @@ def test_the_run_summary_carries_the_shadow_mmu(engine_cls):
     mmu = vm.m.metrics_dict()["mmu"]
     assert mmu["tracking"] == "wp" and mmu["hidden_faults"] == 1 and mmu["shadow_pages"] >= 2
     assert vm.m.metrics_dict()["total_exits"] == vm.m.metrics.total  # mmu events are not exits
+
+
+# -- a real boot: a kernel that writes its page tables natively on a "pv" shadow MMU -------------------
+class NativeMmuVmi(Vmi):
+    """A VMI personality whose ROM keeps the MMU operations native (like a third-party ROM that
+    leaves PTE writes alone): the kernel stores its entries, never announces its tables, and
+    relies on invlpg / CR3 reloads, so every shadow table is resynced like a TLB."""
+
+    name = "test-vmi-native-mmu"
+    native_calls = Vmi.native_calls + ("SetPxE", "UpdatePxE", "InvalPage", "FlushTLB", "SetCR3", "GetCR3")
+    nop_calls = Vmi.nop_calls + ("AllocatePage", "ReleasePage", "SetLazyMode")
+
+
+def test_native_page_table_writes_on_shadow_paging_pass_the_selftest():
+    kernel = build_kernel()
+    initrd = BUILD_DIR / "initrd.cpio"
+    m = Machine(NativeMmuVmi(), MachineConfig(timeout_s=600))
+    m.load_kernel(kernel.read_bytes(), "init=selftest", [(initrd.read_bytes(), "initrd")])
+    r = m.run()
+    summary = last_event(parse_events(r.console), "selftest_summary")
+    assert (r.fate, r.exit_status) == ("exit", 0), r.message
+    assert summary["failed"] == 0 and summary["passed"] == summary["total"] >= 29
+    mmu = m.mmu.summary()
+    assert mmu["pv_updates"] == 0 and mmu["syncs"] > 0  # no call told us: the resyncs did it

@@ -492,3 +492,50 @@ def test_release_page_drops_the_shadows_of_a_table():
     mmu.release_page(pt)
     assert pt not in mmu.by_gfn and mmu.stats.unshadows == 1
     assert cpu.read32(0x400000) == 0  # refilled from the guest's tables
+
+
+def test_an_update_already_accessed_is_shadowed_at_once_and_nothing_the_guest_sees_changes():
+    pm, mmu, cpu, g = machine("pv")
+    pd = g.frame()
+    pte = g.map(pd, 0x400000, 0x200000)
+    mmu.allocate_page(pd >> 12)
+    mmu.allocate_page(g.entry(pd, 1) >> 12)
+    fill_data(pm, 0x201000, 11)
+    fill_data(pm, 0x202000, 22)
+    paging_on(mmu, pd)
+    cpu.read32(0x400000)
+    faults = mmu.stats.hidden_faults
+    mmu.set_pxe(pte, 0x201000 | P | RW | US | A)  # accessed, clean: prefilled read-only
+    assert cpu.read32(0x400000) == 11 and mmu.stats.hidden_faults == faults
+    cpu.write32(0x400004, 1)  # the first write still faults: D is set by it, in the guest's entry
+    assert mmu.stats.hidden_faults == faults + 1 and pm.guest_u32(pte) & D
+    mmu.set_pxe(pte, 0x202000 | P | RW | US | A | D)  # accessed and dirty: prefilled writable
+    cpu.write32(0x400008, 2)
+    assert cpu.read32(0x400000) == 22 and mmu.stats.hidden_faults == faults + 1
+    mmu.set_pxe(pte, 0x201000 | P | RW | US)  # not accessed: dropped, A is set on the next use
+    assert pm.guest_u32(pte) & A == 0
+    cpu.read32(0x400000)
+    assert mmu.stats.hidden_faults == faults + 2 and pm.guest_u32(pte) & A
+    assert mmu.stats.prefills == 2
+
+
+def test_an_entry_written_behind_the_vmms_back_and_back_again_is_not_kept_past_a_flush():
+    """The snapshot must hold the values the shadow was built from: an entry that was 0 at the
+    last sync, filled from a later value, then cleared again looks unchanged to a naive compare."""
+    pm, mmu, cpu, g = machine("pv")
+    pd = g.frame()
+    g.map(pd, 0x401000, 0x201000)  # the table exists; 0x400000 itself is not mapped yet
+    fill_data(pm, 0x200000, 5)
+    paging_on(mmu, pd)
+    cpu.read32(0x401000)  # the shadow table exists, its snapshot has entry 0x400 == 0
+    pte = g.map(pd, 0x400000, 0x200000, flags=P | RW | US | A | D)  # a native store (no call), A/D
+    assert cpu.read32(0x400000) == 5  # not present before: used at once, as on a CPU
+    pm.set_guest_u32(pte, 0)  # unmapped natively again ...
+    for flush in (lambda: mmu.invlpg(0x400000), lambda: mmu.set_cr3(pd), mmu.flush_tlb):
+        pm.set_guest_u32(pte, 0x200000 | P | RW | US | A | D)
+        cpu.read32(0x400000)
+        pm.set_guest_u32(pte, 0)
+        flush()  # ... and invalidated: the old translation must be gone
+        with pytest.raises(Fault) as e:
+            cpu.read32(0x400000)
+        assert e.value.result.kind == TRUE_FAULT

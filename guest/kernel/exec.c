@@ -41,7 +41,7 @@ static u32 load_segment(u32 *pgdir, const struct proghdr *ph, const u8 *file, u3
             page = kalloc();
             if (!page)
                 return 0;
-            set_entry(pgdir, pte, V2P(page) | perm | PTE_P, VMI_PAGE_PT, va);
+            set_entry(pgdir, pte, V2P(page) | perm | PTE_P | PTE_A, VMI_PAGE_PT, va);
         }
         /* bytes of the file that land in this page */
         u32 lo = va > ph->vaddr ? va : ph->vaddr;
@@ -109,7 +109,7 @@ int exec(const char *path, char *const kargv[], int argc)
     u32 sp = (USER_STACK_TOP - block) & ~15u;
     for (u32 va = PGROUNDDOWN(sp); va < USER_STACK_TOP; va += PGSIZE) {
         u8 *page = kalloc();
-        if (!page || map_page(pgdir, va, V2P(page), PTE_U | PTE_W) < 0) {
+        if (!page || map_page(pgdir, va, V2P(page), PTE_U | PTE_W | PTE_A | PTE_D) < 0) {
             err = -ENOMEM;
             goto bad;
         }

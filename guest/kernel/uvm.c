@@ -44,7 +44,7 @@ static void tlb_inval(struct proc *p, u32 va)
 static int cow_break(struct proc *p, u32 va, u32 *pte)
 {
     u32 pa = PTE_ADDR(*pte);
-    u32 flags = (*pte & 0xFFF & ~PTE_COW) | PTE_W;
+    u32 flags = (*pte & 0xFFF & ~PTE_COW) | PTE_W | PTE_A | PTE_D;   /* a write fault: used, dirty */
     if (page_refcount(pa) == 1) {
         set_entry(p->pgdir, pte, pa | flags, VMI_PAGE_PT, va);
     } else {
@@ -81,7 +81,8 @@ void *uva_page(struct proc *p, u32 va, int write)
     u8 *page = kalloc();
     if (!page)
         return 0;
-    if (map_page(p->pgdir, PGROUNDDOWN(va), V2P(page), perm) < 0) {
+    /* a fresh page is mapped Accessed (and Dirty for a write fault), as Linux maps it "young" */
+    if (map_page(p->pgdir, PGROUNDDOWN(va), V2P(page), perm | PTE_A | (write ? PTE_D : 0)) < 0) {
         kfree(page);
         return 0;
     }

@@ -41,7 +41,7 @@ u32 *pgdir_walk(u32 *pgdir, u32 va, int alloc)
     } else {
         if (!alloc || !(pt = new_table(VMI_PAGE_PT)))
             return 0;
-        u32 perm = va < KERNBASE ? PTE_P | PTE_W | PTE_U : PTE_P | PTE_W;
+        u32 perm = (va < KERNBASE ? PTE_P | PTE_W | PTE_U : PTE_P | PTE_W) | PTE_A;
         set_entry(pgdir, pde, V2P(pt) | perm, VMI_PAGE_PD, va & ~0x3FFFFFu);
     }
     return &pt[PTX(va)];
@@ -164,7 +164,9 @@ void vm_init(u32 end)
         u32 *pte = pgdir_walk(kpgdir, va, 1);
         if (!pte)
             panic("vm_init: out of memory for page tables");
-        set_entry(kpgdir, pte, pa | PTE_P | PTE_W, VMI_PAGE_PT, va);
+        /* Accessed and Dirty from the start, like Linux's PAGE_KERNEL: nobody ages kernel pages,
+         * and a shadowing hypervisor then never has to trap a first access to set them */
+        set_entry(kpgdir, pte, pa | PTE_P | PTE_W | PTE_A | PTE_D, VMI_PAGE_PT, va);
     }
     vmi_ops.set_lazy_mode(VMI_LAZY_NONE);
     switch_pgdir(kpgdir);

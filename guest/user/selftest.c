@@ -692,13 +692,22 @@ static int c_fork_churn(char *d, int n)
 
 #define PTE_AD (PTE_FLAG_A | PTE_FLAG_D)
 
-static int c_ad_bits(char *d, int n)
+/* anonymous private memory for a check, or NULL after a note */
+static void *map_or_note(char *d, int n, unsigned len, int prot)
 {
-    volatile char *p = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_ANON | MAP_PRIVATE);
+    void *p = mmap(NULL, len, prot, MAP_ANON | MAP_PRIVATE);
     if (SYSCALL_IS_ERR(p)) {
         NOTE("mmap: %s", strerror((int)(long)p));
-        return 0;
+        return NULL;
     }
+    return p;
+}
+
+static int c_ad_bits(char *d, int n)
+{
+    volatile char *p = map_or_note(d, n, PAGE, PROT_READ | PROT_WRITE);
+    if (!p)
+        return 0;
     (void)p[0];                                     /* first touch: a read */
     int f = pteflags((void *)p, 0);
     EXPECT(f > 0 && (f & PTE_AD) == PTE_FLAG_A, "after a read: flags %#x, want A without D", f);
@@ -743,11 +752,9 @@ static int c_mprotect(char *d, int n)
     EXPECT(s == (WSTATUS_KILLED | 14), "write after mprotect(PROT_READ): status %#x, want 0x10e", s);
     s = run_child(mp_child, PAGE);
     EXPECT(s == (WSTATUS_KILLED | 14), "write to a not yet touched page: status %#x, want 0x10e", s);
-    volatile char *p = mmap(NULL, 4 * PAGE, PROT_READ, MAP_ANON | MAP_PRIVATE);
-    if (SYSCALL_IS_ERR(p)) {
-        NOTE("mmap: %s", strerror((int)(long)p));
+    volatile char *p = map_or_note(d, n, 4 * PAGE, PROT_READ);
+    if (!p)
         return 0;
-    }
     (void)p[0];
     EXPECT(mprotect((void *)p, 4 * PAGE, PROT_READ | PROT_WRITE) == 0, "mprotect(RW) refused");
     for (unsigned i = 0; i < 4; i++)
@@ -765,11 +772,9 @@ static int c_mprotect(char *d, int n)
 
 static int c_cow_pages(char *d, int n)
 {
-    volatile uint8_t *b = mmap(NULL, CP_PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_ANON | MAP_PRIVATE);
-    if (SYSCALL_IS_ERR(b)) {
-        NOTE("mmap: %s", strerror((int)(long)b));
+    volatile uint8_t *b = map_or_note(d, n, CP_PAGES * PAGE, PROT_READ | PROT_WRITE);
+    if (!b)
         return 0;
-    }
     cow_fill(b, 0, CP_PAGES * PAGE, 5);
     int pid = fork();
     if (pid == 0) {                                 /* the child writes every page: all copies */
@@ -800,11 +805,9 @@ static int c_munmap_reuse(char *d, int n)
 {
     /* fill pages and unmap them: their frames go back to the kernel, and the next allocations
      * take them - here as the page tables of 4 MiB slots never used before */
-    volatile uint8_t *a = mmap(NULL, MR_DATA * PAGE, PROT_READ | PROT_WRITE, MAP_ANON | MAP_PRIVATE);
-    if (SYSCALL_IS_ERR(a)) {
-        NOTE("mmap: %s", strerror((int)(long)a));
+    volatile uint8_t *a = map_or_note(d, n, MR_DATA * PAGE, PROT_READ | PROT_WRITE);
+    if (!a)
         return 0;
-    }
     for (unsigned i = 0; i < MR_DATA * PAGE; i += 64)
         a[i] = 0xA5;
     EXPECT(munmap((void *)a, MR_DATA * PAGE) == 0, "munmap");

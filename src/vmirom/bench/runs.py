@@ -26,6 +26,7 @@ from vmirom.bench.probe import ConsoleLine, Delta, Probe, Snapshot, bench_window
 from vmirom.engines.libunicorn import loaded_build
 from vmirom.engines.options import EngineOptions, TargetError, parse_target
 from vmirom.guest.console import JSON_PREFIX, parse_events
+from vmirom.machine.metrics import NOT_EXITS
 
 #: the benchmark program's tests, in its order (bench -l)
 GUEST_TESTS = ("null_syscall", "pipe_latency", "fork_exit", "fork_exec", "page_fault", "prot_fault",
@@ -192,7 +193,7 @@ def _record(target: Target, repeat: int, test: str, iterations: int, *, guest_to
         "engine_build": None if target.platform in QEMU_PLATFORMS else loaded_build(),
     }
     if delta is not None:
-        kinds = {k: v for k, v in delta.kinds.items() if k not in ("slice", "delivery")}
+        kinds = {k: v for k, v in delta.kinds.items() if k not in NOT_EXITS}  # mmu: events, in exits_detail
         rec.update(exits=kinds, exits_detail=delta.detail, in_guest=delta.in_guest,
                    exits_per_iter={k: v / it for k, v in kinds.items()},
                    exits_total_per_iter=sum(kinds.values()) / it, slices=delta.kinds.get("slice", 0),

@@ -137,6 +137,7 @@ class MmuStats:
     deferred_updates: int = 0
     syncs: int = 0  # shadow pages compared with the guest table and found changed
     zaps: int = 0  # shadow entries dropped because the guest entry changed
+    prefills: int = 0  # shadow entries filled when the guest wrote them (no hidden fault later)
     unshadows: int = 0  # frames no longer shadowed (flood / unemulatable store / release)
     evictions: int = 0  # shadow pages reclaimed for lack of pool frames
     roots_created: int = 0
@@ -308,7 +309,8 @@ class ShadowMMU:
             return self._true(err | PFERR_P, va)
         # the guest's CPU would use this translation: Accessed (and Dirty) in the guest's entries
         if not big and not pde & A:
-            self._guest_set(pde_gpa, pde | A)
+            pde |= A
+            self._guest_set(pde_gpa, pde)
         new = entry | A | (D if write else 0)
         if new != entry:
             self._guest_set(entry_gpa, new)
@@ -339,8 +341,18 @@ class ShadowMMU:
         else:
             flags = P | (eff & US)
         self._set_leaf(table, (va >> 12) & 0x3FF, gfn, flags)
+        # the snapshots hold what the shadow was built from, so an entry the guest changes back to
+        # its last synced value behind our back is still seen as changed at the next resync
+        self._snap_used(self.root, va >> 22, pde if not big else entry)
+        if not big:
+            self._snap_used(table, (va >> 12) & 0x3FF, entry)
         self.stats.hidden_faults += 1
         return FaultResult(HIDDEN)
+
+    @staticmethod
+    def _snap_used(page: ShadowPage, i: int, value: int) -> None:
+        if page.snap is not None:
+            _U32.pack_into(page.snap, i << 2, value)
 
     def _fault_phys(self, va: int, write: bool) -> FaultResult:
         """Guest paging off: the identity shadow of guest-physical memory."""
@@ -659,12 +671,34 @@ class ShadowMMU:
         if not include_global and self._global(page, old):
             return False
         _U32.pack_into(page.snap, i << 2, new)
-        self.stats.zaps += 1
-        self.event("mmu:zap")
         if page.level == 2:
             self._unlink(page, i)
+        elif self._prefill(page, i, new):
+            return True
         else:
             self._zap_leaf(page, i)
+        self.stats.zaps += 1
+        self.event("mmu:zap")
+        return True
+
+    def _prefill(self, table: ShadowPage, i: int, entry: int) -> bool:
+        """A guest entry the VMM saw being written is shadowed at once instead of on its first use
+        (KVM's pte prefetch), when that changes nothing the guest can see: the entry is present and
+        already Accessed (the guest set A itself, as kernels do for fresh mappings), writable in the
+        shadow only when already Dirty.  Saves the hidden fault that would follow."""
+        if not entry & P or not entry & A or table.key[0] != "pt":
+            return False
+        gfn = entry >> PAGE_SHIFT
+        if gfn >= self.pm.ram_frames:
+            return False
+        eff = table.key[2] & entry
+        writable = eff & RW and entry & D and not self._protected(gfn) and not self._rom(gfn)
+        off = (table.mfn << PAGE_SHIFT) | (i << 2)
+        if _U32.unpack_from(self.pm.mem, off)[0] & P:
+            self.need_flush = True  # a TLB may hold the old translation
+        self._set_leaf(table, i, gfn, P | (eff & US) | (RW if writable else 0))
+        self.stats.prefills += 1
+        self.event("mmu:prefill")
         return True
 
     def _global(self, page: ShadowPage, entry: int) -> bool:
