@@ -117,13 +117,19 @@ def test_under_shadow_paging_the_core_completes_software_interrupts_only(kernel)
     assert d["hypercall:IRET"] == res["personality"]["hypercalls_by_call"]["IRET"] > 1000
 
 
-def test_debugging_modes_that_see_every_exit_turn_the_core_off():
+def test_debugging_modes_that_see_every_exit_turn_the_core_off(tmp_path):
+    from vmirom.debug.determinism import make_deterministic
     from vmirom.debug.session import DebugOptions, DebugSession
 
     m = _machine(create("bare"))
     assert m.core.accel
-    DebugSession(m, DebugOptions(deterministic=True))
-    assert not m.core.accel and m.delivery._core is None
+    make_deterministic(m)
+    assert not m.core.accel and m.delivery._core is None and "deterministic" in m.core.why_not
+    m.close()
+    m = _machine(create("bare"))
+    session = DebugSession(m, DebugOptions(trace=str(tmp_path / "trace.json")))
+    session.tracer.close()
+    assert not m.core.accel and "trace" in m.core.why_not
     m.close()
 
 
@@ -178,6 +184,19 @@ def test_resolve(monkeypatch):
     assert engine_core.resolve("c")[0] == "c"  # an explicit choice wins over the environment
     with pytest.raises(ValueError):
         engine_core.resolve("fortran")
+
+
+def test_bench_records_say_which_core_ran(kernel):
+    from vmirom.bench import report, runs
+
+    kernels = runs.Kernels(kernel, None, INITRD_PATH)
+    workload = runs.Workload(("null_syscall",), iterations=5, timeout_s=120)
+    for name, core in (("bare", "c"), ("bare+py", "python")):
+        b = runs.run_boot(runs.Target.parse(name), 0, kernels, workload)
+        assert b.fate == "exit" and b.engine_core["name"] == core
+        assert (b.engine_core.get("completed", 0) > 0) == (core == "c")
+        (rec,) = b.records
+        assert rec["engine_core"] == core and report.validate_record(rec) == []
 
 
 def test_py_modifier():

@@ -137,11 +137,13 @@ class BootResult:
     handler_profile: dict[str, Any] = field(default_factory=dict)
     console_tail: str = ""
     engine: dict[str, Any] | None = None    # the libunicorn the VM ran on (EngineBuild.as_json); None: QEMU
+    engine_core: dict[str, Any] | None = None  # the exit core that ran (Machine.engine_core_summary)
 
     def as_json(self) -> dict[str, Any]:
         return {"target": self.target, "repeat": self.repeat, "cmdline": self.cmdline, "fate": self.fate,
                 "exit_status": self.exit_status, "message": self.message, "wall_s": round(self.wall_s, 4),
-                "errors": self.errors, "handler_profile": self.handler_profile, "engine": self.engine}
+                "errors": self.errors, "handler_profile": self.handler_profile, "engine": self.engine,
+                "engine_core": self.engine_core}
 
 
 def primary_time(platform: str, guest_per_iter: float | None, guest_unit: str | None,
@@ -191,6 +193,7 @@ def _record(target: Target, repeat: int, test: str, iterations: int, *, guest_to
         "exits": None, "exits_detail": None, "exits_per_iter": {}, "exits_total_per_iter": None,
         "in_guest": None, "slices": None, "handler_ns_per_iter": None, "outside_share": None,
         "engine_build": None if target.platform in QEMU_PLATFORMS else loaded_build(),
+        "engine_core": None if target.platform in QEMU_PLATFORMS else _core_name(target),
     }
     if delta is not None:
         kinds = {k: v for k, v in delta.kinds.items() if k not in NOT_EXITS}  # mmu: events, in exits_detail
@@ -201,9 +204,17 @@ def _record(target: Target, repeat: int, test: str, iterations: int, *, guest_to
     return rec
 
 
+def _core_name(target: Target) -> str:
+    """The exit core a VMM target's process uses: "c" or "python" (vmirom.engines.core)."""
+    from vmirom.engines import core
+
+    return core.resolve(target.engine.core)[0]
+
+
 def error_record(target: Target, repeat: int, test: str, error: str) -> dict[str, Any]:
     rec = _record(target, repeat, test, 0, guest_total=None, guest_unit=None, delta=None, host_ns=None)
-    rec.update(status="error", error=error, engine_build=None)  # not measured: no claim about the engine
+    # not measured: no claim about the engine
+    rec.update(status="error", error=error, engine_build=None, engine_core=None)
     return rec
 
 
@@ -301,8 +312,8 @@ def run_vmm(target: Target, kernel: Path, initrd: Path | None, cmdline: str, tim
 
     probe = Probe(watch)
     engine = probe.wrap(UnicornEngine())
-    machine = Machine(registry.create(target.platform),
-                      MachineConfig(timeout_s=timeout_s, echo=probe.console_sink), engine=engine)
+    config = MachineConfig(timeout_s=timeout_s, echo=probe.console_sink, engine_core=target.engine.core)
+    machine = Machine(registry.create(target.platform), config, engine=engine)
     try:
         modules = [(initrd.read_bytes(), "initrd")] if initrd is not None else None
         machine.load_kernel(kernel.read_bytes(), cmdline, modules)
@@ -538,6 +549,7 @@ def run_boot_here(target: Target, repeat: int, kernels: Kernels, workload: Workl
     initrd = None if pseudo else kernels.initrd
     wanted = workload.pseudo if pseudo else workload.tests
     profile: dict[str, Any] = {}
+    core_info = None
     stop = None if pseudo else no_init
     if target.platform in QEMU_PLATFORMS:
         extra = ICOUNT_ARGS if target.counts_instructions else ()
@@ -548,6 +560,7 @@ def run_boot_here(target: Target, repeat: int, kernels: Kernels, workload: Workl
         res, probe, origin, wall = run_vmm(target, kernel, initrd, cmdline, workload.timeout_s, on_line, stop,
                                            deterministic=workload.deterministic)
         fate, status, message, lines, host_only = res.fate, res.exit_status, res.message, probe.lines, False
+        core_info = res.engine_core
         profile = probe.handler_profile()
         snap = probe.snapshot()
         profile["_total"] = {"wall_ns": snap.wall_ns, "handler_ns": snap.handler_ns,
@@ -565,7 +578,7 @@ def run_boot_here(target: Target, repeat: int, kernels: Kernels, workload: Workl
     tail = "\n".join(ln.text for ln in lines[-15:])
     engine = None if host_only else _engine_json()
     return BootResult(target.name, repeat, cmdline, fate, status, message, wall, recs, errors, profile, tail,
-                      engine)
+                      engine, core_info)
 
 
 def _engine_json() -> dict[str, Any]:

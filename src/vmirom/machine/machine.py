@@ -88,6 +88,8 @@ class RunResult:
     console: str = ""
     #: fate "vmm_bug": the Python traceback of the handler that raised (shown by `vmirom run --debug`)
     traceback: str | None = None
+    #: the exit core that ran (Machine.engine_core_summary)
+    engine_core: dict | None = None
 
 
 def boot_selectors(ring: int) -> tuple[int, int]:
@@ -321,6 +323,7 @@ class Machine:
             self.metrics_dict(),
             self.uart.text(),
             tb,
+            self.engine_core_summary(),
         )
 
     def metrics_dict(self) -> dict:
