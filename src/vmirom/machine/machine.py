@@ -353,7 +353,7 @@ class Machine:
         """Right before guest code runs (a slice, or a debugger's single step): the compiled core's
         view of the interrupt window, translations of code the VMM rewrote."""
         if self.core is not None:
-            self.core.sync()
+            self.core.sync(slice_start=True)
         if self._stale_code:
             for start, end in self._stale_code:
                 self.engine.invalidate_code(start, end)

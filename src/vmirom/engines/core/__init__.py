@@ -190,7 +190,7 @@ class MachineCore:
             clk.now_ns()  # pins the clock to this (the vCPU) thread
         return clk._base - clk._skipped
 
-    def sync(self) -> None:
+    def sync(self, slice_start: bool = False) -> None:
         """Publish the interrupt window (Machine._irq_first's inputs): whether the PIC holds an
         unmasked request, and the next timer deadline.  Called before every slice and after every
         exit the Python path handled (only Python code changes either)."""
@@ -209,9 +209,9 @@ class MachineCore:
         # (found by the hypercall fuzzer: OverflowError, docs/security.md)
         deadline = INT64_MAX if nxt is None else max(0, min(INT64_MAX, nxt + self.raw_offset()))
         window = (bool(master.irr & ~master.imr), deadline)
-        if window != self._window:
+        if slice_start or window != self._window:
             self._window = window
-            self.core.set_irq_window(*window)
+            self.core.set_irq_window(*window, slice_start)
 
     # -- counters --------------------------------------------------------------------------------
     def drain(self, kinds, detail, recent) -> None:  # noqa: ANN001 - Metrics' counters

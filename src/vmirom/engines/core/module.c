@@ -160,6 +160,26 @@ static int glue_iret(core_t *c, vregs_t *R, ventry_t *e, vcounts_t *cnt) {
     return CORE_OK;
 }
 
+/* Is this hypercall exit the IRET (Vmi.is_hypercall's site test), from five registers?  Every other
+ * hypercall goes to Python at once, without the full register read. */
+static int is_iret_site(core_t *c) {
+    if (c->iret_site < 0) return 0;
+    static int ids[5] = {UC_X86_REG_EIP, UC_X86_REG_CS, UC_X86_REG_CR0, UC_X86_REG_CR3, UC_X86_REG_CR4};
+    uint32_t v[5] = {0, 0, 0, 0, 0};
+    void *vals[5] = {&v[0], &v[1], &v[2], &v[3], &v[4]};
+    if (c->api.read_batch(c->uc, ids, vals, 5)) return 0;
+    if ((int)(v[1] & 3) > c->kernel_ring) return 0;
+    if (c->shadow) {
+        v[2] = c->vcr0;
+        v[3] = c->vcr3;
+        v[4] = c->vcr4;
+    }
+    uint64_t pa;
+    vfault_t f;
+    if (core_translate(c, v[0] - 2, 0, 0, v[2], v[3], v[4], &pa, &f)) return 0;
+    return pa == c->rom_base + (uint64_t)c->iret_site;
+}
+
 static void hook_intr(uc_engine *uc, uint32_t intno, void *ud) {
     core_t *c = ud;
     uint64_t t0 = c->timing ? mono_ns() : 0;
@@ -168,9 +188,10 @@ static void hook_intr(uc_engine *uc, uint32_t intno, void *ud) {
     vcounts_t cnt = {0};
     int rc = CORE_FALLBACK;
     uint64_t t1 = 0, t2 = 0;
-    if (!c->error[0] && uc_read_regs(c, &R) == 0) {
+    int hcall = (int)intno == c->hypercall_vector;
+    if (!c->error[0] && (!hcall || is_iret_site(c)) && uc_read_regs(c, &R) == 0) {
         if (c->timing) t1 = mono_ns();
-        if ((int)intno == c->hypercall_vector && c->iret_site >= 0)
+        if (hcall)
             rc = glue_iret(c, &R, &e, &cnt);
         else
             rc = core_intr(c, &R, (int)intno, &e, &cnt, now_raw);
@@ -373,12 +394,14 @@ static PyObject *Core_set_kernel_stack(CoreObject *self, PyObject *args) {
 }
 
 static PyObject *Core_set_irq_window(CoreObject *self, PyObject *args) {
-    int pending;
+    int pending, refresh = 0;
     long long deadline;
-    if (!PyArg_ParseTuple(args, "pL", &pending, &deadline)) return NULL;
+    if (!PyArg_ParseTuple(args, "pL|p", &pending, &deadline, &refresh)) return NULL;
     self->c.pic_pending = pending;
     self->c.deadline_raw = deadline;
-    if (!self->c.mono_at_sync) {  /* any earlier (cpu, mono) pair bounds the clock: one is enough */
+    /* any earlier (cpu, mono) pair bounds the clock; a fresh one (a system call) keeps the bound
+     * tight: taken before every slice, not after every exit */
+    if (refresh || !self->c.mono_at_sync) {
         self->c.cpu_at_sync = cpu_ns();
         self->c.mono_at_sync = (int64_t)mono_ns();
     }
@@ -586,7 +609,7 @@ static PyMethodDef Core_methods[] = {
     {"set_kernel_stack", (PyCFunction)Core_set_kernel_stack, METH_VARARGS,
      "set_kernel_stack(ring, ss|None, esp)"},
     {"set_irq_window", (PyCFunction)Core_set_irq_window, METH_VARARGS,
-     "set_irq_window(pic_pending, deadline_raw_ns)"},
+     "set_irq_window(pic_pending, deadline_raw_ns, refresh_clock=False)"},
     {"drain", (PyCFunction)Core_drain, METH_NOARGS, "counts since the last drain: [(index, n)]"},
     {"pending", (PyCFunction)Core_pending, METH_NOARGS, "True when counts wait to be drained"},
     {"pending_flag", (PyCFunction)Core_pending_flag, METH_NOARGS, "memoryview of the pending count"},
