@@ -541,7 +541,7 @@ class UnicornEngine(Engine):
         self._core_cb = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)(fallback)
         if self._hooks is not None:
             self.uc.hook_del(self._intr_hook)
-        core.core.attach_uc(self.uc._uch.value, fns, self.off_exc, self.off_hflags, self.off_eip,
+        core.core.attach_uc(self.uc, self.uc._uch.value, fns, self.off_exc, self.off_hflags, self.off_eip,
                             ctypes.cast(self._core_cb, ctypes.c_void_p).value)
         self._core = core
 

@@ -25,6 +25,7 @@ typedef struct {
     int has_ram;
     Py_buffer mach;
     int has_mach;
+    PyObject *uc_owner;  /* the binding's Uc: kept alive while our hook is registered on it */
 } CoreObject;
 
 static int64_t cpu_ns(void) {
@@ -276,8 +277,9 @@ static int Core_init(CoreObject *self, PyObject *args, PyObject *kw) {
 
 static void Core_dealloc(CoreObject *self) {
     core_t *c = &self->c;
-    if (c->uc && c->h_intr) c->api.hook_del(c->uc, c->h_intr);
+    if (c->uc && c->h_intr) c->api.hook_del(c->uc, c->h_intr);  /* the engine is alive: uc_owner */
     if (c->ctx && c->api.ctx_free) c->api.ctx_free(c->ctx);
+    Py_CLEAR(self->uc_owner);
     if (self->has_ram) PyBuffer_Release(&self->ram);
     if (self->has_mach) PyBuffer_Release(&self->mach);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -502,14 +504,14 @@ static PyObject *Core_pf_write(CoreObject *self, PyObject *args) {
     return PyLong_FromLong(w);
 }
 
-/* attach_uc(uch, (read_batch, write_batch, reg_read, reg_write, ctx_alloc, ctx_save, ctx_restore,
+/* attach_uc(uc, uch, (read_batch, write_batch, reg_read, reg_write, ctx_alloc, ctx_save, ctx_restore,
  *            ctx_free, hook_add, hook_del, emu_stop), off_exc, off_hflags, off_eip, py_intr)
  * Function pointers come from the library the binding loaded (no link-time dependency). */
 static PyObject *Core_attach_uc(CoreObject *self, PyObject *args) {
     unsigned long long uch, py_intr;
-    PyObject *fns;
+    PyObject *fns, *owner;
     unsigned int oe, oh, oi;
-    if (!PyArg_ParseTuple(args, "KOIIIK", &uch, &fns, &oe, &oh, &oi, &py_intr)) return NULL;
+    if (!PyArg_ParseTuple(args, "OKOIIIK", &owner, &uch, &fns, &oe, &oh, &oi, &py_intr)) return NULL;
     core_t *c = &self->c;
     if (c->uc) {
         PyErr_SetString(PyExc_RuntimeError, "core already attached to an engine");
@@ -552,6 +554,8 @@ static PyObject *Core_attach_uc(CoreObject *self, PyObject *args) {
         PyErr_SetString(PyExc_RuntimeError, "uc_hook_add(UC_HOOK_INTR) failed");
         return NULL;
     }
+    Py_INCREF(owner);
+    self->uc_owner = owner;
     Py_RETURN_NONE;
 }
 
