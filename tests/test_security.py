@@ -194,3 +194,29 @@ def test_iret_to_virtual_8086_mode_is_refused(build, hv):
 def test_code_written_by_the_vmm_is_retranslated(build, hv):
     r = run(build, "vmm_writes_code", hv)
     assert exited_ok(r), (r["fate"], r["exit_status"], r["message"])
+
+
+def test_process_memory_limit_is_a_fate():
+    """The child's resident-memory check (after every slice): past the limit, fate resource_limit."""
+    from test_vmm_dispatch import FakeEngine
+    from vmirom.hypervisors.base import Personality
+    from vmirom.machine.machine import Machine, MachineConfig
+
+    cfg = MachineConfig(ram_size=4 << 20, timeout_s=None, max_rss_kib=1)
+    m = Machine(Personality(), cfg, engine=FakeEngine())
+    assert not m.memory_bounded()
+    assert m.fate == "resource_limit" and "resident" in m.message
+
+
+def test_exit_handler_watchdog_interrupts_a_stuck_handler():
+    """`_bound_child` arms a watchdog for the time spent inside one exit handler: a handler still
+    running past the budget gets HandlerTimeout (a VmError with fate timeout) raised in it."""
+    code = (
+        "import time; from types import SimpleNamespace as N; from vmirom import runner; "
+        "runner.HANDLER_GRACE_S = 0.2; m = N(config=N(max_rss_kib=None)); "
+        "runner._bound_child(m, 0.1)\n"
+        "try:\n    time.sleep(5); print('not interrupted')\n"
+        "except runner.HandlerTimeout as e:\n    print('fate', e.fate, m.config.max_rss_kib > 0)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.stdout.strip() == "fate timeout True", p.stdout + p.stderr

@@ -52,7 +52,7 @@ def patched(elf: bytes, seed: int, ncalls: int) -> bytes:
 
 def campaign(
     elf: bytes, personality: str, *, calls: int, seconds: float, seed: int = 1, per_run: int = 20000,
-    run_timeout: float = 60.0, workdir: Path,
+    run_timeout: float = 60.0, workdir: Path, progress=None,
 ) -> FuzzReport:
     """Run the fuzzer guest until `calls` hypercalls were made or `seconds` passed."""
     from vmirom.runner import RunRequest, run_isolated
@@ -74,6 +74,8 @@ def campaign(
         hung = fate == "timeout" and "budget" not in str(r.get("message"))
         if fate in VMM_FAILURES or hung or "traceback" in r:
             rep.failures.append({"seed": run_seed, "fate": fate, "message": r.get("message")})
+        if progress is not None:
+            progress(rep, time.monotonic() - t0)
     rep.seconds = round(time.monotonic() - t0, 1)
     return rep
 
@@ -89,8 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
+        def progress(rep: FuzzReport, elapsed: float) -> None:
+            print(f"{elapsed:8.0f} s  runs {rep.runs}  calls {rep.calls}  failures {len(rep.failures)}",
+                  file=sys.stderr, flush=True)
+
         rep = campaign(Path(args.guest).read_bytes(), args.personality, calls=args.calls,
-                       seconds=args.seconds, seed=args.seed, workdir=Path(d))
+                       seconds=args.seconds, seed=args.seed, workdir=Path(d), progress=progress)
     print(rep.as_json())
     return 1 if rep.failures else 0
 
