@@ -1,19 +1,10 @@
 /* Issue 11 item 6: the kernel irets with EFLAGS.VM set.  At CPL 1 the hardware ignores VM; Unicorn
    enters virtual-8086 mode anyway.  The VMM does not virtualize V86 mode: at the first exit from
    it (the V86 code's `int $0x30` -> #GP) the run ends with fate "unsupported". */
+#define KERNEL_TESTS 1
 #include "user_common.inc"
         .text
-        .globl _start
-_start:
-        movl $step1, user_main_ptr
-        jmp setup_and_enter_user
-user_main:
-        int $0x30
-        jmp .
-step1:
-on_trap:
-        cmpl $0x30, trap_vector
-        je kernel_tests
+on_other_trap:
         mov trap_vector, %eax
         add $30, %eax
         jmp exit_with
@@ -30,4 +21,3 @@ kernel_tests:
         pushl $0                         /* EIP */
         iret
         .data
-user_main_ptr: .long 0

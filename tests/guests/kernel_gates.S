@@ -5,21 +5,10 @@
    at lgdt (DPL 0 -> K, as Xen-style hypervisors do), runs the handler at ring K - never at ring 0.
    Status 0: as expected; 10 + CPL: a handler ran at the wrong ring; 40: a #GP somewhere else;
    30 + vector: an unexpected fault. */
+#define KERNEL_TESTS 1
 #include "user_common.inc"
         .text
-        .globl _start
-_start:
-        movl $step1, user_main_ptr
-        jmp setup_and_enter_user
-user_main:
-        jmp *user_main_ptr               /* never reached: the kernel part runs before */
-step1:
-        /* we are in user mode; go back to the kernel with int $0x30 (gate 0x30 -> trap_common) */
-        int $0x30
-        jmp .
-on_trap:
-        cmpl $0x30, trap_vector
-        je kernel_tests
+on_other_trap:
         cmpl $13, trap_vector
         je gp_seen
         mov trap_vector, %eax
@@ -77,5 +66,3 @@ gp_seen:
         jne exit_with
         xor %eax, %eax
         jmp exit_with
-        .data
-user_main_ptr: .long 0

@@ -2,19 +2,10 @@
    page-table calls here are 32-bit): a de-privileged kernel's `mov %cr4` with PAE gets #GP (status
    0 after the #GP), a ring-0 kernel (native mov) is stopped at its next exit with fate
    "unsupported" instead of a bogus #PF / triple fault. */
+#define KERNEL_TESTS 1
 #include "user_common.inc"
         .text
-        .globl _start
-_start:
-        movl $step1, user_main_ptr
-        jmp setup_and_enter_user
-user_main:
-        int $0x30
-        jmp .
-step1:
-on_trap:
-        cmpl $0x30, trap_vector
-        je kernel_tests
+on_other_trap:
         cmpl $13, trap_vector
         jne 1f
         cmpl $pae_mov, trap_eip
@@ -38,6 +29,5 @@ pae_mov:
         mov $70, %eax
         jmp exit_with
         .data
-user_main_ptr: .long 0
         .align 4096
 pd:     .fill 1024, 4, 0

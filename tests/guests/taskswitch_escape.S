@@ -3,27 +3,15 @@
    task switch natively and a de-privileged kernel lands at CPL 0.  ring0_code tries `out` to the
    debug-exit port with status 50: the VMM must not serve it (fate privilege_violation).  At
    K = 0: status 0. */
+#define KERNEL_TESTS 1
 #include "user_common.inc"
         .text
-        .globl _start
-_start:
-        movl $step1, user_main_ptr
-        jmp setup_and_enter_user
-user_main:
-        int $0x30
-        jmp .
-step1:
-on_trap:
-        cmpl $0x30, trap_vector
-        je kernel_tests
+on_other_trap:
         mov trap_vector, %eax
         add $30, %eax
         jmp exit_with
 kernel_tests:
-        movl $0x0000ffff, gdt + 0x38     /* DPL-0 code */
-        movl $0x00cf9a00, gdt + 0x3c
-        movl $0x0000ffff, gdt + 0x40     /* DPL-0 data */
-        movl $0x00cf9200, gdt + 0x44
+        call write_ring0_segments
         mov $tss2, %ecx                  /* 0x48: TSS descriptor, base tss2, limit 103, DPL 3 */
         mov %ecx, %edx
         shl $16, %edx
@@ -52,16 +40,6 @@ kernel_tests:
         ljmp $0x48, $0
         mov $60, %eax
         jmp exit_with
-ring0_code:
-        mov %cs, %eax
-        and $3, %eax
-        cmp kring, %eax
-        jb 1f
-        xor %eax, %eax
-        jmp exit_with
-1:      mov $50, %eax
-        jmp exit_with
         .data
-user_main_ptr: .long 0
         .align 4
 tss2:   .fill 26, 4, 0

@@ -2,13 +2,17 @@
    it in the same block may run: the `out` to the debug-exit port would power the VM off with the
    user's status 66, the `mov %cr3` would be emulated as a kernel instruction.  Status 0: #GP seen
    at u_in from CPL 3, handled at the kernel ring; 100 + vector: anything else. */
+#ifndef FAULTING_INSN
+#define FAULTING_INSN inb $0x80, %al
+#define FAULT_VECTOR 13
+#endif
 #include "user_common.inc"
         .text
         .globl _start
 _start:
         jmp setup_and_enter_user
 user_main:
-u_in:   inb $0x80, %al
+u_in:   FAULTING_INSN
         mov $0xf4, %dx
         mov $66, %eax
         outl %eax, %dx
@@ -19,7 +23,7 @@ u_in:   inb $0x80, %al
 on_trap:
         mov trap_vector, %eax
         add $100, %eax
-        cmpl $13, trap_vector
+        cmpl $FAULT_VECTOR, trap_vector
         jne exit_with
         cmpl $u_in, trap_eip
         jne exit_with
