@@ -73,7 +73,7 @@ def campaign(
         rep.fates[fate] = rep.fates.get(fate, 0) + 1
         hung = fate == "timeout" and "budget" not in str(r.get("message"))
         if fate in VMM_FAILURES or hung or "traceback" in r:
-            rep.failures.append({"seed": run_seed, "fate": fate, "message": r.get("message")})
+            rep.failures.append({"run": rep.runs, "seed": run_seed, "fate": fate, "message": r.get("message")})
         if progress is not None:
             progress(rep, time.monotonic() - t0)
     rep.seconds = round(time.monotonic() - t0, 1)
@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         def progress(rep: FuzzReport, elapsed: float) -> None:
             print(f"{elapsed:8.0f} s  runs {rep.runs}  calls {rep.calls}  failures {len(rep.failures)}",
                   file=sys.stderr, flush=True)
+            if rep.failures and rep.failures[-1].get("run") == rep.runs:
+                print(f"  FAILURE {json.dumps(rep.failures[-1])}", file=sys.stderr, flush=True)
 
         rep = campaign(Path(args.guest).read_bytes(), args.personality, calls=args.calls,
                        seconds=args.seconds, seed=args.seed, workdir=Path(d), progress=progress)
