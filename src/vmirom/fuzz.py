@@ -73,7 +73,9 @@ def campaign(
         rep.fates[fate] = rep.fates.get(fate, 0) + 1
         hung = fate == "timeout" and "budget" not in str(r.get("message"))
         if fate in VMM_FAILURES or hung or "traceback" in r:
-            rep.failures.append({"run": rep.runs, "seed": run_seed, "fate": fate, "message": r.get("message")})
+            rep.failures.append(
+                {"run": rep.runs, "seed": run_seed, "fate": fate, "message": r.get("message")}
+            )
         if progress is not None:
             progress(rep, time.monotonic() - t0)
     rep.seconds = round(time.monotonic() - t0, 1)
