@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calls", type=int, default=1_000_000)
     ap.add_argument("--seconds", type=float, default=3600.0)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--per-run", type=int, default=20000, help="calls per VM run (a new seed each)")
+    ap.add_argument("--run-timeout", type=float, default=60.0, help="wall-clock budget of one run")
     ap.add_argument("--guest", required=True, help="the built hypercall_fuzz ELF")
     args = ap.parse_args(argv)
     import tempfile
@@ -100,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  FAILURE {json.dumps(rep.failures[-1])}", file=sys.stderr, flush=True)
 
         rep = campaign(Path(args.guest).read_bytes(), args.personality, calls=args.calls,
-                       seconds=args.seconds, seed=args.seed, workdir=Path(d), progress=progress)
+                       seconds=args.seconds, seed=args.seed, per_run=args.per_run,
+                       run_timeout=args.run_timeout, workdir=Path(d), progress=progress)
     print(rep.as_json())
     return 1 if rep.failures else 0
 
