@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vmirom.guest.build import BUILD_DIR, build_kernel
+from vmirom.guest.build import BUILD_DIR
 from vmirom.machine.devices import Uart16550
 from vmirom.machine.escape import ConsoleEscape
 
@@ -45,11 +45,8 @@ def test_escape_filter() -> None:
 
 
 @pytest.fixture(scope="module")
-def kernel() -> Path:
-    path = build_kernel()
-    if not INITRD.is_file():
-        pytest.skip("no initrd (user space not built)")
-    return path
+def kernel(unix_kernel: Path) -> Path:
+    return unix_kernel
 
 
 @pytest.mark.parametrize("hypervisor", ["vmi", "bare"])

@@ -12,17 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from vmirom.guest.build import BUILD_DIR, build_kernel
-
 CLI = "import sys; from vmirom.cli import main; sys.argv[0] = 'vmirom'; main()"
 
 
 @pytest.fixture(scope="module")
-def kernel() -> Path:
-    path = build_kernel()
-    if not (BUILD_DIR / "initrd.cpio").is_file():
-        pytest.skip("no initrd (user space not built)")
-    return path
+def kernel(unix_kernel: Path) -> Path:
+    return unix_kernel
 
 
 def traced_run(kernel: Path, tmp: Path, n: int, *extra: str) -> tuple[dict, dict]:

@@ -15,7 +15,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pty_console import Serial, read_until  # noqa: E402
-from vmirom.guest.build import BUILD_DIR, build_kernel
 from vmirom.guest.qemu import qemu_available
 
 pytestmark = [pytest.mark.qemu, pytest.mark.skipif(not qemu_available(), reason="qemu-system-i386 missing")]
@@ -23,11 +22,8 @@ CLI = "import sys; from vmirom.cli import main; sys.argv[0] = 'vmirom'; main()"
 
 
 @pytest.fixture(scope="module")
-def kernel() -> Path:
-    path = build_kernel()
-    if not (BUILD_DIR / "initrd.cpio").is_file():
-        pytest.skip("no initrd (user space not built)")
-    return path
+def kernel(unix_kernel: Path) -> Path:
+    return unix_kernel
 
 
 def test_console_streams_and_the_default_initrd_is_passed(kernel: Path) -> None:
