@@ -28,15 +28,40 @@ def kernel(unix_kernel: Path) -> Path:
 
 def test_console_streams_and_the_default_initrd_is_passed(kernel: Path) -> None:
     cmd = [sys.executable, "-c", CLI, "guest", "qemu", "--cmdline", "init=sh", "--timeout", "120"]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                         start_new_session=True)
     try:
         seen = read_until(p, b"$ ")
         # the shell's prompt (init=sh needs the initrd) arrived while QEMU still runs
         assert b"$ " in seen, seen[-2000:]
         assert p.poll() is None
     finally:
-        p.kill()
+        p.kill()  # QEMU goes with it (PR_SET_PDEATHSIG): checked below
         p.wait()
+    deadline = time.monotonic() + 20
+    while _qemu_children_of(p.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _qemu_children_of(p.pid)
+
+
+def _qemu_children_of(pid: int) -> list[int]:
+    """QEMU processes whose parent is `pid` (an orphan would have been re-parented: also listed
+    by its session, which is the killed process's own)."""
+    import os
+
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{d}/stat").read()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        alive = fields[0] not in ("Z", "X")  # a killed orphan may stay a zombie until it is reaped
+        if "qemu-system" in stat and alive and (int(fields[1]) == pid or int(fields[3]) == pid):
+            found.append(int(d))
+    return found
 
 
 def test_interactive_console_and_ctrl_c(kernel: Path) -> None:

@@ -24,6 +24,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from vmirom.engines import libunicorn
+from vmirom.procutil import die_with_parent
 
 
 class ExecProcess:
@@ -73,7 +74,7 @@ def start(fn: Callable[..., None], args: tuple, build: str | None = None) -> tup
     env.pop(libunicorn.ENV_LIBPATH, None)
     try:
         popen = subprocess.Popen([sys.executable, "-m", "vmirom.childproc", str(req_r), str(res_w)],
-                                 pass_fds=(req_r, res_w), env=env, preexec_fn=_die_with_parent)
+                                 pass_fds=(req_r, res_w), env=env, preexec_fn=die_with_parent)
     finally:
         os.close(req_r)
         os.close(res_w)
@@ -83,18 +84,6 @@ def start(fn: Callable[..., None], args: tuple, build: str | None = None) -> tup
     except BrokenPipeError:
         pass  # the child died at once: the caller sees a dead process and an empty pipe
     return ExecProcess(popen), Connection(res_r, writable=False)
-
-
-def _die_with_parent() -> None:
-    """In the exec'd child, before exec: SIGKILL when the parent dies (Linux prctl
-    PR_SET_PDEATHSIG), as a killed `vmirom bench` must not leave a VM running on its own budget."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _forked(fn: Callable[..., None], args: tuple, build: str | None, conn: Connection) -> None:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vmirom.procutil import die_with_parent
+
 from .console import parse_events
 
 QEMU = "qemu-system-i386"
@@ -108,7 +110,8 @@ def run_kernel(kernel: str | Path, *, cmdline: str = "", option_rom: str | Path 
     start = time.monotonic()
     stdin = None if interactive else subprocess.PIPE if input_bytes is not None else subprocess.DEVNULL
     try:
-        proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=die_with_parent)  # a killed vmirom leaves no QEMU behind
     except OSError as e:
         raise QemuError(f"cannot start {QEMU}: {e}") from e
     if input_bytes is not None and not interactive:
