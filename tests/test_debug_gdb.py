@@ -32,7 +32,7 @@ class Vm:
 
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", CLI, "run", "--gdb", "127.0.0.1:0", *args],
+            [sys.executable, "-c", CLI, "run", "--gdb", "127.0.0.1:0", "--timeout", "300", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         line = ""
@@ -138,3 +138,15 @@ def test_protocol_ctrl_c_memory_and_kill(kernel: Path) -> None:
     r.send("k")
     code, out = vm.finish()
     assert code == 9 and "killed by gdb" in out
+
+
+def test_time_stopped_in_gdb_is_not_charged_to_the_budget(kernel: Path) -> None:
+    """--timeout 4, and gdb holds the VM stopped for 6 s: the guest still runs to its clean exit."""
+    vm = Vm("-H", "bare", "--wait", "--cmdline", "exit_after=5", str(kernel), "--timeout", "4")
+    r = Rsp(vm.port)
+    assert r.ask("?").startswith("S05")
+    time.sleep(6)
+    r.send("c")
+    assert r.reply() == "W00"
+    code, out = vm.finish()
+    assert code == 0, out[-2000:]
