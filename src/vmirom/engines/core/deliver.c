@@ -186,6 +186,17 @@ static void fault_text(char *buf, size_t len, const vfault_t *f) {
         snprintf(buf, len, "guest fault vector %d error %#x", f->vector, f->err);
 }
 
+/* A delivery succeeded: its frame goes to guest RAM, the ring change is counted, a CR2 written on
+ * the way goes with the entry. */
+static int entered(const core_t *c, const vframe_t *fr, ventry_t *e, vcounts_t *cnt, int cr2_set,
+                   uint32_t cr2) {
+    write_frame(c, fr);
+    if (e->cpl >= 0) vcount(cnt, C_RING_CHANGE);
+    e->cr2_set = cr2_set;
+    e->cr2 = cr2;
+    return CORE_OK;
+}
+
 /* Delivery._with_double_fault + _second_fault.  R is updated in place the way the Python path
  * updates the engine (EIP rewound to an `int n`, CR2 of a nested #PF).  On CORE_TRIPLE `msg` holds
  * TripleFault's text and *e may carry a CR2 write. */
@@ -197,13 +208,7 @@ int core_deliver(core_t *c, vregs_t *R, int vector, int has_err, uint32_t err, i
     uint32_t cr2 = 0;
     for (int depth = 0; depth < 8; depth++) {
         int rc = deliver_once(c, R, vector, has_err, err, software, external, e, &fr, &f1);
-        if (rc == CORE_OK) {
-            write_frame(c, &fr);
-            if (e->cpl >= 0) vcount(cnt, C_RING_CHANGE);
-            e->cr2_set = cr2_set;
-            e->cr2 = cr2;
-            return CORE_OK;
-        }
+        if (rc == CORE_OK) return entered(c, &fr, e, cnt, cr2_set, cr2);
         if (rc != CORE_FAULT) return rc;
         if (vector == V_DF) {
             if (msg) {
@@ -236,13 +241,7 @@ int core_deliver(core_t *c, vregs_t *R, int vector, int has_err, uint32_t err, i
         vcount(cnt, C_DOUBLE);
         vfault_t f2;
         rc = deliver_once(c, R, V_DF, 1, 0, 0, 0, e, &fr, &f2);
-        if (rc == CORE_OK) {
-            write_frame(c, &fr);
-            if (e->cpl >= 0) vcount(cnt, C_RING_CHANGE);
-            e->cr2_set = cr2_set;
-            e->cr2 = cr2;
-            return CORE_OK;
-        }
+        if (rc == CORE_OK) return entered(c, &fr, e, cnt, cr2_set, cr2);
         if (rc != CORE_FAULT) return rc;
         if (msg) {
             char t1[96], t2[96];
