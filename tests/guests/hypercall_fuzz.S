@@ -3,8 +3,8 @@
    exits with status 0.  Values are raw 32-bit randoms, small numbers, all-ones patterns or pointers
    into a scratch area.  Halt/Reboot/Shutdown are never called; the calls that can take the guest's
    own environment away (SetGDT/LDT/IDT/TR, SetCR0/3/4, IRET, SYSEXIT) only 1 time in 64.  A fault
-   the VMM injects lands in on_fault and the loop goes on; after every call the IDT and GDT are
-   reloaded.  The host patches `fuzzcfg` (seed, ncalls) in the ELF and reads the calls made from the
+   the VMM injects lands in on_fault and the loop goes on; after each of those environment calls the
+   IDT and GDT are reloaded (lidt/lgdt: trapped and emulated, so not after every call).  The host patches `fuzzcfg` (seed, ncalls) in the ELF and reads the calls made from the
    VMM's exit counters.  Any fate is acceptable except a VMM failure (tests/test_hostile_suite.py). */
 #include "ring1_common.inc"
         .data
@@ -15,6 +15,7 @@ ncalls: .long 1000
 done:   .long 0
 rng:    .long 0
 stub:   .long 0
+envcall: .long 0
 gdtsave: .word 0
         .long 0
 envmask: .long (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 15) | (1 << 17) | (1 << 18)
@@ -64,6 +65,7 @@ next:
         call rand
         test $63, %eax
         jnz next
+        movl $1, envcall
 3:      mov %ebx, stub
         incl done
         mov %esp, saved_esp
@@ -89,6 +91,9 @@ next:
         call *stub
 after:
         mov saved_esp, %esp
+        cmpl $0, envcall
+        je next
+        movl $0, envcall
         lidt idtr
         lgdt gdtsave
         jmp next
