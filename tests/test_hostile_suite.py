@@ -151,6 +151,19 @@ def test_user_mode_cannot_use_kernel_privilege(hv, tmp_path):
     assert not failed, f"did not fault as expected on {hv}: {failed}"
 
 
+@pytest.mark.parametrize("hv", ALL)
+def test_null_tr_then_inner_call_gate_never_kills_vmirom(hv, tmp_path):
+    """The one engine abort a guest can still reach (ring-0 kernels only, docs/security.md): the
+    VM process dies, `vmirom` reports engine_crash with the signal - no hang, no traceback."""
+    elf = vmm_guests.build("ltr_null_callgate", tmp_path)
+    r = run_isolated(RunRequest(hv, str(elf), "", 20, ram_mb=RAM_MB, echo=False))
+    assert "traceback" not in r
+    if hv in ("bare", "hwassist"):
+        assert r["fate"] == "engine_crash" and "SIGABRT" in r["message"], r["message"]
+    else:
+        assert r["fate"] == "triple_fault", r["message"]
+
+
 # -- memory: outside RAM, the ROM, the VMM's own page ---------------------------------------------------
 KERNEL_MEMORY_CASES = [
     ("read_outside_ram", "mov 0xF0000000, %eax", "bad_memory"),
