@@ -562,8 +562,8 @@ def print_summary(res: dict, console) -> None:
     from rich.table import Table
 
     t = Table(title=f"vmirom run: {res.get('hypervisor')}", show_header=False)
-    t.add_column("what", style="bold")
-    t.add_column("value")
+    t.add_column("what", style="bold", no_wrap=True)
+    t.add_column("value", overflow="fold")
     p = res.get("personality") or {}
     rom = p.get("rom")
     if p:
@@ -929,7 +929,7 @@ def demo(
         ("exits", {"justify": "right"}),
         ("hypervisor work", {}),
     ):
-        t.add_column(col, **kw)
+        t.add_column(col, overflow="fold", **kw)
     for r in results:
         p = r.get("personality") or {}
         rom = p.get("rom")

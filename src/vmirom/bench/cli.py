@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,19 +37,11 @@ def default_targets(native: bool) -> list[str]:
 
 
 def build_native() -> Path:
-    """`make -C guest native` -> guest/build/kernel-native.elf (the kernel without VMI call sites)."""
-    from vmirom.guest.build import BUILD_DIR, GUEST_DIR, BuildError
+    """`make -C guest native` -> guest/build/kernel-native.elf (the kernel without VMI call sites);
+    installed: the prebuilt one."""
+    from vmirom.guest.build import native_kernel_path
 
-    try:
-        proc = subprocess.run(["make", "-C", str(GUEST_DIR), "native"], capture_output=True, text=True,
-                              timeout=600, check=False)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise BuildError(f"make native failed to run: {e}") from e
-    path = BUILD_DIR / "kernel-native.elf"
-    if proc.returncode != 0 or not path.is_file():
-        tail = "\n".join((proc.stderr + proc.stdout).strip().splitlines()[-10:])
-        raise BuildError(f"building the native kernel failed:\n{tail}")
-    return path
+    return native_kernel_path()
 
 
 def resolve_kernels(kernel: str | None, native_kernel: str | None, initrd: str | None,

@@ -30,6 +30,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmirom.guest.build import BUILD_DIR, GUEST_DIR
+
 MAGIC = b"070701"
 HEADER_SIZE = 110
 TRAILER = "TRAILER!!!"
@@ -40,9 +42,8 @@ MODE_FILE = stat.S_IFREG | 0o644
 #: the longest name the kernel's readdir record carries (struct vmirom_dirent.name is 56 bytes)
 NAME_MAX = 55
 
-GUEST_DIR = Path(__file__).resolve().parents[3] / "guest"
-USER_DIR = GUEST_DIR / "user"
-INITRD_PATH = GUEST_DIR / "build" / "initrd.cpio"
+USER_DIR = GUEST_DIR / "user"  # GUEST_DIR, BUILD_DIR: a checkout's, or the prebuilt files (build.py)
+INITRD_PATH = BUILD_DIR / "initrd.cpio"
 USER_BUILD = GUEST_DIR / "build" / "user"
 #: the same programs linked against a Linux shim instead of the vmirom syscalls (for tests)
 USER_HOST_BUILD = GUEST_DIR / "build" / "user-host"

@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vmirom import abi
 from vmirom.abi import RelocType
 
-from .asm import assemble
+from .asm import Assembled, assemble
 from .spec import DEFAULT_INIT_ASM, CallEntry, RomError, RomSpec
 
 # The 16-bit init entry a BIOS far-calls at rom_entry: `retf`, padded with `nop`.
@@ -235,8 +236,26 @@ def integrity_crc(img: bytes, table_start: int, code_end: int) -> int:
     return zlib.crc32(bytes(img[:abi.ROM_HEADER.size]) + bytes(img[table_start:code_end]))
 
 
-def build_rom(spec: RomSpec) -> RomImage:
-    """Assemble `spec` into a ROM image with a zero 8-bit checksum.  Raises RomError."""
+def assemblies(spec: RomSpec) -> list[tuple[str, Assembled]]:
+    """Every (source, fresh assembly) that building `spec` goes through, WITHOUT the cache: what
+    the package build stores as prebuilt ROMs, and what tests compare the shipped ones with."""
+    seen: list[tuple[str, Assembled]] = []
+
+    def fresh(source: str) -> Assembled:
+        seen.append((source, assemble(source)))
+        return seen[-1][1]
+
+    build_rom(spec, fresh)
+    return seen
+
+
+def build_rom(spec: RomSpec, assembler: Callable[[str], Assembled] | None = None) -> RomImage:
+    """Assemble `spec` into a ROM image with a zero 8-bit checksum.  Raises RomError.  The
+    assembler's output is cached by content (`vmirom.rom.cache`): binutils is needed only for a
+    ROM source never assembled before."""
+    from .cache import cached_assemble
+
+    assembler = assembler or cached_assemble
     t0 = time.perf_counter()
     entries = _validate(spec)
     covered = spec.covered_calls()
@@ -244,7 +263,7 @@ def build_rom(spec: RomSpec) -> RomImage:
     runs = 0
     while runs < 5:
         runs += 1
-        asm = assemble(render_source(spec, entries, data_offset))
+        asm = assembler(render_source(spec, entries, data_offset))
         size = _round_up(len(asm.code) + 1, abi.ROM_BLOCK)    # + 1: room for the checksum byte
         needed = _round_up(size, PAGE)
         if needed == data_offset:
