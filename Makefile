@@ -1,15 +1,19 @@
-# The two Quickstart commands live here so that they work on a fresh machine:
-# each first makes sure the toolchain and the package are installed.
+# The two Quickstart commands live here so that they work on a fresh machine: each first runs
+# scripts/setup.sh (Debian packages, the project virtual environment $(VENV) with vmirom installed
+# editable, the patched engine), then runs inside that environment.
 .PHONY: demo test setup lint
+
+VENV ?= .venv
+export VMIROM_VENV := $(VENV)
 
 setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	vmirom demo
+	$(VENV)/bin/vmirom demo
 
 test: setup
-	python3 -m pytest
+	$(VENV)/bin/python -m pytest
 
 lint: setup
-	ruff check src tests
+	$(VENV)/bin/ruff check src tests

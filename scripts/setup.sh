@@ -1,15 +1,27 @@
 #!/usr/bin/env bash
 # Install what vmirom needs on a Debian machine: the 32-bit toolchain pieces, QEMU for
-# the external check, gdb, tmux for the console tests, the Python package itself, and the
-# engine vmirom runs on: libunicorn 2.1.4 built from source with our store-path fix
+# the external check, gdb, tmux for the console tests, cmake/patch for the engine, and the
+# Python package itself in the project's virtual environment ($VMIROM_VENV, default .venv:
+# nothing goes into the system Python, which may be "externally managed"); then the engine
+# vmirom runs on: libunicorn 2.1.4 built from source with our store-path fix
 # (src/vmirom/engines/patches/, docs/engine.md; ~1 min once, cached in ~/.cache/vmirom).
-# Idempotent and quick when everything is already there.
+# The toolchain is detected, not assumed: whatever gcc the machine has, plus the 32-bit libgcc
+# of THAT gcc's version.  Idempotent and quick when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+VENV="${VMIROM_VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+
+sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+apt_updated=0
+apt_install() {
+    echo "setup: installing Debian packages: $*"
+    if [ "$apt_updated" = 0 ]; then $sudo apt-get update -qq; apt_updated=1; fi
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
 
 need_apt=()
 command -v qemu-system-i386 >/dev/null || need_apt+=(qemu-system-x86)
-[ -e /usr/lib/gcc/x86_64-linux-gnu/12/32/libgcc.a ] || need_apt+=(lib32gcc-12-dev)
 command -v gdb >/dev/null || need_apt+=(gdb)
 command -v tmux >/dev/null || need_apt+=(tmux)
 command -v cpio >/dev/null || need_apt+=(cpio)
@@ -18,19 +30,29 @@ command -v make >/dev/null || need_apt+=(make)
 command -v as >/dev/null || need_apt+=(binutils)
 command -v cmake >/dev/null || need_apt+=(cmake)
 command -v patch >/dev/null || need_apt+=(patch)
+"$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
+[ ${#need_apt[@]} -eq 0 ] || apt_install "${need_apt[@]}"
 
-if [ ${#need_apt[@]} -gt 0 ]; then
-    echo "setup: installing Debian packages: ${need_apt[*]}"
-    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}" >/dev/null
+# The 32-bit libgcc (__udivdi3 & co. for the kernel's 64-bit divisions) of the installed gcc.
+libgcc32="$(gcc -m32 -print-libgcc-file-name 2>/dev/null || true)"
+if [ -z "$libgcc32" ] || [ ! -e "$libgcc32" ]; then
+    [ "$apt_updated" = 1 ] || { $sudo apt-get update -qq; apt_updated=1; }
+    pkg="lib32gcc-$(gcc -dumpversion | cut -d. -f1)-dev"
+    apt-cache show "$pkg" >/dev/null 2>&1 || pkg=gcc-multilib
+    apt_install "$pkg"
 fi
 
-if ! python3 -c 'import vmirom, unicorn, capstone, elftools, pytest, hypothesis' 2>/dev/null \
-   || [ pyproject.toml -nt .setup-stamp ]; then
-    echo "setup: installing the vmirom Python package (editable) and its dev tools"
-    python3 -m pip install -q --disable-pip-version-check -e '.[dev]'
-    touch .setup-stamp
+# The project's virtual environment, with vmirom installed editable from this checkout.
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "setup: creating the virtual environment $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+if ! "$PY" -c 'import vmirom, unicorn, capstone, elftools, pytest, hypothesis, jsonschema, wheel' 2>/dev/null \
+   || [ pyproject.toml -nt "$VENV/.setup-stamp" ] || [ setup.py -nt "$VENV/.setup-stamp" ]; then
+    echo "setup: installing the vmirom Python package (editable) and its dev tools into $VENV"
+    "$PY" -m pip install -q --disable-pip-version-check -e '.[dev]'
+    touch "$VENV/.setup-stamp"
 fi
 
 # The compiled engine core (src/vmirom/engines/core/*.c, see setup.py): built in place, and rebuilt
@@ -46,7 +68,7 @@ fi
 # The patched engine (instant when the cached build matches the patch; see docs/engine.md).
 # Without it vmirom still runs, on the wheel's stock library, with guest stores ~10x slower.
 if [ "${VMIROM_SKIP_ENGINE_BUILD:-0}" != "1" ]; then
-    python3 -m vmirom.engines.unicorn_build || {
+    "$PY" -m vmirom.engines.unicorn_build || {
         echo "setup: building the patched engine failed (VMIROM_SKIP_ENGINE_BUILD=1 skips it;" \
              "vmirom then runs on the stock Unicorn wheel)" >&2
         exit 1
