@@ -53,7 +53,7 @@ def abi_calls(json_out: str | None) -> None:
         write_json(json_out, {"calls": rows})
 
 
-@abi.command("header")
+@abi.command("header", epilog=exit_epilog("(here 1 means: --check found the header stale)"))
 @click.option("--check", is_flag=True, help="Only report whether the committed header is stale.")
 def abi_header(check: bool) -> None:
     """Write guest/include/vmi_abi.h, the C header the guest kernel includes, from the ABI

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import click
 
+from vmirom.cliutil import exit_epilog
 from vmirom.engines import libunicorn as lu
 
 SDIST_NAME = f"unicorn-{lu.UNICORN_VERSION}.tar.gz"
@@ -192,7 +193,7 @@ def engine() -> None:
     """The CPU engine vmirom runs on: our patched libunicorn build (see docs/engine.md)."""
 
 
-@engine.command("build")
+@engine.command("build", epilog=exit_epilog("(here 1 means: the build failed; the log says why)"))
 @click.option("--force", is_flag=True, help="Rebuild even when the cached build is there.")
 @click.option("--jobs", "-j", type=click.IntRange(1, 64), default=2, show_default=True, help="make -j")
 def engine_build(force: bool, jobs: int) -> None:
@@ -204,7 +205,7 @@ def engine_build(force: bool, jobs: int) -> None:
     click.echo(f"engine: patched libunicorn ready: {path}")
 
 
-@engine.command("info")
+@engine.command("info", epilog=exit_epilog())
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
 def engine_info(as_json: bool) -> None:
     """Which libunicorn this process loads (patched / stock / custom), and the expected build."""

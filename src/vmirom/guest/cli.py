@@ -26,7 +26,8 @@ def guest() -> None:
     Kernel command line: vmi=off, vmi=debug, exit_after=TICKS, init=PROG."""
 
 
-@guest.command("build")
+@guest.command("build", epilog=exit_epilog("(here 1 means: the toolchain is missing or make failed, or no "
+                                            "checkout: an installed vmirom boots its prebuilt guest)"))
 @click.option("--force", is_flag=True, help="Rebuild from scratch.")
 @click.option("-v", "--verbose", is_flag=True, help="Show the compiler's output.")
 def guest_build(force: bool, verbose: bool) -> None:
@@ -40,7 +41,7 @@ def guest_build(force: bool, verbose: bool) -> None:
         raise click.ClickException(str(e)) from e
 
 
-@guest.command("path")
+@guest.command("path", epilog=exit_epilog())
 def guest_path() -> None:
     """Print the path of the built kernel, building it first if needed."""
     try:
@@ -49,7 +50,7 @@ def guest_path() -> None:
         raise click.ClickException(str(e)) from e
 
 
-@guest.command("qemu")
+@guest.command("qemu", epilog=exit_epilog("(here 1 means: the guest did not shut down with status 0)"))
 @click.option("--kernel", type=click.Path(dir_okay=False), help="Kernel ELF (default: the built one).")
 @click.option("--rom", "option_rom", type=click.Path(exists=True, dir_okay=False),
               help="Option ROM for SeaBIOS to load (-option-rom).")
@@ -159,10 +160,10 @@ def initrd_list(archive: str, json_out: str | None) -> None:
                                           for m in members]})
 
 
-@click.command("inspect")
+@click.command("inspect", epilog=exit_epilog("(here 1 means: not a linked i386 ELF with .vmi_sites)"))
 @click.argument("kernel", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", flag_value="-", default=None, type=OutputPath(),
-              help="Machine-readable output on stdout (or --json=FILE).")
+@click.option("--json", "as_json", is_flag=False, flag_value="-", default=None, type=OutputPath(),
+              help="Machine-readable output to FILE ('-' or no FILE: stdout).")
 def inspect(kernel: str, as_json: str | None) -> None:
     """List every VMI call site recorded in KERNEL's .vmi_sites section.
 

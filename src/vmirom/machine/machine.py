@@ -281,6 +281,7 @@ class Machine:
                     self.deliver_pending_interrupt()
                 except GuestFault as f:
                     self.metrics.count(f"exception:{f.vector}")
+                    self.halted = False  # the guest runs its handler now, as after an interrupt
                     self._reflect(f.vector, f.error_code, f.cr2)
                     continue
                 self.prepare_slice()

@@ -103,7 +103,7 @@ def build_cmd(hypervisor: str | None, variant: str | None, output: str) -> None:
             click.echo(f"  - {p}", err=True)
 
 
-@rom.command("variants")
+@rom.command("variants", epilog=exit_epilog())
 def variants_cmd() -> None:
     """List the built-in ROM variants (for `vmirom rom build --variant`)."""
     from .variants import VARIANTS
