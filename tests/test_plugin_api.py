@@ -85,7 +85,10 @@ def test_every_hook_may_raise_guest_fault(hook: str, registered) -> None:
     res = boot(registered(cls))
     assert res["fate"] == "exit", (res["fate"], res["message"])  # the kernel reported it and shut down
     assert '"event":"exception","vector":13' in res["console"], res["console"][-1500:]
-    assert res["metrics"]["detail"].get("exception:13", 0) >= 1
+    if hook in ("before_slice", "update_timers"):  # no exit of its own: counted as the exception
+        assert res["metrics"]["detail"].get("exception:13", 0) >= 1
+    else:  # an I/O exit that ended in a #GP: counted once, as the I/O exit
+        assert res["metrics"]["kinds"]["io"] > 0
     assert "traceback" not in res
 
 

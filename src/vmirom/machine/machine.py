@@ -690,7 +690,8 @@ class Machine:
                     self._port_hypercall = True
                     self.engine.stop()
                     return
-            except GuestFault as f:
+            except GuestFault as f:  # is_hypercall itself faulted: this exit is that fault
+                self.metrics.count(f"exception:{f.vector}")
                 self.fault_in_exit(f.vector, f.error_code, f.cr2)
                 return
         self.metrics.count(f"io:out:{port:#x}")
