@@ -61,7 +61,7 @@ fi
 core_so=$(ls src/vmirom/engines/core/_core*.so 2>/dev/null | head -n1 || true)
 if [ -z "$core_so" ] || [ -n "$(find src/vmirom/engines/core setup.py -newer "$core_so" \( -name '*.[ch]' -o -name setup.py \))" ]; then
     echo "setup: building the C engine core"
-    python3 setup.py -q build_ext --inplace 2>&1 | grep -v -i "warn" || true
+    "$PY" setup.py -q build_ext --inplace 2>&1 | grep -v -i "warn" || true
     ls src/vmirom/engines/core/_core*.so >/dev/null
 fi
 
