@@ -11,7 +11,9 @@ from collections import Counter, defaultdict
 
 import click
 
-from vmirom.cliutil import OutputPath, console
+from vmirom.cliutil import OutputPath, console, exit_epilog, json_option, write_json
+
+CODES = exit_epilog("(here 1 means: the file cannot be read or is not a vmirom trace)")
 
 
 def load(path: str) -> dict:
@@ -38,10 +40,11 @@ def trace() -> None:
     """Read a trace of `vmirom run --trace FILE` (the same file opens at ui.perfetto.dev)."""
 
 
-@trace.command("summary")
+@trace.command("summary", epilog=CODES)
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--top", type=click.IntRange(1), default=20, show_default=True, help="rows to show")
-def summary(path: str, top: int) -> None:
+@json_option("Write the per-kind rows as JSON to FILE ('-': stdout).")
+def summary(path: str, top: int, json_out: str | None) -> None:
     """Exits per kind with their handler time."""
     from rich.table import Table
 
@@ -55,12 +58,17 @@ def summary(path: str, top: int) -> None:
     t = Table(title=f"{path}: {len(events)} exits")
     for col in ("exit", "count", "handler µs total", "mean", "max"):
         t.add_column(col, justify="left" if col == "exit" else "right")
-    for name, (n, tot, mx) in sorted(stats.items(), key=lambda kv: -kv[1][0])[:top]:
+    rows = sorted(stats.items(), key=lambda kv: -kv[1][0])[:top]
+    for name, (n, tot, mx) in rows:
         t.add_row(name, str(n), f"{tot:,.0f}", f"{tot / n:.1f}", f"{mx:.0f}")
-    console().print(t)
+    console(json_out).print(t)
+    if json_out:
+        kinds = [{"exit": name, "count": n, "handler_us_total": tot, "handler_us_max": mx}
+                 for name, (n, tot, mx) in rows]
+        write_json(json_out, {"exits": len(events), "kinds": kinds})
 
 
-@trace.command("plot")
+@trace.command("plot", epilog=CODES)
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=OutputPath(allow_stdout=False), help="PNG to write")
 @click.option("--top", type=click.IntRange(1, 40), default=12, show_default=True, help="exit kinds to draw")

@@ -86,11 +86,14 @@ def iret_site(machine: Machine) -> int:
     """ROM offset of the IRET stub's `int $0x82` when the C core may do the vmi IRET hypercall (the
     personality is a `Vmi` that overrides none of the methods involved), else -1."""
     from vmirom import abi
+    from vmirom.hypervisors.vmi import HYPERCALL_VECTOR as HYPERCALL_INT
     from vmirom.hypervisors.vmi import Vmi
 
     p = machine.personality
     if not isinstance(p, Vmi) or machine.rom_range is None:
         return -1
+    if p.hypercall_port is not None or p.trap_asm() != f"int ${HYPERCALL_INT:#x}":
+        return -1  # another hypercall mechanism (docs/plugins.md): the C IRET knows only `int $0x82`
     if any(getattr(type(p), name) is not getattr(Vmi, name) for name in _IRET_METHODS):
         return -1
     if p.dispatch.get(abi.call("IRET").number) != p.iret:
