@@ -8,6 +8,10 @@
         .globl _start
 _start:
         movl $1, no_tr
+#ifdef NULL_TR
+        xor %eax, %eax
+        ltr %ax                          /* null selector: real CPUs #GP, QEMU empties TR */
+#endif
         mov $ring_code, %eax             /* gate 0x30 -> kernel CS:ring_code, DPL 3 */
         mov %cs, %edx
         and $3, %edx
