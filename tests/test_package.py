@@ -153,7 +153,8 @@ def test_pip_install_then_demo_and_run_with_no_compiler(wheel: Path, tmp_path: P
     listed = subprocess.run(["vmirom", "hypervisors", "--json", "-"], env=env, capture_output=True, text=True)
     assert {h["name"] for h in json.loads(listed.stdout)["hypervisors"]} <= names
     for r in doc["results"]:
-        assert r["outcome"]["selftest"] == {"passed": 22, "failed": 0, "total": 22}, r["hypervisor"]
+        st = r["outcome"]["selftest"]
+        assert st["failed"] == 0 and st["passed"] == st["total"] >= 29, r["hypervisor"]
     run = subprocess.run(["vmirom", "run", "-q", "-H", "vmi2", "--json", "run.json"], cwd=tmp_path,
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
