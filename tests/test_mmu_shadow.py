@@ -332,6 +332,7 @@ def test_a_frame_mapped_writable_before_it_became_a_table_is_write_protected_the
     with pytest.raises(Fault) as e:
         cpu.write32(0x500000, 1)
     assert e.value.result.kind == WP_TRAP
+    check_invariants(mmu)
 
 
 def test_flooded_or_unemulatable_frames_are_unshadowed():
@@ -354,6 +355,7 @@ def test_flooded_or_unemulatable_frames_are_unshadowed():
         cpu.write32(0x800000, 0)
     mmu.emulated_write(e.value.result.gpa + 1, b"\0\0")  # e.g. rep stos / a partial entry
     assert pt >> 12 not in mmu.by_gfn
+    check_invariants(mmu)
 
 
 # -- isolation and hostile tables -------------------------------------------------------------------------
@@ -363,6 +365,19 @@ def all_leaves(mmu: ShadowMMU):
         for e in struct.unpack_from("<1024I", mmu.pm.mem, base):
             if e & P:
                 yield page, e
+
+
+def check_invariants(mmu: ShadowMMU) -> None:
+    """The bookkeeping agrees with the shadow tables: writable leaves, their reverse map, links."""
+    for page in mmu.pages.values():
+        if page.level != 1:
+            continue
+        leaves = struct.unpack_from("<1024I", mmu.pm.mem, page.mfn << 12)
+        assert {i for i, e in enumerate(leaves) if e & P and e & RW} == set(page.writable)
+        for i, gfn in page.writable.items():
+            assert (page.mfn, i) in mmu.wmap.get(gfn, ()) and mmu.pm.m2p(leaves[i] >> 12) == gfn
+        for rmfn, i in page.parents:
+            assert mmu.pages[rmfn].children[i] is page
 
 
 def test_a_guest_that_maps_every_frame_it_can_name_sees_only_its_own_ram():
@@ -385,6 +400,7 @@ def test_a_guest_that_maps_every_frame_it_can_name_sees_only_its_own_ram():
             assert pm.m2p(leaf >> 12) >= 0, "a shadow leaf maps VMM-private memory"
             assert not pm.is_pool(leaf & ~0xFFF)
     assert mmu.shadow_pages <= 96
+    check_invariants(mmu)
 
 
 def test_self_referencing_directory():
@@ -460,6 +476,7 @@ def test_many_address_spaces_stay_within_the_pool():
             cpu.read32(0x800000)
             assert mmu.shadow_pages <= 24
     assert mmu.stats.evictions > 0
+    check_invariants(mmu)
 
 
 def test_cr0_wp_clear_lets_the_kernel_write_read_only_pages_but_not_user_code():

@@ -138,14 +138,13 @@ class FullVirt(Personality):
             store = self.emu.table_store(eip, linear, old)
         except GuestFault:
             store = None
+        # (the exit is counted once, as shadow:wp_trap; the MMU counts mmu:unshadow / emulated_pte_write)
         if store is None or old is None:
             mmu.unshadow(gpa >> 12)
-            vcpu.count("shadow:unshadow")
             return
         value, size, reg = store
         mmu.emulated_write(gpa & ~3, value.to_bytes(4, "little"))
         self.emu.finish_table_store(eip, size, reg, old)
-        vcpu.count("emulate:pte_write")
 
     def io_permitted(self, vcpu: VCpu) -> bool:
         """in/out permission.  The kernel runs with IOPL 0 (so cli/sti trap), but its I/O is entitled:

@@ -122,6 +122,8 @@ class ShadowPage:
     snap: bytearray | None
     parents: set[tuple[int, int]] = field(default_factory=set)
     children: dict[int, ShadowPage] = field(default_factory=dict)
+    #: level 1: index -> guest frame of every writable leaf (so freeing the page is not a scan)
+    writable: dict[int, int] = field(default_factory=dict)
     used: int = 0
 
 
@@ -552,6 +554,7 @@ class ShadowMMU:
         for mfn, i in leaves:
             off = (mfn << PAGE_SHIFT) | (i << 2)
             _U32.pack_into(mem, off, _U32.unpack_from(mem, off)[0] & ~RW)
+            self.pages[mfn].writable.pop(i, None)
         self.need_flush = True
 
     def _child(self, root: ShadowPage, i: int, key: tuple, gfn: int) -> ShadowPage:
@@ -590,6 +593,7 @@ class ShadowMMU:
         _U32.pack_into(self.pm.mem, off, (self.pm.p2m_table[gfn] << PAGE_SHIFT) | flags)
         if flags & RW:
             self.wmap.setdefault(gfn, set()).add((table.mfn, i))
+            table.writable[i] = gfn
 
     def _zap_leaf(self, table: ShadowPage, i: int) -> None:
         off = (table.mfn << PAGE_SHIFT) | (i << 2)
@@ -604,6 +608,7 @@ class ShadowMMU:
         leaves = self.wmap.get(self.pm.m2p(leaf >> PAGE_SHIFT))
         if leaves is not None:
             leaves.discard((mfn, i))
+        self.pages[mfn].writable.pop(i, None)
 
     def _zap_page(self, page: ShadowPage, force: bool = False) -> None:
         """Free one shadow page (never the current root unless `force`)."""
@@ -618,10 +623,11 @@ class ShadowMMU:
                 parent = self.pages.get(rmfn)
                 if parent is not None:
                     self._unlink(parent, i)
-            base = page.mfn << PAGE_SHIFT
-            for i, leaf in enumerate(_TABLE.unpack_from(self.pm.mem, base)):
-                if leaf & RW:
-                    self._wmap_drop(leaf, page.mfn, i)
+            wmap = self.wmap
+            for i, gfn in page.writable.items():
+                leaves = wmap.get(gfn)
+                if leaves is not None:
+                    leaves.discard((page.mfn, i))
         del self.pages[page.mfn]
         del self.by_key[page.key]
         if page.gfn >= 0:
