@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vmirom.bench import stats
+from vmirom.bench.runs import GUEST_TESTS
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
 SCHEMA_ID = "vmirom-bench/4"
@@ -484,6 +485,8 @@ def markdown_hypercalls(doc: dict[str, Any], targets: tuple[str, ...] = ("vmi", 
 
 #: DESIGN's "kernel-heavy work (fork, exec, context switch, page faults)" among the guest tests
 KERNEL_HEAVY = ("pipe_latency", "fork_exit", "fork_exec", "page_fault", "prot_fault", "mmap_munmap", "build")
+#: the tests the shadow-MMU goals name
+SHADOW_TESTS = ("fork_exit", "fork_exec", "page_fault", "prot_fault", "mmap_munmap")
 #: (label, numerator target, denominator target, tests or None = all): the comparisons DESIGN's
 #: claims 3 and 5 are about
 CLAIMS = (
@@ -498,6 +501,15 @@ CLAIMS = (
     ("claim 5: sites, no ROM: qemu / qemu@native, kernel-heavy", "qemu", "qemu@native", KERNEL_HEAVY),
     ("claim 5: sites, no ROM: instructions, qemu-icount / @native", "qemu-icount", "qemu-icount@native",
      None),
+    # the engine issue's goals: our engine against QEMU TCG, and each target after/before (`+stock+py`:
+    # the stock Unicorn wheel and the Python exit path, i.e. the engine as it was)
+    ("engine: bare / qemu, guest tests (goal <= 1.5)", "bare", "qemu", GUEST_TESTS),
+    *((f"engine: {n} / {n}+stock+py (after / before)", n, f"{n}+stock+py", None)
+      for n in ("bare", "vmi", "vmi2", "fullvirt", "hwassist")),
+    # the shadow-MMU issue's goals (fork_exit .. mmap_munmap: the tests the goals name)
+    ("shadow: fullvirt / vmi, fork..mmap (goal >= 3)", "fullvirt", "vmi", SHADOW_TESTS),
+    ("shadow: vmi2 / vmi, fork..mmap (goal < 1)", "vmi2", "vmi", SHADOW_TESTS),
+    ("shadow: vmi2 / bare, guest tests (goal <= 1.5 each)", "vmi2", "bare", GUEST_TESTS),
 )
 
 
