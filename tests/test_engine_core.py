@@ -242,3 +242,58 @@ def test_selftest_passes_on_every_personality_with_the_c_core_on(kernel, hv):
 def test_selftest_on_the_python_path_says_so(kernel):
     res = _selftest("vmi", kernel, EngineOptions(core="python"))
     assert res["engine_core"]["name"] == "python"
+
+
+# -- the console's hot port I/O (console.c) -----------------------------------------------------------
+def test_console_hot_cases_and_every_fallback():
+    """The core completes only the LSR poll and a THR write inside a line that raises no interrupt,
+    from a context allowed I/O; everything else is the Python path's (it returns None/False)."""
+    core = engine_core._core.Core(bytearray(4096), 4096)
+    core.set_iret(1, 0, -1, 0)  # a kernel at ring 1
+    core.set_console(True, 0x3F8, 0x99, engine_core._core.IO_RULE_KERNEL)
+    core.console_state(0, 0, False, True, False)
+    k1, iopl3 = 0x61, 0x3000
+    assert core.console_out(0x3F8, 1, ord("a"), k1, 0x2)
+    assert core.console_in(0x3FD, 1, k1, 0x2) == 0x60
+    for args in [(0x3F8, 1, 0x0A, k1, 0x2),        # a newline: the sinks snapshot there
+                 (0x3F9, 1, 1, k1, 0x2),           # IER
+                 (0x99, 1, 1, k1, 0x2),            # the hypercall port
+                 (0x3F8, 1, 0x41, 0x08, 0x2),      # CPL 0 below the kernel's ring 1: Python stops the VM
+                 (0x3F8, 1, 0x41, 0x23, iopl3),    # user: Vmi's IOPL rule is Python's
+                 (0x3F8, 1, 0x41, k1, 0x20002)]:   # V86
+        assert not core.console_out(*args), args
+    assert core.console_in(0x3FC, 1, k1, 0x2) is None and core.console_in(0x3FD, 2, k1, 0x2) is None
+    for state in [(0x80, 0, False, True, False),    # DLAB
+                  (0, 2, False, True, False),       # THRE interrupt enabled
+                  (0, 0, False, False, False),      # first byte of a line
+                  (0, 0, False, True, True)]:       # fenced block
+        core.console_state(*state)
+        assert not core.console_out(0x3F8, 1, 0x41, k1, 0x2), state
+    core.console_state(0, 0, True, True, False)
+    assert core.console_in(0x3FD, 1, k1, 0x2) == 0x61  # data ready
+    core.set_console(True, 0x3F8, -1, engine_core._core.IO_RULE_IOPL)
+    assert not core.console_out(0x3F8, 1, 0x41, 0x63, 0x2)  # CPL 3 > IOPL 0: Python raises #GP
+    assert core.console_out(0x3F8, 1, 0x142, 0x63, iopl3)   # PortBus/UART keep the low byte
+    assert core.take_console() == b"aB" and core.take_console() == b""
+    counts, log = core.drain()
+    assert dict(counts) == {engine_core._core.C_IO_OUT: 2, engine_core._core.C_IO_IN + 5: 2}
+    assert len(log) == 4
+
+
+@pytest.mark.parametrize("hv", ["bare", "vmi"])
+def test_console_and_io_counters_match_the_python_path(kernel, hv):
+    """A boot's console and its UART exits, on the C core (which completes most of them) and on the
+    Python path: the same lines (digits aside: the selftest prints timings), one `out` THR and one
+    `in` LSR per byte, counted under the same keys."""
+    import re
+
+    runs = {core: _selftest(hv, kernel, EngineOptions(core=core)) for core in ("python", "c")}
+    assert runs["c"]["engine_core"]["console"]
+    texts, unseen = {}, {}
+    for core, res in runs.items():
+        d, text = res["metrics"]["detail"], res["console"]
+        assert d["io:out:0x3f8"] == d["io:in:0x3fd"], core
+        texts[core] = re.sub(r"\d+", "N", text)
+        unseen[core] = d["io:out:0x3f8"] - len(text.encode())  # bytes the summary's text drops
+    assert texts["c"] == texts["python"] and unseen["c"] == unseen["python"]
+    assert runs["c"]["engine_core"]["completed"] > runs["c"]["metrics"]["detail"]["io:out:0x3f8"] // 2

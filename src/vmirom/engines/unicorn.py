@@ -502,8 +502,8 @@ class UnicornEngine(Engine):
         self._hooks = hooks
         uc = self.uc
         self._intr_hook = uc.hook_add(UC_HOOK_INTR, self._h_intr)
-        uc.hook_add(UC_HOOK_INSN, self._h_in, None, 1, 0, X.UC_X86_INS_IN)
-        uc.hook_add(UC_HOOK_INSN, self._h_out, None, 1, 0, X.UC_X86_INS_OUT)
+        self._io_hooks = (uc.hook_add(UC_HOOK_INSN, self._h_in, None, 1, 0, X.UC_X86_INS_IN),
+                          uc.hook_add(UC_HOOK_INSN, self._h_out, None, 1, 0, X.UC_X86_INS_OUT))
         uc.hook_add(UC_HOOK_INSN, self._h_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
         uc.hook_add(UC_HOOK_INSN, self._h_sysenter, None, 1, 0, X.UC_X86_INS_SYSENTER)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._h_invalid)  # W6
@@ -543,6 +543,20 @@ class UnicornEngine(Engine):
             self.uc.hook_del(self._intr_hook)
         core.core.attach_uc(self.uc, self.uc._uch.value, fns, self.off_exc, self.off_hflags, self.off_eip,
                             ctypes.cast(self._core_cb, ctypes.c_void_p).value)
+        if core.console and self._hooks is not None:
+            # the console's hot in/out in C (console.c); every other access calls the Python hooks
+            def port_in(_uc, port, size, _ud):
+                return self._h_in(self.uc, port, size, None)
+
+            def port_out(_uc, port, size, value, _ud):
+                self._h_out(self.uc, port, size, value, None)
+
+            vp, u32 = ctypes.c_void_p, ctypes.c_uint32
+            self._core_io = (ctypes.CFUNCTYPE(u32, vp, u32, ctypes.c_int, vp)(port_in),
+                             ctypes.CFUNCTYPE(None, vp, u32, ctypes.c_int, u32, vp)(port_out))
+            for h in self._io_hooks:
+                self.uc.hook_del(h)
+            core.core.attach_io(*(ctypes.cast(cb, ctypes.c_void_p).value for cb in self._core_io))
         self._core = core
 
     # -- hooks (W8 guarded) -----------------------------------------------------------------------

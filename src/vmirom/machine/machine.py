@@ -363,6 +363,8 @@ class Machine:
     def finish_slice(self, res) -> bool:
         """Right after guest code ran: the privilege and resource checks, the fault an exit parked, a
         native halt, an engine error.  False: the run must end (the checks set the fate)."""
+        if self.core is not None:
+            self.core.drain_console()
         if not self.privilege_held() or not self.mode_supported() or not self.memory_bounded():
             return False
         self.deliver_parked_fault()

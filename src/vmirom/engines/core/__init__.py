@@ -60,7 +60,7 @@ def counter_keys() -> list[tuple[str, str] | None]:
     from vmirom import abi
 
     for call in abi.CALLS:
-        if call.number < _core.C_NCOUNTERS - _core.C_HYPERCALL:
+        if call.number < _core.C_NHYPERCALLS:
             keys[_core.C_HYPERCALL + call.number] = ("hypercall", f"hypercall:{call.name}")
     keys[_core.C_RING_CHANGE] = ("delivery", "delivery:ring_change")
     keys[_core.C_NESTED] = ("delivery", "delivery:nested_fault")
@@ -102,6 +102,26 @@ def iret_site(machine: Machine) -> int:
     return sites[0] if len(sites) == 1 else -1
 
 
+def console_rule(machine: Machine) -> int | None:
+    """The in/out permission rule the core applies for the console's hot cases (console.c), or None
+    when it must leave all port I/O to Python: the personality intercepts ports, or decides I/O
+    permission in a way the core does not know.  Like `policy`, only the base methods (and Vmi's
+    io_permitted, not overridden) are stood for."""
+    from vmirom.hypervisors.base import Personality
+    from vmirom.hypervisors.vmi import Vmi
+
+    cls = type(machine.personality)
+    if cls.port_in is not Personality.port_in or cls.port_out is not Personality.port_out:
+        return None
+    if machine.io._ports.get(machine.uart.base) is not machine.uart:
+        return None
+    if cls.io_permitted is Personality.io_permitted:
+        return _core.IO_RULE_IOPL
+    if cls.io_permitted is Vmi.io_permitted:
+        return _core.IO_RULE_KERNEL  # CPL <= kernel ring in C; a user context with IOPL: Python
+    return None
+
+
 def policy(machine: Machine) -> tuple[bool, int, bytes, str]:
     """(may the core complete INTR exits, hypercall vector or -1, 256-byte map of the exceptions
     the personality's on_exception may take, why not when it may not)."""
@@ -137,6 +157,10 @@ class MachineCore:
         mem = machine.memory
         self.core = _core.Core(mem.ram, mem.size)
         self._keys = counter_keys()
+        base = machine.uart.base
+        for r in range(8):
+            self._keys[_core.C_IO_IN + r] = ("io", f"io:in:{base + r:#x}")
+            self._keys[_core.C_IO_OUT + r] = ("io", f"io:out:{base + r:#x}")
         self.accel, hv, intercept, self.why_not = policy(machine)
         self.core.set_policy(self.accel, hv, intercept)
         self.iret_site = iret_site(machine) if self.accel else -1
@@ -165,6 +189,13 @@ class MachineCore:
         self._clock = machine.clock
         self._vcrs: tuple[int, int, int] | None = None
         self._window: tuple[bool, int] | None = None
+        self._console: tuple | None = None
+        rule = console_rule(machine) if self.accel else None
+        self.console = rule is not None
+        hport = machine.personality.hypercall_port
+        self.core.set_console(self.console, base, -1 if hport is None else hport, rule or 0)
+        if self.console:
+            machine.uart.before_access = self.drain_console
 
     def disable(self, reason: str) -> None:
         """From now on every exit takes the Python path (e.g. a debugging mode that must see every
@@ -173,6 +204,9 @@ class MachineCore:
         self.core.set_policy(False, -1, bytes(256))
         self.core.set_iret(0, 0, -1, 0)
         self.iret_site = -1
+        self.drain_console()
+        self.console = False
+        self.core.set_console(False, 0, -1, 0)
         self.m.delivery.use_core(None)
 
     # -- state the core reads --------------------------------------------------------------------
@@ -215,6 +249,20 @@ class MachineCore:
         if slice_start or window != self._window:
             self._window = window
             self.core.set_irq_window(*window, slice_start)
+        if self.console:
+            u = m.uart
+            # engine._fenced: W18, the rest of a fenced block reaches no device (the Python hooks' rule)
+            con = (u.lcr, u.ier, bool(u.rx), u.last_tx != 0x0A, getattr(m.engine, "_fenced", False))
+            if con != self._console:
+                self._console = con
+                self.core.console_state(*con)
+
+    def drain_console(self) -> None:
+        """Hand the bytes the core transmitted to the UART (before any Python access to it, and at
+        every slice end): the console and its sinks see every byte in order."""
+        data = self.core.take_console()
+        if data:
+            self.m.uart.transmit(data)
 
     # -- counters --------------------------------------------------------------------------------
     def drain(self, kinds, detail, recent) -> None:  # noqa: ANN001 - Metrics' counters
@@ -254,7 +302,7 @@ class MachineCore:
 
     def summary(self) -> dict:
         return {"name": "c", "accelerated": self.accel, "why_not": self.why_not or None,
-                "iret": self.iret_site >= 0,
+                "iret": self.iret_site >= 0, "console": self.console,
                 "completed": self.core.completed, "fallbacks": self.core.fallbacks}
 
 

@@ -132,7 +132,10 @@ enum {
     C_NESTED,               /* "delivery:nested_fault" */
     C_DOUBLE,               /* "delivery:double_fault" */
     C_HYPERCALL,            /* + VMI call number: "hypercall:<name>" */
-    C_NCOUNTERS = C_HYPERCALL + 128
+    C_NHYPERCALLS = 128,
+    C_IO_IN = C_HYPERCALL + C_NHYPERCALLS,  /* + UART register: "io:in:<port>" */
+    C_IO_OUT = C_IO_IN + 8,                 /* + UART register: "io:out:<port>" */
+    C_NCOUNTERS = C_IO_OUT + 8
 };
 /* A delivery counts tentatively (pending) and commits only when the exit is done in C: a fallback
  * to Python must leave no trace, Python then counts the exit itself. */
@@ -153,8 +156,27 @@ typedef struct {
     int writes_to_python;    /* GuestMemory.on_code_write is set: every VMM write takes the Python path */
 } vmem_t;
 
+/* The console's hot port I/O (console.c): the 16550's state the hot cases depend on, published by
+ * Python (MachineCore.sync) after every Python exit and before every slice, and the bytes the core
+ * transmitted, which Python hands to the UART (Uart16550.transmit) before any Python access to it
+ * and at every slice end. */
+enum { IO_RULE_IOPL = 0, IO_RULE_KERNEL = 1 };
+#define CONSOLE_BUF 4096
+typedef struct {
+    int on;              /* 0: every in/out goes to Python */
+    uint32_t base;       /* the UART's first port (COM1: 0x3F8) */
+    int64_t hypercall_port;  /* the personality's `out` hypercall port, -1: none */
+    int io_rule;         /* who may use in/out: CPL <= EFLAGS.IOPL, or (Vmi) CPL <= the kernel ring */
+    int lcr, ier, rx_ready;
+    int midline;         /* the last byte transmitted was not a newline */
+    int fenced;          /* the engine fenced the block (W18): the rest reaches no device */
+    uint32_t n;
+    uint8_t buf[CONSOLE_BUF];
+} vconsole_t;
+
 typedef struct core {
     vmem_t mem;
+    vconsole_t con;
     /* shadow paging (vmirom.machine.mmu): the engine's CR0/CR3/CR4 are the shadow's; the guest's
      * (virtual) ones are published by Python, and the shadow tables live in machine memory */
     int shadow;
@@ -199,9 +221,11 @@ typedef struct core {
     uc_engine *uc;
     uc_context *ctx;
     uint32_t off_exc, off_hflags, off_eip;
-    uc_hook h_intr;
+    uc_hook h_intr, h_in, h_out;
     intr_cb py_intr;       /* the Python INTR hook (a ctypes callback: takes the GIL itself) */
     void *py_intr_ud;
+    uint32_t (*py_in)(uc_engine *, uint32_t, int, void *);          /* the Python in/out hooks */
+    void (*py_out)(uc_engine *, uint32_t, int, uint32_t, void *);
     char error[160];       /* an engine refusal inside the hook: reported by Python after the slice */
 } core_t;
 
@@ -225,6 +249,10 @@ void core_commit(core_t *c, const vcounts_t *cnt);
 
 /* iret.c: segs = DS, ES, FS, GS */
 int core_iret(core_t *c, vregs_t *r, const uint32_t *segs, ventry_t *e);
+
+/* console.c: CORE_OK (done, counted) or CORE_FALLBACK; cs/eflags: the CPU's at the instruction */
+int core_console_out(core_t *c, uint32_t port, int size, uint32_t value, uint32_t cs, uint32_t eflags);
+int core_console_in(core_t *c, uint32_t port, int size, uint32_t cs, uint32_t eflags, uint32_t *value);
 
 /* decode.c */
 int core_pf_write(const uint8_t *code, uint32_t n);   /* 1 write, 0 read, -1 unknown */

@@ -222,6 +222,32 @@ static void hook_intr(uc_engine *uc, uint32_t intno, void *ud) {
     }
 }
 
+/* The in/out hooks: the console's hot cases here (console.c), everything else in Python. */
+static int read_cs_eflags(core_t *c, uint32_t *cs, uint32_t *eflags) {
+    static int ids[2] = {UC_X86_REG_CS, UC_X86_REG_EFLAGS};
+    void *vals[2] = {cs, eflags};
+    *cs = *eflags = 0;
+    return c->api.read_batch(c->uc, ids, vals, 2);
+}
+
+static uint32_t hook_in(uc_engine *uc, uint32_t port, int size, void *ud) {
+    core_t *c = ud;
+    uint32_t cs, eflags, v;
+    if (!c->error[0] && c->con.on && read_cs_eflags(c, &cs, &eflags) == 0 &&
+        core_console_in(c, port, size, cs, eflags, &v) == CORE_OK)
+        return v;
+    return c->py_in(uc, port, size, NULL);
+}
+
+static void hook_out(uc_engine *uc, uint32_t port, int size, uint32_t value, void *ud) {
+    core_t *c = ud;
+    uint32_t cs, eflags;
+    if (!c->error[0] && c->con.on && read_cs_eflags(c, &cs, &eflags) == 0 &&
+        core_console_out(c, port, size, value, cs, eflags) == CORE_OK)
+        return;
+    c->py_out(uc, port, size, value, NULL);
+}
+
 /* ---- helpers between Python tuples and the structs --------------------------------------------- */
 static int regs_from_tuple(PyObject *t, vregs_t *R) {
     if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != R_COUNT) {
@@ -278,6 +304,8 @@ static int Core_init(CoreObject *self, PyObject *args, PyObject *kw) {
 static void Core_dealloc(CoreObject *self) {
     core_t *c = &self->c;
     if (c->uc && c->h_intr) c->api.hook_del(c->uc, c->h_intr);  /* the engine is alive: uc_owner */
+    if (c->uc && c->h_in) c->api.hook_del(c->uc, c->h_in);
+    if (c->uc && c->h_out) c->api.hook_del(c->uc, c->h_out);
     if (c->ctx && c->api.ctx_free) c->api.ctx_free(c->ctx);
     Py_CLEAR(self->uc_owner);
     if (self->has_ram) PyBuffer_Release(&self->ram);
@@ -365,7 +393,7 @@ static PyObject *Core_set_iret(CoreObject *self, PyObject *args) {
     int ring, site, num;
     unsigned long long base;
     if (!PyArg_ParseTuple(args, "iKii", &ring, &base, &site, &num)) return NULL;
-    if (num < 0 || num >= C_NCOUNTERS - C_HYPERCALL) {
+    if (num < 0 || num >= C_NHYPERCALLS) {
         PyErr_SetString(PyExc_ValueError, "call number out of range");
         return NULL;
     }
@@ -559,6 +587,73 @@ static PyObject *Core_attach_uc(CoreObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* attach_io(py_in, py_out): the core's in/out hooks replace the Python ones (ctypes callbacks with
+ * the binding's signatures, called for every access the core does not complete) */
+static PyObject *Core_attach_io(CoreObject *self, PyObject *args) {
+    unsigned long long pin, pout;
+    if (!PyArg_ParseTuple(args, "KK", &pin, &pout)) return NULL;
+    core_t *c = &self->c;
+    if (!c->uc || !pin || !pout || c->h_in) {
+        PyErr_SetString(PyExc_RuntimeError, "attach_io needs an attached engine, once, and two callbacks");
+        return NULL;
+    }
+    c->py_in = (uint32_t(*)(uc_engine *, uint32_t, int, void *))(uintptr_t)pin;
+    c->py_out = (void (*)(uc_engine *, uint32_t, int, uint32_t, void *))(uintptr_t)pout;
+    if (c->api.hook_add(c->uc, &c->h_in, UC_HOOK_INSN, (void *)hook_in, c, (uint64_t)1, (uint64_t)0,
+                        (int)UC_X86_INS_IN) ||
+        c->api.hook_add(c->uc, &c->h_out, UC_HOOK_INSN, (void *)hook_out, c, (uint64_t)1, (uint64_t)0,
+                        (int)UC_X86_INS_OUT)) {
+        PyErr_SetString(PyExc_RuntimeError, "uc_hook_add(UC_HOOK_INSN in/out) failed");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* set_console(on, base, hypercall_port, io_rule) */
+static PyObject *Core_set_console(CoreObject *self, PyObject *args) {
+    int on, rule;
+    unsigned int base;
+    long long hport;
+    if (!PyArg_ParseTuple(args, "pILi", &on, &base, &hport, &rule)) return NULL;
+    self->c.con.on = on;
+    self->c.con.base = base;
+    self->c.con.hypercall_port = hport;
+    self->c.con.io_rule = rule;
+    Py_RETURN_NONE;
+}
+
+/* console_state(lcr, ier, rx_ready, midline, fenced): the UART's (and engine's) state the hot cases need */
+static PyObject *Core_console_state(CoreObject *self, PyObject *args) {
+    vconsole_t *k = &self->c.con;
+    if (!PyArg_ParseTuple(args, "iippp", &k->lcr, &k->ier, &k->rx_ready, &k->midline, &k->fenced)) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* take_console() -> bytes the core transmitted since the last call, in order */
+static PyObject *Core_take_console(CoreObject *self, PyObject *unused) {
+    vconsole_t *k = &self->c.con;
+    PyObject *b = PyBytes_FromStringAndSize((const char *)k->buf, k->n);
+    if (b) k->n = 0;
+    return b;
+}
+
+/* console_out(port, size, value, cs, eflags) -> bool, console_in(port, size, cs, eflags) -> int | None:
+ * the hooks' decisions over given registers (tests) */
+static PyObject *Core_console_out(CoreObject *self, PyObject *args) {
+    unsigned int port, value, cs, eflags;
+    int size;
+    if (!PyArg_ParseTuple(args, "IiIII", &port, &size, &value, &cs, &eflags)) return NULL;
+    return PyBool_FromLong(core_console_out(&self->c, port, size, value, cs, eflags) == CORE_OK);
+}
+
+static PyObject *Core_console_in(CoreObject *self, PyObject *args) {
+    unsigned int port, cs, eflags, v = 0;
+    int size;
+    if (!PyArg_ParseTuple(args, "IiII", &port, &size, &cs, &eflags)) return NULL;
+    if (core_console_in(&self->c, port, size, cs, eflags, &v) != CORE_OK) Py_RETURN_NONE;
+    return PyLong_FromUnsignedLong(v);
+}
+
 static PyObject *Core_take_error(CoreObject *self, PyObject *unused) {
     if (!self->c.error[0]) Py_RETURN_NONE;
     PyObject *s = PyUnicode_FromString(self->c.error);
@@ -621,6 +716,13 @@ static PyMethodDef Core_methods[] = {
     {"deliver", (PyCFunction)Core_deliver, METH_VARARGS, "deliver(regs, vector, err, software, external)"},
     {"pf_write", (PyCFunction)Core_pf_write, METH_VARARGS, "decoder: 1 write, 0 read, -1 unknown"},
     {"attach_uc", (PyCFunction)Core_attach_uc, METH_VARARGS, "register the core's hooks on an engine"},
+    {"attach_io", (PyCFunction)Core_attach_io, METH_VARARGS, "attach_io(py_in, py_out): the in/out hooks"},
+    {"set_console", (PyCFunction)Core_set_console, METH_VARARGS, "set_console(on, base, hypercall_port, rule)"},
+    {"console_state", (PyCFunction)Core_console_state, METH_VARARGS,
+     "console_state(lcr, ier, rx_ready, midline, fenced)"},
+    {"take_console", (PyCFunction)Core_take_console, METH_NOARGS, "bytes transmitted by the core"},
+    {"console_out", (PyCFunction)Core_console_out, METH_VARARGS, "console_out(port, size, value, cs, eflags)"},
+    {"console_in", (PyCFunction)Core_console_in, METH_VARARGS, "console_in(port, size, cs, eflags)"},
     {"take_error", (PyCFunction)Core_take_error, METH_NOARGS, "an engine refusal seen inside a hook"},
     {"set_timing", (PyCFunction)Core_set_timing, METH_VARARGS, "time every exit (profiling)"},
     {"timings", (PyCFunction)Core_timings, METH_NOARGS, "per exit kind: (calls, ns)"},
@@ -668,6 +770,11 @@ PyMODINIT_FUNC PyInit__core(void) {
     PyModule_AddIntConstant(m, "C_DOUBLE", C_DOUBLE);
     PyModule_AddIntConstant(m, "C_HYPERCALL", C_HYPERCALL);
     PyModule_AddIntConstant(m, "C_NCOUNTERS", C_NCOUNTERS);
+    PyModule_AddIntConstant(m, "C_NHYPERCALLS", C_NHYPERCALLS);
+    PyModule_AddIntConstant(m, "C_IO_IN", C_IO_IN);
+    PyModule_AddIntConstant(m, "C_IO_OUT", C_IO_OUT);
+    PyModule_AddIntConstant(m, "IO_RULE_IOPL", IO_RULE_IOPL);
+    PyModule_AddIntConstant(m, "IO_RULE_KERNEL", IO_RULE_KERNEL);
     /* the Unicorn constants this file was written against (a test compares them with the binding) */
     PyObject *uc = Py_BuildValue(
         "{sisisisisisisisisisisisisisisisisisisisisisisisisisisisi}", "UC_HOOK_INTR", UC_HOOK_INTR,

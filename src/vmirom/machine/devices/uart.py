@@ -7,7 +7,12 @@ its IER bit is set, whichever became true last.  So enabling "received data avai
 while bytes are already waiting raises IRQ4 at once, exactly like enabling "THR empty" (bit 1) with
 the transmitter empty.  Without this, input that arrived before the kernel's `uart_init` enabled
 the receive interrupt (piped input: `printf 'echo hi\n' | vmirom run -i`) was never announced and
-the shell waited forever."""
+the shell waited forever.
+
+The compiled engine core (vmirom.engines.core, console.c) completes the hot cases - the LSR poll,
+and THR writes inside a line that raise no interrupt - itself; the bytes it transmitted reach
+`transmit` through `before_access`, which runs before anything here reads or changes the UART's
+state, so the console sees every byte in order whichever path wrote it."""
 
 from __future__ import annotations
 
@@ -31,21 +36,41 @@ class Uart16550:
         self.ier = self.lcr = self.mcr = self.scr = 0
         self.dll, self.dlm = 1, 0
         self.thre_pending = False
+        self.last_tx = 0x0A  # the last byte transmitted (a line is open unless it was a newline)
+        #: called before every access to the UART (the C core hands over the bytes it transmitted)
+        self.before_access: Callable[[], None] | None = None
 
     @property
     def ports(self) -> range:
         return range(self.base, self.base + 8)
 
     def text(self) -> str:
+        if self.before_access is not None:
+            self.before_access()
         return self.captured.decode("utf-8", "replace")
+
+    def transmit(self, data: bytes) -> None:
+        """Bytes written to THR (no interrupt: the caller raises THRE itself): into the captured
+        buffer up to its limit, and to the sink."""
+        room = self.capture_limit - len(self.captured)
+        if room > 0:
+            self.captured += data[:room]
+        if data:
+            self.last_tx = data[-1]
+        if self.sink is not None:
+            self.sink(data)
 
     def feed(self, data: bytes) -> None:
         """Queue bytes for the guest to read."""
+        if self.before_access is not None:
+            self.before_access()
         self.rx += data
         if self.ier & 1:
             self.raise_irq()
 
     def port_in(self, port: int, size: int) -> int:
+        if self.before_access is not None:
+            self.before_access()
         r = port - self.base
         dlab = self.lcr & 0x80
         if r == 0:
@@ -76,6 +101,8 @@ class Uart16550:
         return self.scr
 
     def port_out(self, port: int, size: int, value: int) -> None:
+        if self.before_access is not None:
+            self.before_access()
         r = port - self.base
         value &= 0xFF
         dlab = self.lcr & 0x80
@@ -83,11 +110,7 @@ class Uart16550:
             if dlab:
                 self.dll = value
                 return
-            b = bytes([value])
-            if len(self.captured) < self.capture_limit:
-                self.captured += b
-            if self.sink is not None:
-                self.sink(b)
+            self.transmit(bytes([value]))
             if self.ier & 2:
                 self.thre_pending = True
                 self.raise_irq()
