@@ -230,21 +230,32 @@ static int read_cs_eflags(core_t *c, uint32_t *cs, uint32_t *eflags) {
     return c->api.read_batch(c->uc, ids, vals, 2);
 }
 
+static void io_timed(core_t *c, uint64_t t0) {
+    c->t_io_calls++;
+    c->t_io_ns += mono_ns() - t0;
+}
+
 static uint32_t hook_in(uc_engine *uc, uint32_t port, int size, void *ud) {
     core_t *c = ud;
+    uint64_t t0 = c->timing ? mono_ns() : 0;
     uint32_t cs, eflags, v;
     if (!c->error[0] && c->con.on && read_cs_eflags(c, &cs, &eflags) == 0 &&
-        core_console_in(c, port, size, cs, eflags, &v) == CORE_OK)
+        core_console_in(c, port, size, cs, eflags, &v) == CORE_OK) {
+        if (c->timing) io_timed(c, t0);
         return v;
+    }
     return c->py_in(uc, port, size, NULL);
 }
 
 static void hook_out(uc_engine *uc, uint32_t port, int size, uint32_t value, void *ud) {
     core_t *c = ud;
+    uint64_t t0 = c->timing ? mono_ns() : 0;
     uint32_t cs, eflags;
     if (!c->error[0] && c->con.on && read_cs_eflags(c, &cs, &eflags) == 0 &&
-        core_console_out(c, port, size, value, cs, eflags) == CORE_OK)
+        core_console_out(c, port, size, value, cs, eflags) == CORE_OK) {
+        if (c->timing) io_timed(c, t0);
         return;
+    }
     c->py_out(uc, port, size, value, NULL);
 }
 
@@ -668,10 +679,11 @@ static PyObject *Core_set_timing(CoreObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* {"softint": (calls, ns), "exception": ..., "page_fault": ..., "fallback": ...} */
+/* {"io": (calls, ns), "softint": ..., "exception": ..., "page_fault": ..., "fallback": ...} */
 static PyObject *Core_timings(CoreObject *self, PyObject *unused) {
     core_t *c = &self->c;
-    PyObject *d = Py_BuildValue("{s(KK)s(KK)s(KK)s(KK)s(KK)}", "softint", c->t_calls[0], c->t_ns[0],
+    PyObject *d = Py_BuildValue("{s(KK)s(KK)s(KK)s(KK)s(KK)s(KK)}", "io", c->t_io_calls, c->t_io_ns,
+                                "softint", c->t_calls[0], c->t_ns[0],
                                 "exception", c->t_calls[1], c->t_ns[1], "page_fault", c->t_calls[2],
                                 c->t_ns[2], "fallback", c->t_calls[3], c->t_ns[3], "hypercall:IRET",
                                 c->t_calls[4], c->t_ns[4]);
