@@ -26,9 +26,17 @@ ENV = "VMIROM_ENGINE_CORE"
 CHOICES = ("python", "c")
 INT64_MAX = (1 << 63) - 1
 
+#: the interface this glue expects of `_core` (module.c's API): a build from older sources (a
+#: checkout updated without scripts/setup.sh) is refused with a note, not half used
+API = 2
+
 try:  # the extension is optional: a checkout without a build still runs (the Python path)
     from vmirom.engines.core import _core
     LOAD_ERROR: str | None = None
+    if getattr(_core, "API", 1) != API:
+        built = getattr(_core, "API", 1)
+        LOAD_ERROR = f"the C engine core build is out of date (API {built}, want {API}): run scripts/setup.sh"
+        _core = None
 except ImportError as e:  # pragma: no cover - depends on the build
     _core = None
     LOAD_ERROR = f"the C engine core is not built ({e}); run scripts/setup.sh"

@@ -783,6 +783,8 @@ PyMODINIT_FUNC PyInit__core(void) {
     PyModule_AddIntConstant(m, "C_HYPERCALL", C_HYPERCALL);
     PyModule_AddIntConstant(m, "C_NCOUNTERS", C_NCOUNTERS);
     PyModule_AddIntConstant(m, "C_NHYPERCALLS", C_NHYPERCALLS);
+    /* the interface version vmirom/engines/core/__init__.py checks (2: the console's port I/O) */
+    PyModule_AddIntConstant(m, "API", 2);
     PyModule_AddIntConstant(m, "C_IO_IN", C_IO_IN);
     PyModule_AddIntConstant(m, "C_IO_OUT", C_IO_OUT);
     PyModule_AddIntConstant(m, "IO_RULE_IOPL", IO_RULE_IOPL);
