@@ -296,4 +296,5 @@ def test_console_and_io_counters_match_the_python_path(kernel, hv):
         texts[core] = re.sub(r"\d+", "N", text)
         unseen[core] = d["io:out:0x3f8"] - len(text.encode())  # bytes the summary's text drops
     assert texts["c"] == texts["python"] and unseen["c"] == unseen["python"]
-    assert runs["c"]["engine_core"]["completed"] > runs["c"]["metrics"]["detail"]["io:out:0x3f8"] // 2
+    # most UART exits completed in C (all but newlines, first bytes of lines and the UART's setup)
+    assert runs["c"]["engine_core"]["completed"] > runs["c"]["metrics"]["detail"]["io:out:0x3f8"] * 3 // 2

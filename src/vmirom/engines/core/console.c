@@ -31,6 +31,7 @@ static void count(core_t *c, int idx) {
     vcounts_t cnt = {0};
     vcount(&cnt, idx);
     core_commit(c, &cnt);
+    c->completed++;  /* an exit completed in C, like a delivery (Core.completed, the run summary) */
 }
 
 int core_console_out(core_t *c, uint32_t port, int size, uint32_t value, uint32_t cs, uint32_t eflags) {
