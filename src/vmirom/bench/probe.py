@@ -106,7 +106,7 @@ class _TimedHooks:
         return getattr(self._t, name)
 
     def on_interrupt(self, vector: int) -> None:
-        t = _now()
+        t = self._p.begin()
         if vector != self._hv:
             try:
                 self._t.on_interrupt(vector)
@@ -138,49 +138,49 @@ class _TimedHooks:
         return key
 
     def on_port_in(self, port: int, size: int) -> int:
-        t = _now()
+        t = self._p.begin()
         try:
             return self._t.on_port_in(port, size)
         finally:
             self._p.charge("io", _now() - t)
 
     def on_port_out(self, port: int, size: int, value: int) -> None:
-        t = _now()
+        t = self._p.begin()
         try:
             self._t.on_port_out(port, size, value)
         finally:
             self._p.charge("io", _now() - t)
 
     def on_cpuid(self) -> bool:
-        t = _now()
+        t = self._p.begin()
         try:
             return self._t.on_cpuid()
         finally:
             self._p.charge("cpuid", _now() - t)
 
     def on_invalid_opcode(self) -> bool:
-        t = _now()
+        t = self._p.begin()
         try:
             return self._t.on_invalid_opcode()
         finally:
             self._p.charge("invalid_opcode", _now() - t)
 
     def on_sysenter(self) -> None:
-        t = _now()
+        t = self._p.begin()
         try:
             self._t.on_sysenter()
         finally:
             self._p.charge("sysenter", _now() - t)
 
     def on_bad_memory(self, *args: Any) -> bool:
-        t = _now()
+        t = self._p.begin()
         try:
             return self._t.on_bad_memory(*args)
         finally:
             self._p.charge("bad_memory", _now() - t)
 
     def code_byte_before_eip(self) -> int:
-        t = _now()
+        t = self._p.begin()
         try:
             return self._t.code_byte_before_eip()
         finally:
@@ -197,6 +197,7 @@ class Probe:
         self.slice_ns = 0
         self.slice_t0: int | None = None
         self.handler_ns = 0
+        self.hook_t0: int | None = None                  # start of the timed hook running now
         self.by_hook: dict[str, list[int]] = {}        # hook -> [calls, ns]
         self.machine: Any = None
         self.lines: list[ConsoleLine] = []
@@ -223,7 +224,7 @@ class Probe:
 
         def timed_add_code_hook(address: int, callback: Callable[[], None]) -> int:
             def cb() -> None:
-                t = _now()
+                t = probe.begin()
                 try:
                     callback()
                 finally:
@@ -254,7 +255,15 @@ class Probe:
     def core_ns(self) -> int:
         return sum(ns for k, (_c, ns) in self.core_profile().items() if not k.startswith("core:phase:"))
 
+    def begin(self) -> int:
+        """A timed hook starts now.  A snapshot taken inside it (the console sink runs in the port
+        hook) counts the part of the hook before the snapshot, so the hook's full time, charged at
+        its end, does not land in a window that began halfway through it."""
+        self.hook_t0 = t = _now()
+        return t
+
     def charge(self, hook: str, ns: int) -> None:
+        self.hook_t0 = None
         self.handler_ns += ns
         row = self.by_hook.get(hook)
         if row is None:
@@ -269,7 +278,8 @@ class Probe:
         in_slice = self.slice_ns + (now - self.slice_t0 if self.slice_t0 is not None else 0)
         m = self.machine.metrics if self.machine is not None else None
         ig = in_guest_counters(getattr(self.machine, "personality", None)) if self.machine is not None else {}
-        handler_ns = self.handler_ns + self.core_ns()
+        running = now - self.hook_t0 if self.hook_t0 is not None else 0
+        handler_ns = self.handler_ns + self.core_ns() + running
         return Snapshot(now - self.t0, in_slice - handler_ns, handler_ns,
                         dict(m.kinds) if m else {}, dict(m.detail) if m else {}, ig)
 
