@@ -569,6 +569,13 @@ def markdown_all(doc: dict[str, Any]) -> str:
 
 
 # -- the chart ------------------------------------------------------------------------------------------
+def _plain_target(target: str) -> str:
+    """The target without engine modifiers: `vmi+stock+py` -> `vmi`, `bare+stock@native` ->
+    `bare@native`."""
+    name, at, native = target.partition("@")
+    return name.split("+")[0] + at + native
+
+
 def plot(doc: dict[str, Any], path: Path) -> Path:
     """Grouped bars: per test, each target's time per iteration relative to bare (log scale)."""
     import matplotlib
@@ -582,7 +589,13 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     by = {(r["test"], r["target"]): r for r in summary}
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(tests) + 2), 4.5))
     width = 0.8 / max(1, len(targets))
+    # one colour per platform; a target with engine modifiers (`vmi+stock+py`) takes its platform's
+    # colour, paler and hatched, so "before" stands next to "after" in the same hue
+    palette = plt.get_cmap("tab10").colors
+    plain = list(dict.fromkeys(_plain_target(t) for t in targets))
     for i, tg in enumerate(targets):
+        colour = palette[plain.index(_plain_target(tg)) % len(palette)]
+        modified = _plain_target(tg) != tg
         xs, ys = [], []
         for j, test in enumerate(tests):
             r = by.get((test, tg))
@@ -590,7 +603,8 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
             if v is not None:
                 xs.append(j + (i - (len(targets) - 1) / 2) * width)
                 ys.append(v)
-        ax.bar(xs, ys, width=width, label=tg)
+        ax.bar(xs, ys, width=width, label=tg, color=colour, alpha=0.5 if modified else 1.0,
+               hatch="//" if modified else None, edgecolor="black" if modified else None, linewidth=0)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_yscale("log")
     ax.set_xticks(range(len(tests)))
