@@ -298,3 +298,16 @@ def test_console_and_io_counters_match_the_python_path(kernel, hv):
     assert texts["c"] == texts["python"] and unseen["c"] == unseen["python"]
     # most UART exits completed in C (all but newlines, first bytes of lines and the UART's setup)
     assert runs["c"]["engine_core"]["completed"] > runs["c"]["metrics"]["detail"]["io:out:0x3f8"] * 3 // 2
+
+
+def test_state_only_hypercalls_in_c_on_vmi(kernel):
+    """GetCR0/2/3/4 and GetInterruptMask (EAX = a value, nothing else) are completed in C on vmi, and
+    counted under the Python path's keys and in the personality's own counts; the selftest (whose
+    page faults read CR2 through GetCR2) still passes, as on the Python path."""
+    res = _selftest("vmi", kernel, EngineOptions(core="c"))
+    core, d = res["engine_core"], res["metrics"]["detail"]
+    assert core["iret"] and core["state_calls"] > 0
+    assert sum(d.get(f"hypercall:{name}", 0) for name in engine_core.STATE_CALLS) >= core["state_calls"]
+    py = _selftest("vmi", kernel, EngineOptions(core="python"))
+    assert "state_calls" not in py["engine_core"]
+    assert py["metrics"]["detail"]["hypercall:GetCR2"] > 0 and d["hypercall:GetCR2"] > 0

@@ -28,7 +28,7 @@ INT64_MAX = (1 << 63) - 1
 
 #: the interface this glue expects of `_core` (module.c's API): a build from older sources (a
 #: checkout updated without scripts/setup.sh) is refused with a note, not half used
-API = 2
+API = 3
 
 try:  # the extension is optional: a checkout without a build still runs (the Python path)
     from vmirom.engines.core import _core
@@ -130,6 +130,30 @@ def console_rule(machine: Machine) -> int | None:
     return None
 
 
+#: the vmi hypercalls that only read VMM state, done in C (module.c's state_call): call -> (Vmi method, kind)
+STATE_CALLS = {"GetCR0": ("get_cr0", 0), "GetCR2": ("get_cr2", 2), "GetCR3": ("get_cr3", 3),
+               "GetCR4": ("get_cr4", 4), "GetInterruptMask": ("get_interrupt_mask", 5)}
+
+
+def state_calls(machine: Machine) -> list[tuple[int, int, int]]:
+    """[(ROM offset of the stub's `int`, kind, call number)] of the state-only hypercalls the core may
+    complete: only alongside the C IRET (`iret_site`'s checks of the personality), and only those
+    whose handler is Vmi's own, dispatched as such, at exactly one ROM site."""
+    from vmirom import abi
+    from vmirom.hypervisors.vmi import Vmi
+
+    p = machine.personality
+    out = []
+    for name, (method, kind) in STATE_CALLS.items():
+        num = abi.call(name).number
+        if getattr(type(p), method) is not getattr(Vmi, method) or p.dispatch.get(num) != getattr(p, method):
+            continue
+        sites = [off for off, n in p.call_at.items() if n == num]
+        if len(sites) == 1:
+            out.append((sites[0], kind, num))
+    return out
+
+
 def policy(machine: Machine) -> tuple[bool, int, bytes, str]:
     """(may the core complete INTR exits, hypercall vector or -1, 256-byte map of the exceptions
     the personality's on_exception may take, why not when it may not)."""
@@ -178,6 +202,7 @@ class MachineCore:
             self._iret_number = abi.call("IRET").number
             p = machine.personality
             self.core.set_iret(p.kernel_ring, machine.rom_range[0], self.iret_site, self._iret_number)
+            self.core.set_state_calls(state_calls(machine))
         else:  # no IRET in C, but delivery needs the kernel ring too (its de-privileging rules)
             self.core.set_iret(machine.personality.kernel_ring, 0, -1, 0)
         self.publish_memory()
@@ -211,6 +236,7 @@ class MachineCore:
         self.accel, self.why_not = False, reason
         self.core.set_policy(False, -1, bytes(256))
         self.core.set_iret(0, 0, -1, 0)
+        self.core.set_state_calls([])
         self.iret_site = -1
         self.drain_console()
         self.console = False
@@ -244,7 +270,7 @@ class MachineCore:
         m = self.m
         mmu = self.mmu
         if mmu is not None:
-            crs = (mmu.cr0, mmu.cr3, mmu.cr4)
+            crs = (mmu.cr0, mmu.cr3, mmu.cr4, m.engine.cr2)  # the engine: the MMU's CpuView
             if crs != self._vcrs:
                 self._vcrs = crs
                 self.core.set_virtual_crs(*crs)
@@ -311,7 +337,8 @@ class MachineCore:
     def summary(self) -> dict:
         return {"name": "c", "accelerated": self.accel, "why_not": self.why_not or None,
                 "iret": self.iret_site >= 0, "console": self.console,
-                "completed": self.core.completed, "fallbacks": self.core.fallbacks}
+                "completed": self.core.completed, "fallbacks": self.core.fallbacks,
+                "state_calls": self.core.state_calls}
 
 
 def attach(machine: Machine, choice: str | None) -> MachineCore | None:

@@ -120,6 +120,8 @@ typedef struct {
     uint32_t cr2;
 } vfault_t;
 
+enum { STATE_CR0 = 0, STATE_CR2 = 2, STATE_CR3 = 3, STATE_CR4 = 4, STATE_IF = 5 };
+
 /* results */
 enum { CORE_OK = 0, CORE_FAULT = 1, CORE_FALLBACK = 2, CORE_TRIPLE = 3 };
 
@@ -182,7 +184,7 @@ typedef struct core {
     int shadow;
     uint8_t *mach;
     uint64_t mach_size;
-    uint32_t vcr0, vcr3, vcr4;
+    uint32_t vcr0, vcr3, vcr4, vcr2;
     /* kernel_stacks overrides (VMI UpdateKernelStack) */
     int ks_valid[4];
     uint32_t ks_ss[4], ks_esp[4];
@@ -196,6 +198,12 @@ typedef struct core {
     uint64_t rom_base;
     int iret_site;
     int iret_counter;
+    /* the vmi hypercalls that only read VMM state (GetCR0/2/3/4, GetInterruptMask): the ROM
+     * offsets of their stubs' `int`, what each reads (STATE_*), their call numbers */
+    int n_state;
+    int state_site[8];
+    int state_kind[8];
+    int state_num[8];
     /* interrupt window (Machine._irq_first): Python publishes whether the PIC has an unmasked
      * request and the next timer deadline in raw thread-CPU-clock ns */
     int pic_pending;
@@ -216,7 +224,7 @@ typedef struct core {
     uint64_t t_calls[5], t_ns[5];  /* 0 softint, 1 exception, 2 pf, 3 fallback decisions, 4 iret */
     uint64_t t_phase[5][3];        /* completed exits by kind: reading registers, deciding, entering */
     uint64_t t_io_calls, t_io_ns;  /* console port I/O completed here (console.c) */
-    uint64_t fallbacks, completed;
+    uint64_t fallbacks, completed, state_calls;
     /* the Unicorn glue */
     uc_api api;
     uc_engine *uc;

@@ -161,24 +161,61 @@ static int glue_iret(core_t *c, vregs_t *R, ventry_t *e, vcounts_t *cnt) {
     return CORE_OK;
 }
 
-/* Is this hypercall exit the IRET (Vmi.is_hypercall's site test), from five registers?  Every other
- * hypercall goes to Python at once, without the full register read. */
-static int is_iret_site(core_t *c) {
-    if (c->iret_site < 0) return 0;
+/* Which ROM call is this hypercall exit (Vmi.is_hypercall's site test, from five registers): -1
+ * none the core does, 0 the IRET, 1 + i the state-only call i.  Every other hypercall goes to
+ * Python at once, without the full register read.  `crs` gets CR0/CR3/CR4 as the guest sees them. */
+static int hcall_site(core_t *c, uint32_t crs[3]) {
+    if (c->iret_site < 0) return -1;
     static int ids[5] = {UC_X86_REG_EIP, UC_X86_REG_CS, UC_X86_REG_CR0, UC_X86_REG_CR3, UC_X86_REG_CR4};
     uint32_t v[5] = {0, 0, 0, 0, 0};
     void *vals[5] = {&v[0], &v[1], &v[2], &v[3], &v[4]};
-    if (c->api.read_batch(c->uc, ids, vals, 5)) return 0;
-    if ((int)(v[1] & 3) > c->kernel_ring) return 0;
+    if (c->api.read_batch(c->uc, ids, vals, 5)) return -1;
+    if ((int)(v[1] & 3) > c->kernel_ring) return -1;
     if (c->shadow) {
         v[2] = c->vcr0;
         v[3] = c->vcr3;
         v[4] = c->vcr4;
     }
+    crs[0] = v[2];
+    crs[1] = v[3];
+    crs[2] = v[4];
     uint64_t pa;
     vfault_t f;
-    if (core_translate(c, v[0] - 2, 0, 0, v[2], v[3], v[4], &pa, &f)) return 0;
-    return pa == c->rom_base + (uint64_t)c->iret_site;
+    if (core_translate(c, v[0] - 2, 0, 0, v[2], v[3], v[4], &pa, &f)) return -1;
+    if (pa < c->rom_base) return -1;
+    uint64_t off = pa - c->rom_base;
+    if (off == (uint64_t)c->iret_site) return 0;
+    /* privilege_held (the Python path checks it first): a state call only from the kernel's ring */
+    if ((int)(v[1] & 3) != c->kernel_ring) return -1;
+    for (int i = 0; i < c->n_state; i++)
+        if (off == (uint64_t)c->state_site[i]) return 1 + i;
+    return -1;
+}
+
+/* A state-only hypercall (Vmi.get_cr*, get_interrupt_mask): EAX = the value, nothing else changes. */
+static int state_call(core_t *c, int i, const uint32_t crs[3]) {
+    uint32_t v = 0;
+    switch (c->state_kind[i]) {
+    case STATE_CR0: v = crs[0]; break;
+    case STATE_CR3: v = crs[1]; break;
+    case STATE_CR4: v = crs[2]; break;
+    case STATE_CR2:
+        if (c->shadow) v = c->vcr2;
+        else if (c->api.reg_read(c->uc, UC_X86_REG_CR2, &v)) return CORE_FALLBACK;
+        break;
+    case STATE_IF:
+        if (c->api.reg_read(c->uc, UC_X86_REG_EFLAGS, &v)) return CORE_FALLBACK;
+        v &= EFL_IF;
+        break;
+    default: return CORE_FALLBACK;
+    }
+    if (c->api.reg_write(c->uc, UC_X86_REG_EAX, &v)) return CORE_FALLBACK;
+    vcounts_t cnt = {0};
+    vcount(&cnt, C_HYPERCALL + c->state_num[i]);
+    core_commit(c, &cnt);
+    c->completed++;
+    c->state_calls++;
+    return CORE_OK;
 }
 
 static void hook_intr(uc_engine *uc, uint32_t intno, void *ud) {
@@ -190,7 +227,13 @@ static void hook_intr(uc_engine *uc, uint32_t intno, void *ud) {
     int rc = CORE_FALLBACK;
     uint64_t t1 = 0, t2 = 0;
     int hcall = (int)intno == c->hypercall_vector;
-    if (!c->error[0] && (!hcall || is_iret_site(c)) && uc_read_regs(c, &R) == 0) {
+    int site = -1;
+    if (hcall && !c->error[0]) {
+        uint32_t crs[3];
+        site = hcall_site(c, crs);
+        if (site > 0 && state_call(c, site - 1, crs) == CORE_OK) return;
+    }
+    if (!c->error[0] && (!hcall || site == 0) && uc_read_regs(c, &R) == 0) {
         if (c->timing) t1 = mono_ns();
         if (hcall)
             rc = glue_iret(c, &R, &e, &cnt);
@@ -388,10 +431,11 @@ static PyObject *Core_set_shadow(CoreObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* set_virtual_crs(cr0, cr3, cr4): the guest's control registers under shadow paging */
+/* set_virtual_crs(cr0, cr3, cr4, cr2=0): the guest's control registers under shadow paging */
 static PyObject *Core_set_virtual_crs(CoreObject *self, PyObject *args) {
-    unsigned int a, b, d;
-    if (!PyArg_ParseTuple(args, "III", &a, &b, &d)) return NULL;
+    unsigned int a, b, d, cr2 = 0;
+    if (!PyArg_ParseTuple(args, "III|I", &a, &b, &d, &cr2)) return NULL;
+    self->c.vcr2 = cr2;
     self->c.vcr0 = a;
     self->c.vcr3 = b;
     self->c.vcr4 = d;
@@ -412,6 +456,33 @@ static PyObject *Core_set_iret(CoreObject *self, PyObject *args) {
     self->c.rom_base = base;
     self->c.iret_site = site;
     self->c.iret_counter = num;
+    Py_RETURN_NONE;
+}
+
+/* set_state_calls([(rom offset, STATE_* kind, call number), ...]): the state-only hypercalls the
+ * core may complete (only with the IRET on: set_iret's checks of the personality hold for them) */
+static PyObject *Core_set_state_calls(CoreObject *self, PyObject *args) {
+    PyObject *lst;
+    if (!PyArg_ParseTuple(args, "O!", &PyList_Type, &lst)) return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(lst);
+    if (n > 8) {
+        PyErr_SetString(PyExc_ValueError, "at most 8 state calls");
+        return NULL;
+    }
+    int site[8], kind[8], num[8];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(lst, i), "iii", &site[i], &kind[i], &num[i])) return NULL;
+        if (num[i] < 0 || num[i] >= C_NHYPERCALLS || site[i] < 0) {
+            PyErr_SetString(PyExc_ValueError, "bad state call");
+            return NULL;
+        }
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        self->c.state_site[i] = site[i];
+        self->c.state_kind[i] = kind[i];
+        self->c.state_num[i] = num[i];
+    }
+    self->c.n_state = (int)n;
     Py_RETURN_NONE;
 }
 
@@ -717,6 +788,8 @@ static PyMethodDef Core_methods[] = {
     {"set_shadow", (PyCFunction)Core_set_shadow, METH_VARARGS, "set_shadow(machine_buffer, size)"},
     {"set_virtual_crs", (PyCFunction)Core_set_virtual_crs, METH_VARARGS, "set_virtual_crs(cr0, cr3, cr4)"},
     {"set_iret", (PyCFunction)Core_set_iret, METH_VARARGS, "set_iret(kernel_ring, rom_base, site, number)"},
+    {"set_state_calls", (PyCFunction)Core_set_state_calls, METH_VARARGS,
+     "set_state_calls([(rom_offset, kind, number)])"},
     {"set_kernel_stack", (PyCFunction)Core_set_kernel_stack, METH_VARARGS,
      "set_kernel_stack(ring, ss|None, esp)"},
     {"set_irq_window", (PyCFunction)Core_set_irq_window, METH_VARARGS,
@@ -741,6 +814,10 @@ static PyMethodDef Core_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *Core_get_state_calls(CoreObject *self, void *unused) {
+    return PyLong_FromUnsignedLongLong(self->c.state_calls);
+}
+
 static PyObject *Core_get_completed(CoreObject *self, void *unused) {
     return PyLong_FromUnsignedLongLong(self->c.completed);
 }
@@ -748,6 +825,7 @@ static PyObject *Core_get_completed(CoreObject *self, void *unused) {
 static PyGetSetDef Core_getset[] = {
     {"completed", (getter)Core_get_completed, NULL, "exits the core completed itself", NULL},
     {"fallbacks", (getter)Core_get_fallbacks, NULL, "exits handed to the Python path", NULL},
+    {"state_calls", (getter)Core_get_state_calls, NULL, "state-only hypercalls completed here", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -783,8 +861,8 @@ PyMODINIT_FUNC PyInit__core(void) {
     PyModule_AddIntConstant(m, "C_HYPERCALL", C_HYPERCALL);
     PyModule_AddIntConstant(m, "C_NCOUNTERS", C_NCOUNTERS);
     PyModule_AddIntConstant(m, "C_NHYPERCALLS", C_NHYPERCALLS);
-    /* the interface version vmirom/engines/core/__init__.py checks (2: the console's port I/O) */
-    PyModule_AddIntConstant(m, "API", 2);
+    /* the interface version vmirom/engines/core/__init__.py checks (2: the console's port I/O, 3: state-only hypercalls) */
+    PyModule_AddIntConstant(m, "API", 3);
     PyModule_AddIntConstant(m, "C_IO_IN", C_IO_IN);
     PyModule_AddIntConstant(m, "C_IO_OUT", C_IO_OUT);
     PyModule_AddIntConstant(m, "IO_RULE_IOPL", IO_RULE_IOPL);
