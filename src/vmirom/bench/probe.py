@@ -250,7 +250,7 @@ class Probe:
         core = getattr(self.machine, "core", None)
         if core is None:
             return {}
-        return {f"core:{k}": v for k, v in core.core.timings().items() if v[0]}
+        return {f"core:{k}": v for k, v in core.timings().items() if v[0]}
 
     def core_ns(self) -> int:
         return sum(ns for k, (_c, ns) in self.core_profile().items() if not k.startswith("core:phase:"))

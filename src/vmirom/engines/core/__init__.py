@@ -334,6 +334,17 @@ class MachineCore:
         m.engine.enter_handler(cpl, cs, ss, esp, eflags, eip)
         return True
 
+    def timings(self) -> dict[str, tuple[int, int]]:
+        """The core's handler times (profiling): kind -> (calls, ns), hypercalls by VMI call name."""
+        from vmirom import abi
+
+        out = {}
+        for k, v in self.core.timings().items():
+            if k.startswith("hypercall#"):
+                k = f"hypercall:{abi.call(int(k[len('hypercall#'):])).name}"
+            out[k] = v
+        return out
+
     def summary(self) -> dict:
         return {"name": "c", "accelerated": self.accel, "why_not": self.why_not or None,
                 "iret": self.iret_site >= 0, "console": self.console,

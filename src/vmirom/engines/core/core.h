@@ -223,7 +223,8 @@ typedef struct core {
     int timing;
     uint64_t t_calls[5], t_ns[5];  /* 0 softint, 1 exception, 2 pf, 3 fallback decisions, 4 iret */
     uint64_t t_phase[5][3];        /* completed exits by kind: reading registers, deciding, entering */
-    uint64_t t_io_calls, t_io_ns;  /* console port I/O completed here (console.c) */
+    uint64_t t_io_calls, t_io_ns;
+    uint64_t t_state_calls[8], t_state_ns[8];  /* state-only hypercalls, by index */  /* console port I/O completed here (console.c) */
     uint64_t fallbacks, completed, state_calls;
     /* the Unicorn glue */
     uc_api api;

@@ -231,7 +231,13 @@ static void hook_intr(uc_engine *uc, uint32_t intno, void *ud) {
     if (hcall && !c->error[0]) {
         uint32_t crs[3];
         site = hcall_site(c, crs);
-        if (site > 0 && state_call(c, site - 1, crs) == CORE_OK) return;
+        if (site > 0 && state_call(c, site - 1, crs) == CORE_OK) {
+            if (c->timing) {
+                c->t_state_calls[site - 1]++;
+                c->t_state_ns[site - 1] += mono_ns() - t0;
+            }
+            return;
+        }
     }
     if (!c->error[0] && (!hcall || site == 0) && uc_read_regs(c, &R) == 0) {
         if (c->timing) t1 = mono_ns();
@@ -758,6 +764,17 @@ static PyObject *Core_timings(CoreObject *self, PyObject *unused) {
                                 "exception", c->t_calls[1], c->t_ns[1], "page_fault", c->t_calls[2],
                                 c->t_ns[2], "fallback", c->t_calls[3], c->t_ns[3], "hypercall:IRET",
                                 c->t_calls[4], c->t_ns[4]);
+    for (int i = 0; d && i < c->n_state; i++) {  /* "hypercall#<call number>": named by the Python side */
+        char key[32];
+        snprintf(key, sizeof key, "hypercall#%d", c->state_num[i]);
+        PyObject *v = Py_BuildValue("(KK)", c->t_state_calls[i], c->t_state_ns[i]);
+        if (!v || PyDict_SetItemString(d, key, v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
     static const char *kind[5] = {"softint", "exception", "page_fault", "fallback", "hypercall_IRET"};
     static const char *phase[3] = {"read_registers", "decide_and_frame", "enter_handler"};
     for (int k = 0; d && k < 5; k++) {
