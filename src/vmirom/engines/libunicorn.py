@@ -1,9 +1,10 @@
 """Which libunicorn the `unicorn` binding loads: our patched build, or the wheel's stock library.
 
 vmirom runs on a libunicorn 2.1.4 that it builds itself (`vmirom.engines.unicorn_build`, run by
-scripts/setup.sh) with one fix to the store path (patches/unicorn-2.1.4-store-fastpath.patch says
-why: with the stock library every guest store takes the self-modifying-code slow path, ~10x the
-cost of a load).  The build is cached under ~/.cache/vmirom/engine/, in a directory whose name is
+scripts/setup.sh) with our fixes to the store path and to a bad TR
+(patches/unicorn-2.1.4-vmirom.patch says why: with the stock library every guest store takes the
+self-modifying-code slow path, ~10x the cost of a load, and a call gate through an unusable TR
+aborts the process). The build is cached under ~/.cache/vmirom/engine/, in a directory whose name is
 a key over the Unicorn version, the source archive's sha256, the patch and the build recipe, so a
 changed patch is never mistaken for an old build.
 
@@ -34,7 +35,7 @@ from pathlib import Path
 UNICORN_VERSION = "2.1.4"
 #: sha256 of PyPI's unicorn-2.1.4.tar.gz (pip checks the index's hash too; this pins the source)
 SDIST_SHA256 = "00567a70e323f749b419cd86bee4f9115beab7ebba32194581c090cbb7c59cff"
-PATCH = Path(__file__).with_name("patches") / f"unicorn-{UNICORN_VERSION}-store-fastpath.patch"
+PATCH = Path(__file__).with_name("patches") / f"unicorn-{UNICORN_VERSION}-vmirom.patch"
 #: how the library is configured: part of the cache key (change it and the build is redone)
 CMAKE_ARGS = (
     "-DCMAKE_BUILD_TYPE=Release",
@@ -145,7 +146,7 @@ class EngineBuild:
 
     def text(self) -> str:
         """One line for summaries."""
-        what = {"patched": "patched (vmirom store fix)", "stock": "stock wheel", "custom": "custom"}
+        what = {"patched": "patched (vmirom fixes)", "stock": "stock wheel", "custom": "custom"}
         s = f"unicorn {self.unicorn} {what.get(self.build, self.build)}"
         if self.patch_sha256:
             s += f", patch sha256 {self.patch_sha256[:12]}"

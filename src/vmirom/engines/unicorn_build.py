@@ -3,7 +3,7 @@
 Steps, each visible on the terminal:
   1. the source: PyPI's unicorn-2.1.4 sdist (`pip download --no-binary :all:`), checked against the
      pinned sha256 and kept in the cache (or $VMIROM_UNICORN_SDIST, a local copy of that archive);
-  2. unpack it and apply patches/unicorn-2.1.4-store-fastpath.patch (`patch -p1`);
+  2. unpack it and apply patches/unicorn-2.1.4-vmirom.patch (`patch -p1`);
   3. cmake + make of the x86 target only (UNICORN_ARCH=x86: ~1 min on 2 cores instead of ~15 for
      all ten architectures), progress shown from make's percentages;
   4. a smoke test in a fresh interpreter (the binding must load THIS file and run guest code);
