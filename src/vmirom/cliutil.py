@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -94,6 +94,12 @@ def write_json(dest: str, doc: Any) -> None:
         Path(dest).write_text(text)
     except OSError as e:
         raise click.ClickException(f"cannot write {dest}: {e.strerror or e}") from None
+
+
+def refuse(reason: str) -> NoReturn:
+    """End the command with exit 3 (refused input), the convention's one wording for it."""
+    click.echo(f"Error: refused: {reason}", err=True)
+    sys.exit(3)
 
 
 def console(json_out: str | None = None) -> Any:

@@ -12,7 +12,7 @@ import click
 
 from vmirom.bench import report, runs
 from vmirom.bench.runs import GUEST_TESTS, PSEUDO_TESTS, BenchError, Kernels, Target, Workload
-from vmirom.cliutil import OutputPath, exit_epilog, json_option, split_list, write_json
+from vmirom.cliutil import OutputPath, exit_epilog, json_option, refuse, split_list, write_json
 from vmirom.cliutil import console as output_console
 
 #: --quick: every target of the full run (so the table still has fullvirt, vmi, QEMU and the
@@ -138,8 +138,7 @@ def bench(ctx: click.Context, targets_opt: tuple[str, ...], tests_opt: tuple[str
     if targets_given is None:
         targets = [Target.parse(n) for n in default_targets(kernels.native is not None)]
     elif kernels.native is None and any(t.kernel == "native" for t in targets_given):
-        click.echo(f"Error: refused: {warning or 'no native kernel'}", err=True)
-        sys.exit(3)
+        refuse(warning or "no native kernel")
     else:
         targets = targets_given
     if warning:
@@ -149,9 +148,7 @@ def bench(ctx: click.Context, targets_opt: tuple[str, ...], tests_opt: tuple[str
     workload = Workload(guest_tests, pseudo, scale=scale, iterations=iterations, idle_ticks=idle_ticks,
                         timeout_s=timeout, deterministic=deterministic)
     if guest_tests and kernels.initrd is None:
-        click.echo("Error: refused: no initrd: build the guest (vmirom guest build) or pass --initrd",
-                   err=True)
-        sys.exit(3)
+        refuse("no initrd: build the guest (vmirom guest build) or pass --initrd")
 
     from vmirom.engines.libunicorn import describe
 
@@ -215,16 +212,12 @@ def report_cmd(results: str, markdown: str | None) -> None:
     try:
         doc = json.loads(Path(results).read_text())
     except OSError as e:
-        click.echo(f"Error: refused: cannot read {results}: {e.strerror or e}", err=True)
-        sys.exit(3)
+        refuse(f"cannot read {results}: {e.strerror or e}")
     except ValueError as e:
-        click.echo(f"Error: refused: {results} is not JSON: {e}", err=True)
-        sys.exit(3)
+        refuse(f"{results} is not JSON: {e}")
     problems = report.validate(doc)
     if problems:
-        click.echo(f"Error: refused: {results} is not a vmirom bench document: {'; '.join(problems[:3])}",
-                   err=True)
-        sys.exit(3)
+        refuse(f"{results} is not a vmirom bench document: {'; '.join(problems[:3])}")
     if markdown is None:
         click.echo(report.markdown_all(doc))
         return

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from vmirom.cliutil import OutputPath, console, exit_epilog, json_option, write_json
+from vmirom.cliutil import OutputPath, console, exit_epilog, json_option, refuse, write_json
 
 from .build import BuildError, build_kernel, kernel_path
 
@@ -130,8 +130,7 @@ def initrd_build(output: str, files: tuple[str, ...]) -> None:
     try:
         entries = build_initrd([parse_file_arg(f) for f in files], Path(output))
     except InitrdError as e:
-        click.echo(f"Error: refused: {e}", err=True)
-        sys.exit(3)
+        refuse(str(e))
     click.echo(f"initrd: {output} ({len(entries)} files, {sum(len(e.data) for e in entries)} bytes of data)")
 
 
@@ -146,12 +145,8 @@ def initrd_list(archive: str, json_out: str | None) -> None:
 
     try:
         members = read_cpio(read_limited(archive, MAX_ARCHIVE_BYTES, "archive"))
-    except InputRefused as e:
-        click.echo(f"Error: refused: {e}", err=True)
-        sys.exit(3)
-    except InitrdError as e:
-        click.echo(f"Error: refused: {e}", err=True)
-        sys.exit(3)
+    except (InputRefused, InitrdError) as e:
+        refuse(str(e))
     out = console(json_out)
     for m in members:
         out.print(f"{m.mode:07o} {len(m.data):9d} {m.name}", markup=False, highlight=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from vmirom.abi import RelocType
-from vmirom.cliutil import OutputPath, console, exit_epilog, json_option, write_json
+from vmirom.cliutil import OutputPath, console, exit_epilog, json_option, refuse, write_json
 
 from .spec import RomError, RomSpec
 
@@ -85,8 +85,7 @@ def build_cmd(hypervisor: str | None, variant: str | None, output: str) -> None:
     try:
         image = build_rom(spec)
     except RomError as e:
-        click.echo(f"Error: refused: the ROM description cannot be built: {e}", err=True)
-        sys.exit(3)
+        refuse(f"the ROM description cannot be built: {e}")
     try:
         Path(output).write_bytes(image.data)
     except OSError as e:
