@@ -535,23 +535,44 @@ def claim_ratios(doc: dict[str, Any], num: str, den: str, tests: tuple[str, ...]
                  ) -> tuple[float | None, float | None, int]:
     """Geomeans over `tests` of num/den for the primary time and for exits per iteration, and how
     many tests have a time ratio (both measured)."""
+    times, exits = _claim_per_test(doc, num, den, tests)
+    measured = list(times.values())
+    return stats.geomean(measured), stats.geomean(exits), sum(1 for v in measured if v is not None)
+
+
+def _claim_per_test(doc: dict[str, Any], num: str, den: str, tests: tuple[str, ...] | None
+                    ) -> tuple[dict[str, float | None], list[float | None]]:
+    """Per test of `tests` measured on both targets: the time ratio num/den (by test), and the exit
+    ratios."""
     by = {(r["test"], r["target"]): r for r in doc["summary"]}
     names = [t for t in (tests or _axes(doc)[0]) if (t, num) in by and (t, den) in by]
-    times = [stats.ratio(by[t, num]["ns_per_iter"], by[t, den]["ns_per_iter"]) for t in names]
+    times = {t: stats.ratio(by[t, num]["ns_per_iter"], by[t, den]["ns_per_iter"]) for t in names}
     exits = [stats.ratio(by[t, num]["exits_total_per_iter"], by[t, den]["exits_total_per_iter"])
              for t in names]
-    return stats.geomean(times), stats.geomean(exits), sum(1 for v in times if v is not None)
+    return times, exits
 
 
 def markdown_claims(doc: dict[str, Any]) -> str:
     """The headline ratios for DESIGN's claims 3 and 5 (below 1: the first target is faster)."""
-    lines = ["| comparison | time (geomean) | exits (geomean) | tests |", "|---|---|---|---|"]
+    lines = ["| comparison | time (geomean) | time per test (lowest .. highest) | exits (geomean) | tests |",
+             "|---|---|---|---|---|"]
     for label, num, den, tests in CLAIMS:
         t, e, n = claim_ratios(doc, num, den, tests)
         if n:
             digits = 4 if num == "qemu-icount" else 2      # deterministic: the digits mean something
-            lines.append(f"| {label} | {fmt_ratio(t, digits)} | {fmt_ratio(e)} | {n} |")
+            lines.append(f"| {label} | {fmt_ratio(t, digits)} | {_extremes(doc, num, den, tests, digits)} "
+                         f"| {fmt_ratio(e)} | {n} |")
     return "\n".join(lines)
+
+
+def _extremes(doc: dict[str, Any], num: str, den: str, tests: tuple[str, ...] | None, digits: int) -> str:
+    """The lowest and highest per-test time ratio, each with its test: a goal that must hold on
+    *every* test (e.g. "vmi2 within 1.5x of bare") is read here, not from the geomean."""
+    measured = {t: v for t, v in _claim_per_test(doc, num, den, tests)[0].items() if v is not None}
+    if not measured:
+        return "-"
+    lo, hi = min(measured, key=measured.get), max(measured, key=measured.get)
+    return f"{fmt_ratio(measured[lo], digits)} {lo} .. {fmt_ratio(measured[hi], digits)} {hi}"
 
 
 def markdown_all(doc: dict[str, Any]) -> str:
