@@ -356,11 +356,32 @@ def test_lgdt_records_guest_table_and_compresses_dpl0_descriptors():
     _gdt(cpu)
     emu.handle_gp()
     assert emu.ctl.gdtr == (GDT, 0x2F) == cpu.regs["gdtr"]
-    assert cpu.mem[GDT + 8 + 5] == 0xBA and cpu.mem[GDT + 16 + 5] == 0xB2   # DPL 0 -> 1
-    assert cpu.mem[GDT + 24 + 5] == 0xFA                                    # user DPL 3 untouched
-    assert cpu.mem[GDT + 40 + 5] == 0x89                                    # system descriptor untouched
+    assert cpu.mem[GDT + 8 + 5] == 0xBB and cpu.mem[GDT + 16 + 5] == 0xB3   # DPL 0 -> 1, Accessed
+    assert cpu.mem[GDT + 24 + 5] == 0xFB                                    # user DPL 3: only Accessed
+    assert cpu.mem[GDT + 40 + 5] == 0x89                                    # available DPL-0 TSS kept
     emu.handle_gp()
     assert emu.ctl.idtr == (GDT, 0x2F) == cpu.regs["idtr"]
+
+
+@pytest.mark.parametrize("access,after", [(0xE9, 0x89), (0x8B, 0x89), (0xEB, 0x89)])
+def test_lgdt_makes_tss_descriptors_dpl0_and_available(access, after):
+    """No jmp/call from ring 1 can name a DPL-0 TSS and no NT-iret can return to an available one:
+    the engine never switches tasks for a de-privileged kernel."""
+    cpu, emu = make("lgdt 0x7f00")
+    _gdt(cpu, tss_access=access)
+    emu.handle_gp()
+    assert cpu.mem[GDT + 40 + 5] == after
+
+
+@pytest.mark.parametrize("access", [0x8C, 0xEC, 0x85, 0x81, 0x83])  # call gates, task gate, 16-bit TSS
+def test_lgdt_with_a_gate_is_refused_and_gdtr_unchanged(access):
+    cpu, emu = make("lgdt 0x7f00")
+    _gdt(cpu, tss_access=access)
+    before = cpu.regs.get("gdtr")
+    with pytest.raises(GuestFault) as e:
+        emu.handle_gp()
+    assert e.value.vector == GP and e.value.error_code == 0
+    assert cpu.regs.get("gdtr") == before and cpu.regs["eip"] == CODE
 
 
 def test_sgdt_sidt_smsw_str_show_the_guest_values():
@@ -374,14 +395,18 @@ def test_sgdt_sidt_smsw_str_show_the_guest_values():
     assert cpu.regs["eax"] & 0xFFFF == 0x33 and cpu.regs["ebx"] == 0x28 and cpu.regs["ecx"] == 0
 
 
-def test_ltr_marks_busy_and_loads_tr():
-    cpu, emu = make("mov $0x28, %ax\n ltr %ax")
+@pytest.mark.parametrize("ring,busy", [(1, 0x89), (0, 0x8B)])
+def test_ltr_loads_tr_and_marks_busy_only_at_ring0(ring, busy):
+    """The CPU marks the TSS busy; for a de-privileged kernel it stays available (an NT-iret could
+    otherwise switch to it natively)."""
+    cpu, emu = make("mov $0x28, %ax\n ltr %ax", cpl=ring)
+    emu.ctl.kernel_ring = ring
     _gdt(cpu)
     emu.ctl.gdtr = (GDT, 0x2F)
     cpu.regs["eax"] = 0x28
     cpu.regs["eip"] = CODE + 4
     assert emu.handle_gp() == "ltr"
-    assert cpu.mem[GDT + 40 + 5] == 0x8B and emu.ctl.tr == 0x28
+    assert cpu.mem[GDT + 40 + 5] == busy and emu.ctl.tr == 0x28
     sel, base, limit, flags = cpu.regs["tr"]
     assert (sel, base, limit) == (0x28, 0x7000, 103) and (flags >> 8) & 0xFF == 0x89
 
@@ -401,7 +426,7 @@ def test_gp_from_a_late_dpl0_descriptor_is_compressed_and_retried():
     cpu, emu = make("mov %ax, %ds")
     _gdt(cpu)                                       # DPL-0 descriptors written after "lgdt"
     assert emu.handle_gp() == "retry" and cpu.regs["eip"] == CODE
-    assert cpu.mem[GDT + 16 + 5] == 0xB2
+    assert cpu.mem[GDT + 16 + 5] == 0xB3
     with pytest.raises(GuestFault):                 # nothing left to compress: a real #GP
         emu.handle_gp()
 

@@ -72,19 +72,52 @@ def test_gates_through_the_vmm_delivery_keep_the_kernel_ring(build, hv):
     assert exited_ok(r), (r["fate"], r["exit_status"], r["message"])
 
 
-@pytest.mark.parametrize("hv", ALL)
-@pytest.mark.parametrize("guest", ["callgate_escape", "taskswitch_escape"])
-def test_native_call_gate_or_task_switch_to_ring0_is_stopped(build, guest, hv):
-    """Unicorn runs call gates and task switches natively from tables the kernel rewrites with
-    plain stores: a ring-1 kernel that gets to CPL 0 has no exit served there (its `out` to the
-    debug-exit port with status 50 is refused) and the VM stops with fate privilege_violation."""
+#: the escapes a ring-1 kernel tried with plain stores into its own tables, and the fault that now
+#: stops each one before any ring change (status = 30 + vector): the store of a call gate is refused
+#: (#GP at the store), a TSS descriptor is kept DPL 0 (#GP at the ljmp) and available (#TS(0x48)
+#: at the NT iret)
+ESCAPES = {
+    "callgate_escape": 43,  # GDT call gate -> DPL-0 code
+    "ldt_callgate_escape": 43,  # the same in an LDT of its own page, after lldt
+    "taskswitch_escape": 43,  # ljmp to a DPL-3 TSS whose CS is DPL-0 code
+    "nt_iret_escape": 40,  # iret with EFLAGS.NT through the back link to a busy TSS
+}
+
+
+@pytest.mark.parametrize("hv", ALL + ("fullvirt-strict",))
+@pytest.mark.parametrize("guest", sorted(ESCAPES))
+def test_native_call_gate_or_task_switch_to_ring0_is_prevented(build, guest, hv):
+    """Unicorn runs call gates, task switches and NT-iret natively from the tables in guest memory.
+    A ring-1 kernel that rewrites them with plain stores must not reach CPL 0 at all (before: it
+    did, for up to one slice, and was stopped as privilege_violation): its tables' frames are
+    write-protected in the shadows, the stores are validated like WriteGDTEntry (DPL 0 compressed,
+    gates refused, TSS descriptors DPL 0 and available), and the transition faults into the guest.
+    At ring 0 (bare, hwassist) the same guest reaches its own ring: status 0."""
     r = run(build, guest, hv)
-    if hv in DEPRIVILEGED:
-        assert r["fate"] == "privilege_violation", (r["fate"], r["exit_status"], r["message"])
-        assert "reached CPL 0" in r["message"]
-        assert runner.exit_code(r) == runner.EXIT_CODES["vm_error"]
-    else:
+    if hv in ("bare", "hwassist"):
         assert exited_ok(r), (r["fate"], r["exit_status"], r["message"])
+        return
+    assert r["fate"] == "exit", (r["fate"], r["exit_status"], r["message"])
+    assert r["exit_status"] == ESCAPES[guest], r["message"]  # 50 would be code run at CPL 0
+    detail = r["metrics"]["detail"]
+    assert detail.get("shadow:desc_trap", 0) > 0  # the tables' stores were trapped and checked
+    assert detail.get("mmu:desc_compressed", 0) >= 2  # the DPL-0 code/data written by plain stores
+    if "callgate" in guest:
+        assert detail.get("mmu:desc_refused") == 1
+    assert r["metrics"]["mmu"]["descriptor_frames"] >= 1
+
+
+def test_cpl_check_is_still_the_second_line(build, monkeypatch):
+    """With the descriptor guard switched off, the old route is open again (the stores run
+    natively): the machine's CPL check at the next exit still stops the VM before any exit is
+    served at CPL 0."""
+    from vmirom.machine.dtguard import DescriptorGuard
+
+    monkeypatch.setattr(DescriptorGuard, "watch", lambda self, kind, base, limit: None)
+    r = run(build, "callgate_escape", "vmi")  # forked child: the patch applies there
+    assert r["fate"] == "privilege_violation", (r["fate"], r["exit_status"], r["message"])
+    assert "reached CPL 0" in r["message"]
+    assert runner.exit_code(r) == runner.EXIT_CODES["vm_error"]
 
 
 # -- item 3: no engine abort, a dead child is a crash ------------------------------------------------

@@ -598,7 +598,9 @@ def print_summary(res: dict, console) -> None:
             f"{mmu['tracking']}: {mmu['hidden_faults']} hidden faults, {mmu['wp_traps']} WP traps, "
             f"{mmu['emulated_pte_writes']} emulated PTE writes, {mmu['pv_updates']} pv updates, "
             f"{mmu['zaps']} zaps, {mmu['syncs']} syncs, {mmu['unshadows']} unshadows; "
-            f"{mmu['shadow_pages']} shadow pages in use (peak {mmu['peak_pages']} of {mmu['pool_frames']})",
+            f"{mmu['shadow_pages']} shadow pages in use (peak {mmu['peak_pages']} of {mmu['pool_frames']}); "
+            f"descriptor tables: {mmu.get('descriptor_frames', 0)} protected frames, "
+            f"{mmu.get('desc_traps', 0)} store traps",
         )
     tr = res.get("trace")
     if tr:

@@ -422,8 +422,9 @@ class Vmi(Personality):
         size = min(limit + 1, 8192 * 8) & ~7
         raw = vcpu.read(base, size) if size else b""
         new, n = checked_table(raw, self.kernel_ring)
-        if n:
+        if new != raw:  # compressed, or only Accessed bits set (the engine then never writes them)
             vcpu.write_code(base, new)
+        if n:
             self._metrics.count("descriptor:compressed", n)
 
     @handles("SetIDT")

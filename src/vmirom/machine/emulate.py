@@ -34,6 +34,7 @@ from typing import Protocol
 import capstone
 from capstone import x86 as cx
 
+from vmirom.machine.descriptors import checked_table
 from vmirom.machine.faults import GP, NP, UD, GuestFault, VmError
 
 __all__ = [
@@ -645,24 +646,22 @@ class TrapEmulator:
 
     # -- descriptor tables ------------------------------------------------------------------------------
     def compress_table(self, base: int, limit: int) -> int:
-        """Rewrite DPL-0 code/data descriptors of a GDT/LDT in guest memory to DPL 1 (the kernel's
-        ring), so its own selectors load at CPL 1.  Returns how many were changed."""
+        """Apply the descriptor rules (vmirom.machine.descriptors) to a GDT/LDT in guest memory:
+        DPL-0 code/data get the kernel's ring and their Accessed bit, TSS descriptors are made
+        DPL 0 and available; a call/task gate or 16-bit TSS is refused with #GP(0).  Returns how
+        many descriptors were compressed."""
         if limit < 7 or self.ctl.kernel_ring == 0:
             return 0
-        n_desc = min((limit + 1) // 8, 8192)
+        size = min(limit + 1, 8192 * 8) & ~7
         try:
-            table = bytearray(self.cpu.read(base, n_desc * 8, user=False))
+            raw = self.cpu.read(base, size, user=False)
         except GuestFault:
             return 0
-        changed = 0
-        for i in range(n_desc):
-            access = table[i * 8 + 5]
-            # present (0x80), code/data (S=0x10), DPL 0
-            if access & 0x90 == 0x90 and access & 0x60 == 0:
-                table[i * 8 + 5] = access | (self.ctl.kernel_ring << 5)
+        new, changed = checked_table(raw, self.ctl.kernel_ring)
+        for off in range(0, size, 8):  # descriptor by descriptor: only what changed is written
+            if new[off : off + 8] != raw[off : off + 8]:
                 try:
-                    self.cpu.write(base + i * 8 + 5, bytes([table[i * 8 + 5]]), user=False)
-                    changed += 1
+                    self.cpu.write((base + off) & _U32, new[off : off + 8], user=False)
                 except GuestFault:
                     pass
         self.stats.descriptors_compressed += changed
@@ -806,9 +805,9 @@ class TrapEmulator:
 
     def _lgdt(self, d: Decoded) -> bool:
         base, limit = self._read_table_operand(d)
+        self.compress_table(base, limit)  # first: a table with a gate is refused, GDTR unchanged
         self.ctl.gdtr = (base, limit)
         self.cpu.set("gdtr", (base, limit))
-        self.compress_table(base, limit)
         return True
 
     def _lidt(self, d: Decoded) -> bool:
@@ -821,9 +820,9 @@ class TrapEmulator:
         sel = self._read_op(d.ops[0], 2) & 0xFFFF
         if sel & ~3 == 0:
             raise GuestFault(GP, 0)
-        base, limit, access, flags, off = self._load_system_desc(sel, (1, 9))
-        gbase = self.ctl.gdtr[0]
-        self.cpu.write((gbase + off + 5) & _U32, bytes([access | 0x2]), user=False)   # busy, as the CPU does
+        base, limit, access, flags, _ = self._load_system_desc(sel, (1, 9))
+        if self.ctl.kernel_ring == 0:  # the CPU marks it busy; a de-privileged kernel's stays available
+            self.cpu.write((self.ctl.gdtr[0] + (sel & ~7) + 5) & _U32, bytes([access | 0x2]), user=False)
         self.ctl.tr = sel
         self.cpu.set("tr", (sel, base, limit, (access << 8) | (flags << 20)))
         return True
@@ -835,9 +834,9 @@ class TrapEmulator:
             self.cpu.set("ldtr", (0, 0, 0, 0))
             return True
         base, limit, access, flags, _ = self._load_system_desc(sel, (2,))
+        self.compress_table(base, limit)  # first: an LDT with a gate is refused, LDTR unchanged
         self.ctl.ldtr = sel
         self.cpu.set("ldtr", (sel, base, limit, (access << 8) | (flags << 20)))
-        self.compress_table(base, limit)
         return True
 
     def _lmsw(self, d: Decoded) -> bool:

@@ -32,12 +32,14 @@ from vmirom.machine import loader
 from vmirom.machine.clock import VirtualClock
 from vmirom.machine.delivery import PAE_REFUSED, V86_REFUSED, Delivery
 from vmirom.machine.devices import DebugExit, PicPair, Pit, PortBus, Uart16550
+from vmirom.machine.dtguard import DescriptorGuard
 from vmirom.machine.escape import HELP, ConsoleEscape
 from vmirom.machine.faults import BP, GP, OF, PF, UD, GuestFault, TripleFault, UnsupportedState, VmError
 from vmirom.machine.memory import DEFAULT_RAM, GuestMemory
 from vmirom.machine.metrics import Metrics
 from vmirom.machine.mmu import HIDDEN, ROM_WRITE, TRUE_FAULT, WP_TRAP, PhysMap, ShadowMMU
 from vmirom.machine.mmu.cpuview import ShadowedEngine
+from vmirom.machine.mmu.shadow import PROTECT_DESCRIPTORS
 from vmirom.machine.paging import Paging
 from vmirom.machine.vcpu import VCpu
 
@@ -102,29 +104,6 @@ class KernelStacks(dict):
     UpdateKernelStack).  A dict that tells the compiled engine core about every change."""
 
     on_change = None  # callable(ring, (ss, esp) | None)
-    #: callable() that brings in the overrides set elsewhere (the compiled core's UpdateKernelStack)
-    #: before they are read: the core completes that hypercall without entering Python
-    pull = None
-
-    def get(self, ring: int, default=None):  # noqa: ANN001, ANN201 - dict.get signature
-        if self.pull is not None:
-            self.pull()
-        return super().get(ring, default)
-
-    def __getitem__(self, ring: int) -> tuple[int, int]:
-        if self.pull is not None:
-            self.pull()
-        return super().__getitem__(ring)
-
-    def __contains__(self, ring: object) -> bool:
-        if self.pull is not None:
-            self.pull()
-        return super().__contains__(ring)
-
-    def items(self):  # noqa: ANN201 - dict.items signature
-        if self.pull is not None:
-            self.pull()
-        return super().items()
 
     def __setitem__(self, ring: int, value: tuple[int, int]) -> None:
         super().__setitem__(ring, value)
@@ -172,6 +151,8 @@ class Machine:
             self.mmu = ShadowMMU(pm, tracking=personality.shadow_tracking, event=self.metrics.event)
             engine = ShadowedEngine(engine, self.mmu, offset)
         self.engine = engine
+        #: the live GDT/LDT write-protected and validated (a de-privileged kernel under shadow paging)
+        self.dtguard: DescriptorGuard | None = None
         self.clock = VirtualClock()
         self.paging = Paging(self.memory, self.engine)
         self.vcpu = VCpu(self)
@@ -222,6 +203,8 @@ class Machine:
         if self.mmu is not None:
             self.mmu.rom = self.rom_range or (0, 0)
             self.engine.load_real()  # the CPU pages from the first instruction (identity shadow)
+            if personality.kernel_ring:
+                self.dtguard = DescriptorGuard(self)  # watching from the boot GDT on (load_kernel)
         personality.attach(self)
         from vmirom.engines import core as engine_core
 
@@ -279,6 +262,9 @@ class Machine:
             eng.set_reg(r, 0)
         eng.set_reg("esp", BOOT_STACK)
         eng.set_reg("eip", self.boot.entry)
+        if self.dtguard is not None:  # the boot GDT is the first live table (its ring-0 entries compressed)
+            eng.on_table = self.dtguard.watch
+            self.dtguard.watch("gdt", BOOT_GDT, len(gdt) - 1)
 
     # -- the run loop ------------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -548,6 +534,10 @@ class Machine:
             eng.cr2 = va
             eng.sync_tlb()
             return False
+        elif kind == WP_TRAP and self.mmu.protection(r.gpa >> 12) == PROTECT_DESCRIPTORS:
+            self.metrics.count("shadow:desc_trap")
+            eng.sync_tlb()
+            self.dtguard.on_store(va, r.gpa)  # GuestFault (refused): delivered by the caller
         elif kind == WP_TRAP:
             self.metrics.count("shadow:wp_trap")
             self.personality.on_wp_trap(self.vcpu, va, r.gpa)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from vmirom.engines.base import EngineError
 from vmirom.machine.faults import PF, GuestFault
 from vmirom.machine.mmu.bits import CR0_PE, CR0_PG, CR0_WP, CR4_PGE, CR4_PSE
-from vmirom.machine.mmu.shadow import HIDDEN, TRUE_FAULT, WP_TRAP
+from vmirom.machine.mmu.shadow import HIDDEN, PROTECT_DESCRIPTORS, TRUE_FAULT, WP_TRAP
 
 if TYPE_CHECKING:
     from vmirom.engines.base import Engine
@@ -41,14 +41,19 @@ class ShadowedEngine:
         self.offset = machine_offset
         self.cr2 = 0
         self._gdtr: tuple[int, int] | None = None
+        #: on_table(kind, base, limit): the GDTR ("gdt") or LDTR ("ldt", limit -1: none) was loaded
+        #: (machine/dtguard.py moves the descriptor tables' protection with it)
+        self.on_table = None
 
     # -- descriptor loads from the VMM side ---------------------------------------------------------
     def _ready_gdt(self) -> None:
-        """Make the guest's GDT present and writable in the current shadow before the engine loads a
-        segment register for the VMM.  Why: such a load reads the descriptor (and sets its accessed
-        bit) through the engine's MMU *outside* guest execution, where a #PF cannot be taken - on
-        Unicorn it kills the process.  A page the guest itself cannot use that way is refused
-        cleanly: a true fault becomes the guest's #PF, anything else an EngineError (a fate)."""
+        """Make the guest's GDT present (and writable, unless it is protected) in the current shadow
+        before the engine loads a segment register for the VMM.  Why: such a load reads the
+        descriptor (and sets its accessed bit) through the engine's MMU *outside* guest execution,
+        where a #PF cannot be taken - on Unicorn it kills the process.  A GDT protected by the
+        descriptor guard only needs to be readable: its descriptors all have Accessed set (the
+        rules set it), so the engine writes nothing.  A page the guest itself cannot use that way
+        is refused cleanly: a true fault becomes the guest's #PF, anything else an EngineError."""
         if self._gdtr is None:
             base, limit = self.real.reg("gdtr")[:2]
             self._gdtr = (base, limit)
@@ -56,9 +61,11 @@ class ShadowedEngine:
         mmu = self.mmu
         page = base & ~0xFFF
         while page <= ((base + limit) & 0xFFFFFFFF):
-            if not mmu.shadow_writable(page, user=False):
+            if not mmu.shadow_writable(page, user=False) and not (mmu.protected and mmu.shadow_present(page)):
                 r = mmu.fault(page, write=True, user=False)
-                if r.kind == WP_TRAP:  # a GDT in a frame shadowed as a page table: not a table then
+                if r.kind == WP_TRAP and mmu.protection(r.gpa >> 12) == PROTECT_DESCRIPTORS:
+                    r = mmu.fault(page, write=False, user=False)
+                elif r.kind == WP_TRAP:  # a GDT in a frame shadowed as a page table: not a table then
                     mmu.unshadow(r.gpa >> 12)
                     r = mmu.fault(page, write=True, user=False)
                 if r.kind == TRUE_FAULT:
@@ -103,6 +110,11 @@ class ShadowedEngine:
             elif name == "gdtr":
                 self._gdtr = (value[0], value[1])
             self.real.set_reg(name, value)
+            if self.on_table is not None and name in ("gdtr", "ldtr"):
+                if name == "gdtr":
+                    self.on_table("gdt", value[0], value[1])
+                else:
+                    self.on_table("ldt", value[1], value[2] if value[0] & ~3 else -1)
             return
         value &= 0xFFFFFFFF
         mmu = self.mmu

@@ -37,6 +37,12 @@ The model (see docs/mmu.md for the diagram and the reasons behind each heuristic
   flushed; AllocatePage/ReleasePage tell which frames are tables (`allocate_page`/`release_page`);
   InvalPage/FlushTLB/SetCR3 are `invlpg`/`flush_tlb`/`set_cr3`.  A guest that writes its tables
   behind the VMM's back only gets stale translations of its own memory.
+- **Frames protected for another reason** (`protect`): the live GDT/LDT of a de-privileged kernel
+  (PROTECT_DESCRIPTORS, machine/dtguard.py) are write-protected like "wp" page tables, in either
+  tracking mode: a store returns WP_TRAP and `protection(gfn)` tells the caller whose trap it is.
+  Their *linear* pages are `watched`: a fill mapping one to a frame other than the one the VMM
+  validated for it calls `on_remap` first (no prefill there), so the CPU never reaches such a table
+  through a mapping the VMM did not see.
 - **Isolation by construction.**  Shadow leaves are built only from `PhysMap.p2m` of a guest RAM
   frame, so no shadow ever maps the pool (shadow tables) or any other machine memory; a guest entry
   naming a frame outside RAM gives `BAD_PHYS`, a write to the ROM `ROM_WRITE` (fates for the
@@ -85,6 +91,9 @@ FLOOD_LIMIT = 3
 EVICT_BATCH = 16
 
 HIDDEN, TRUE_FAULT, WP_TRAP, ROM_WRITE, BAD_PHYS = "hidden", "fault", "wp_trap", "rom_write", "bad_phys"
+#: why a frame is write-protected (`ShadowMMU.protection`): a shadowed guest page table ("wp"
+#: tracking), or a page of a de-privileged kernel's live descriptor tables (machine/dtguard.py)
+PROTECT_PAGE_TABLE, PROTECT_DESCRIPTORS = "page_table", "descriptors"
 
 
 class MmuError(Exception):
@@ -133,7 +142,8 @@ class MmuStats:
 
     hidden_faults: int = 0
     true_faults: int = 0
-    wp_traps: int = 0
+    wp_traps: int = 0  # stores to write-protected page tables ("wp" tracking)
+    desc_traps: int = 0  # stores to protected descriptor-table frames (machine/dtguard.py)
     emulated_pte_writes: int = 0
     pv_updates: int = 0
     deferred_updates: int = 0
@@ -181,6 +191,14 @@ class ShadowMMU:
         self.wmap: dict[int, set[tuple[int, int]]] = {}  # guest frame -> writable leaves (mfn, index)
         self.flood: dict[int, int] = {}
         self.trusted: set[int] = set()  # pv: frames announced as page tables
+        #: guest frame -> reason (PROTECT_DESCRIPTORS): write-protected in every shadow whatever the
+        #: guest's tables say, in both tracking modes (the one per-frame notion; page tables of "wp"
+        #: tracking are protected through `by_gfn`, see `protection`)
+        self.protected: dict[int, str] = {}
+        #: linear page -> guest frame the owner of the protection validated for it (-1: none yet)
+        self.watched: dict[int, int] = {}
+        #: called as on_remap(va, gfn) before a fill maps a watched linear page to another frame
+        self.on_remap: Callable[[int, int], None] | None = None
         self.deferred: list[int] = []
         self.lazy = False
         #: a shadow entry lost rights: the engine's TLB must be flushed (the caller clears it)
@@ -211,7 +229,8 @@ class ShadowMMU:
             "shadow_pages": len(self.pages),
             "pool_frames": self.pm.pool_frames,
             "address_spaces": sum(1 for p in self.pages.values() if p.level == 2),
-            "protected_frames": len(self.by_gfn) if self.tracking == "wp" else 0,
+            "protected_frames": (len(self.by_gfn) if self.tracking == "wp" else 0) + len(self.protected),
+            "descriptor_frames": len(self.protected),
         }
 
     def set_cr0(self, value: int) -> int:
@@ -323,8 +342,10 @@ class ShadowMMU:
             return FaultResult(BAD_PHYS, gpa=gpa)
         if write and self.rom[0] <= frame < self.rom[1]:
             return FaultResult(ROM_WRITE, gpa=gpa)
+        if self.watched and self.watched.get(va >> PAGE_SHIFT, gfn) != gfn:
+            self.on_remap(va, gfn)
         if write and self._protected(gfn):
-            self.stats.wp_traps += 1
+            self._count_trap(gfn)
             return FaultResult(WP_TRAP, gpa=gpa)
         # a walk through these guest tables: they are page tables after all (flood heuristic)
         self.flood.pop(pd_gfn, None)
@@ -363,8 +384,10 @@ class ShadowMMU:
             return FaultResult(BAD_PHYS, gpa=va)
         if write and self._rom(gfn):
             return FaultResult(ROM_WRITE, gpa=va)
+        if self.watched and self.watched.get(gfn, gfn) != gfn:
+            self.on_remap(va, gfn)
         if write and self._protected(gfn):
-            self.stats.wp_traps += 1
+            self._count_trap(gfn)
             return FaultResult(WP_TRAP, gpa=va)
         table = self._child(self.root, va >> 22, ("phys", va >> 22), -1)
         rw = RW if not self._protected(gfn) and not self._rom(gfn) else 0
@@ -380,6 +403,10 @@ class ShadowMMU:
             return False
         leaf = _U32.unpack_from(mem, (pde & FRAME_MASK) | ((va >> 10) & 0xFFC))[0]
         return bool(leaf & P) and (not user or bool(leaf & US))
+
+    def shadow_present(self, va: int, *, user: bool = False) -> bool:
+        """Does the current shadow let this access class read `va` with no fault?"""
+        return self._readable(va, user)
 
     def shadow_writable(self, va: int, *, user: bool) -> bool:
         """Does the current shadow let this access class write `va` with no fault?"""
@@ -489,7 +516,38 @@ class ShadowMMU:
         return self.tracking == "wp" or page.gfn in self.trusted
 
     def _protected(self, gfn: int) -> bool:
-        return self.tracking == "wp" and gfn in self.by_gfn
+        return gfn in self.protected or self.tracking == "wp" and gfn in self.by_gfn
+
+    def _count_trap(self, gfn: int) -> None:
+        if gfn in self.protected:
+            self.stats.desc_traps += 1
+        else:
+            self.stats.wp_traps += 1
+
+    def protection(self, gfn: int) -> str | None:
+        """Why guest frame `gfn` is write-protected (None: it is not); descriptors win."""
+        reason = self.protected.get(gfn)
+        if reason is None and self.tracking == "wp" and gfn in self.by_gfn:
+            reason = PROTECT_PAGE_TABLE
+        return reason
+
+    def protect(self, gfn: int, reason: str) -> None:
+        """Write-protect guest frame `gfn` in every shadow from now on, for `reason`."""
+        if gfn not in self.protected:
+            self.protected[gfn] = reason
+            self._write_protect(gfn)
+
+    def unprotect(self, gfn: int) -> None:
+        """Drop `protect`'s protection (the leaves stay read-only until a write refills them)."""
+        self.protected.pop(gfn, None)
+
+    def forget_linear(self, vpn: int) -> None:
+        """Drop the shadow leaf of linear page `vpn` in every shadow (its next use refills it)."""
+        for page in list(self.pages.values()):
+            if page.level == 2:
+                child = page.children.get(vpn >> 10)
+                if child is not None:
+                    self._zap_leaf(child, vpn & 0x3FF)
 
     def _rom(self, gfn: int) -> bool:
         return self.rom[0] <= gfn << PAGE_SHIFT < self.rom[1]
@@ -694,6 +752,8 @@ class ShadowMMU:
         shadow only when already Dirty.  Saves the hidden fault that would follow."""
         if not entry & P or not entry & A or table.key[0] != "pt":
             return False
+        if self.watched and any((di << 10 | i) in self.watched for _, di in table.parents):
+            return False  # a descriptor-table page: filled by a fault, which checks its frame
         gfn = entry >> PAGE_SHIFT
         if gfn >= self.pm.ram_frames:
             return False
