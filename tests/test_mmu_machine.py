@@ -175,3 +175,91 @@ def test_native_page_table_writes_on_shadow_paging_pass_the_selftest():
     assert summary["failed"] == 0 and summary["passed"] == summary["total"] >= 29
     mmu = m.mmu.summary()
     assert mmu["pv_updates"] == 0 and mmu["syncs"] > 0  # no call told us: the resyncs did it
+
+
+# -- the descriptor guard (machine/dtguard.py): the live GDT protected whatever the mappings say ------
+GDT_LIMIT = 11 * 8 - 1
+OTHER = 0x7000  # a frame the kernel remaps its GDT's linear page to
+CALL_GATE_HI = 0x0000EC00  # DPL 3, type C, present
+
+
+def guarded_vm(engine_cls) -> Vm:
+    vm = shadow_vm(engine_cls)
+    vm.m.engine.on_table = vm.m.dtguard.watch
+    vm.m.engine.set_reg("gdtr", (GDT, GDT_LIMIT))  # the GDT goes live: validated and protected
+    return vm
+
+
+def access(vm: Vm, phys: int, sel: int) -> int:
+    return vm.m.memory.ram[phys + (sel & ~7) + 5]
+
+
+def test_a_live_gdt_is_validated_and_its_frame_protected(engine_cls):
+    vm = guarded_vm(engine_cls)
+    assert vm.m.mmu.protection(GDT >> 12) == "descriptors"
+    assert access(vm, GDT, 0x08) == 0xBB and access(vm, GDT, 0x48) == 0xB3  # DPL 0 -> 1, Accessed
+    assert access(vm, GDT, 0x38) == 0x89  # the TSS: available, DPL 0
+
+
+def test_a_store_of_a_call_gate_into_the_live_gdt_faults_and_writes_nothing(engine_cls):
+    vm = guarded_vm(engine_cls)
+    slot = GDT + 0x50 + 4
+    before = bytes(vm.m.memory.ram[GDT : GDT + 0x58])
+    page_fault(vm, slot, MOV_STORE, ebx=slot, eax=CALL_GATE_HI)  # fills the page read-only
+    page_fault(vm, slot, MOV_STORE, ebx=slot, eax=CALL_GATE_HI)  # the store traps
+    assert vm.detail["shadow:desc_trap"] == 1 and vm.detail["mmu:desc_refused"] == 1
+    assert bytes(vm.m.memory.ram[GDT : GDT + 0x58]) == before
+    assert vm.words(KERNEL_ESP - 16, 4)[:2] == (0, KCODE)  # #GP(0) at the store itself
+
+
+def test_a_store_of_a_ring0_code_segment_is_compressed_and_stepped_over(engine_cls):
+    vm = guarded_vm(engine_cls)
+    slot = GDT + 0x50 + 4
+    page_fault(vm, slot, MOV_STORE, ebx=slot, eax=0x00CF9A00)
+    page_fault(vm, slot, MOV_STORE, ebx=slot, eax=0x00CF9A00)
+    assert vm.detail["shadow:desc_trap"] == 1 and vm.detail["mmu:desc_compressed"] == 1
+    assert struct.unpack_from("<I", vm.m.memory.ram, slot)[0] == 0x00CFBB00
+    assert vm.r("eip") == KCODE + 2
+
+
+def test_a_remapped_gdt_page_is_validated_before_the_cpu_can_use_it(engine_cls):
+    """The kernel points its GDT's linear page at another frame holding a call gate and a ring-0
+    code segment (behind the VMM's back): the fill that maps it validates that frame first."""
+    vm = guarded_vm(engine_cls)
+    ram = vm.m.memory.ram
+    ram[OTHER : OTHER + 0x58] = ram[GDT : GDT + 0x58]
+    struct.pack_into("<II", ram, OTHER + 0x40, 0x00085000, CALL_GATE_HI)
+    struct.pack_into("<II", ram, OTHER + 0x50, 0x0000FFFF, 0x00CF9A00)
+    struct.pack_into("<I", ram, PT + 4 * (GDT >> 12), OTHER | P | RW)
+    page_fault(vm, GDT + 0x40, ebx=GDT + 0x40)  # the CPU reads the GDT: a hidden fault
+    assert vm.m.mmu.protection(OTHER >> 12) == "descriptors"
+    assert not struct.unpack_from("<I", ram, OTHER + 0x44)[0] & 0x8000  # the gate made not present
+    assert access(vm, OTHER, 0x50) == 0xBB
+    assert shadow_leaf(vm, GDT) & ~0xFFF == vm.m.memory.machine_offset + OTHER
+    assert not shadow_leaf(vm, GDT) & RW
+
+
+def test_with_paging_off_the_identity_frame_of_the_gdt_is_validated(engine_cls):
+    vm = shadow_vm(engine_cls)
+    ram = vm.m.memory.ram
+    struct.pack_into("<I", ram, PT + 4 * (GDT >> 12), OTHER | P | RW)  # paging on: GDT at OTHER
+    ram[OTHER : OTHER + 0x58] = bytes(0x58)
+    vm.m.engine.on_table = vm.m.dtguard.watch
+    vm.m.engine.set_reg("gdtr", (GDT, GDT_LIMIT))
+    assert access(vm, GDT, 0x08) == 0x9A  # frame 1 is not the GDT while paging maps it elsewhere
+    vm.m.engine.set_reg("cr0", CR0 & ~CR0_PG)
+    page_fault(vm, GDT + 8, ebx=GDT + 8)
+    assert access(vm, GDT, 0x08) == 0xBB and vm.m.mmu.protection(GDT >> 12) == "descriptors"
+
+
+def test_an_interrupt_frame_the_vmm_pushes_onto_the_gdt_page_is_validated(engine_cls):
+    """The kernel's ring-1 stack ends inside its GDT: the frame delivery pushes for `int $0x80`
+    from user mode (EIP, CS, EFLAGS, ESP, SS - the user's ESP chosen to read as a call gate's high
+    dword) lands on a descriptor; the VMM's own write is revalidated before the guest runs again."""
+    vm = guarded_vm(engine_cls)
+    struct.pack_into("<I", vm.m.memory.ram, 0x3000 + 12, GDT + 0x5C)  # TSS.esp1
+    user_esp = 0x0010EC00  # a call gate's high dword: P, DPL 3, type C
+    vm.in_user(eip=0x200002, esp=user_esp)
+    vm.exit("on_interrupt", 0x80)
+    assert vm.words(GDT + 0x54, 1) == (user_esp & ~0x8000,)  # pushed, then made not present
+    assert vm.detail.get("mmu:desc_vmm_write", 0) >= 1

@@ -108,8 +108,8 @@ class DescriptorGuard:
     machine: Machine
     #: "gdt" / "ldt" -> (linear base, limit) of the live tables
     windows: dict[str, tuple[int, int]] = field(default_factory=dict)
-    #: guest frames protected for them
-    frames: set[int] = field(default_factory=set)
+    #: guest frames protected for them -> the linear pages validated in them
+    frames: dict[int, set[int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         m = self.machine
@@ -117,6 +117,7 @@ class DescriptorGuard:
         self.ring = m.personality.kernel_ring
         self.mmu.on_remap = self.remap
         self._own_emu: TrapEmulator | None = None
+        self._writing = False  # our own writes are checked already (vmm_wrote)
 
     # -- the tables become live ---------------------------------------------------------------------
     def watch(self, kind: str, base: int, limit: int) -> None:
@@ -169,13 +170,33 @@ class DescriptorGuard:
         and written there through the guest's current tables).  Nothing is refused here - the
         table is already live: a descriptor the rules refuse is made not present (the CPU then
         faults on it instead of using it)."""
-        m = self.machine
         self.mmu.watched[vpn] = gfn
         self.mmu.protect(gfn, PROTECT_DESCRIPTORS)
-        self.frames.add(gfn)
+        self.frames.setdefault(gfn, set()).add(vpn)
+        self._validate_range(vpn, gfn, 0, 0x1000)
+        self.machine.metrics.event("mmu:desc_validated_page")
+
+    def vmm_wrote(self, phys: int, size: int) -> None:
+        """The VMM itself stored into a protected frame (an interrupt frame pushed onto a stack the
+        kernel put there, a hypercall's result or SetPxE aimed at it): the descriptors among those
+        bytes are validated again right away, before any guest instruction runs."""
+        if self._writing:
+            return
+        end = phys + size
+        while phys < end:
+            n = min(end - phys, 0x1000 - (phys & 0xFFF))
+            for vpn in list(self.frames.get(phys >> 12, ())):
+                self._validate_range(vpn, phys >> 12, phys & 0xFFF, n)
+            phys += n
+        self.machine.metrics.event("mmu:desc_vmm_write")
+
+    def _validate_range(self, vpn: int, gfn: int, off: int, size: int) -> None:
+        """The rules for the live tables' descriptors overlapping bytes [off, off + size) of linear
+        page `vpn`, which frame `gfn` holds."""
+        m = self.machine
         page = vpn << 12
         for base, limit in self.windows.values():
-            for slot in self._slots(base, limit, page, 0x1000):
+            for slot in self._slots(base, limit, page + off, size):
                 raw = self._read_slot(slot, vpn, gfn)
                 if raw is None:
                     continue
@@ -188,7 +209,6 @@ class DescriptorGuard:
                     self._write_slot(slot, vpn, gfn, struct.pack("<II", lo, new_hi))
                 if changed:
                     m.metrics.event("mmu:desc_compressed")
-        m.metrics.event("mmu:desc_validated_page")
 
     @staticmethod
     def _slots(base: int, limit: int, start: int, size: int) -> range:
@@ -205,24 +225,35 @@ class DescriptorGuard:
         phys = self.machine.paging.walk(lin).phys
         return phys if phys is not None and phys < self.machine.memory.size else None
 
+    def _slot_parts(self, slot: int, vpn: int, gfn: int) -> list[tuple[int, int, int]] | None:
+        """(offset in the descriptor, guest-physical address, length) of its 1 or 2 pieces (a
+        misaligned table puts descriptors across pages); None if a piece is not mapped."""
+        parts = []
+        off = 0
+        while off < 8:
+            lin = (slot + off) & _U32
+            n = min(8 - off, 0x1000 - (lin & 0xFFF))
+            phys = self._slot_phys(lin, vpn, gfn)
+            if phys is None:
+                return None
+            parts.append((off, phys, n))
+            off += n
+        return parts
+
     def _read_slot(self, slot: int, vpn: int, gfn: int) -> bytes | None:
-        out = bytearray()
-        for lin in (slot, slot + 4):
-            phys = self._slot_phys(lin & _U32, vpn, gfn)
-            if phys is None or (phys & 0xFFF) > 0xFFC:
-                return None  # not mapped, or a misaligned table (dwords across pages): see below
-            out += self.machine.memory.ram[phys : phys + 4]
-        return bytes(out)
+        parts = self._slot_parts(slot, vpn, gfn)
+        if parts is None:
+            return None  # the other page is not mapped: validated when a fill maps it
+        ram = self.machine.memory.ram
+        return b"".join(ram[phys : phys + n] for _, phys, n in parts)
 
     def _write_slot(self, slot: int, vpn: int, gfn: int, data: bytes) -> None:
-        for k, lin in enumerate((slot, slot + 4)):
-            phys = self._slot_phys(lin & _U32, vpn, gfn)
-            if phys is None:
-                continue
-            self._write_phys(phys, data[4 * k : 4 * k + 4])
+        for off, phys, n in self._slot_parts(slot, vpn, gfn) or ():
+            self._write_phys(phys, data[off : off + n])
 
     def _write_phys(self, phys: int, data: bytes) -> None:
         m = self.machine
+        self._writing = True
         try:
             m.memory.write(phys, data)
         except GuestFault:
@@ -230,6 +261,8 @@ class DescriptorGuard:
                 f"the kernel's descriptor table lies in the read-only ROM (physical {phys:#x}) and holds "
                 "a descriptor the VMM must rewrite (docs/security.md)"
             ) from None
+        finally:
+            self._writing = False
         m.engine.invalidate_code(phys, phys + len(data))
         self.mmu.memory_written(phys, len(data))  # a table frame that is also a page table: resynced
 

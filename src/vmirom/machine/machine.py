@@ -205,6 +205,8 @@ class Machine:
             self.engine.load_real()  # the CPU pages from the first instruction (identity shadow)
             if personality.kernel_ring:
                 self.dtguard = DescriptorGuard(self)  # watching from the boot GDT on (load_kernel)
+                self.memory.guarded = self.mmu.protected  # VMM writes there are revalidated
+                self.memory.guarded_written = self.dtguard.vmm_wrote
         personality.attach(self)
         from vmirom.engines import core as engine_core
 

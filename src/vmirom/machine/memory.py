@@ -46,6 +46,10 @@ class GuestMemory:
         #: path (`write`), which reports it through `code_written`
         self.code_span: tuple[int, int] = (0, 0)
         self.code_written = None  # callback(start, end) for VMM writes into code_span
+        #: guest frames whose VMM writes must be reported (`guarded_written(phys, size)`): the
+        #: protected descriptor-table frames (machine/dtguard.py; the shadow MMU's `protected`)
+        self.guarded: dict[int, str] = {}
+        self.guarded_written = None
 
     def check(self, phys: int, size: int, *, write: bool = False) -> None:
         """Raise GuestFault(#GP) unless [phys, phys+size) is RAM (and writable when `write`)."""
@@ -73,6 +77,8 @@ class GuestMemory:
         end = phys + size
         if self.code_written is not None and phys < self.code_span[1] and end > self.code_span[0]:
             self.code_written(phys, end)
+        if self.guarded and any(f in self.guarded for f in range(phys >> 12, ((end - 1) >> 12) + 1)):
+            self.guarded_written(phys, size)
 
     def load(self, phys: int, data: bytes) -> None:
         """Loader write (kernel image, ROM, boot structures): bypasses the read-only ranges."""

@@ -131,6 +131,8 @@ class Paging:
             for s, e in mem.readonly:
                 if phys < e and phys + size > s:
                     return -1
+            if mem.guarded and phys >> 12 in mem.guarded:
+                return -1  # a live descriptor table: the checked path has it revalidated
         return phys
 
     def sys_u32x2(self, linear: int, cr0: int, cr3: int, cr4: int) -> tuple[int, int] | None:
