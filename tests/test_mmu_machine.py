@@ -27,6 +27,7 @@ from test_vmm_dispatch import (
     PT,
     RAM,
     BatchedFakeEngine,
+    CoreFakeEngine,
     FakeEngine,
     Vm,
 )
@@ -183,8 +184,8 @@ OTHER = 0x7000  # a frame the kernel remaps its GDT's linear page to
 CALL_GATE_HI = 0x0000EC00  # DPL 3, type C, present
 
 
-def guarded_vm(engine_cls) -> Vm:
-    vm = shadow_vm(engine_cls)
+def guarded_vm(engine_cls, personality=FullVirt) -> Vm:
+    vm = Vm(personality(), engine_cls, memory_model="shadow")
     vm.m.engine.on_table = vm.m.dtguard.watch
     vm.m.engine.set_reg("gdtr", (GDT, GDT_LIMIT))  # the GDT goes live: validated and protected
     return vm
@@ -252,14 +253,17 @@ def test_with_paging_off_the_identity_frame_of_the_gdt_is_validated(engine_cls):
     assert access(vm, GDT, 0x08) == 0xBB and vm.m.mmu.protection(GDT >> 12) == "descriptors"
 
 
+@pytest.mark.parametrize("engine_cls", [FakeEngine, CoreFakeEngine], ids=["python", "c"])
 def test_an_interrupt_frame_the_vmm_pushes_onto_the_gdt_page_is_validated(engine_cls):
     """The kernel's ring-1 stack ends inside its GDT: the frame delivery pushes for `int $0x80`
     from user mode (EIP, CS, EFLAGS, ESP, SS - the user's ESP chosen to read as a call gate's high
     dword) lands on a descriptor; the VMM's own write is revalidated before the guest runs again."""
-    vm = guarded_vm(engine_cls)
+    vm = guarded_vm(engine_cls, Vmi)
     struct.pack_into("<I", vm.m.memory.ram, 0x3000 + 12, GDT + 0x5C)  # TSS.esp1
     user_esp = 0x0010EC00  # a call gate's high dword: P, DPL 3, type C
     vm.in_user(eip=0x200002, esp=user_esp)
     vm.exit("on_interrupt", 0x80)
+    vm.assert_path(c=False)  # the compiled core leaves a write into a protected frame to Python
+    assert vm.words(GDT + 0x48, 3) == (0x200002, 0x2B, 0x202)  # the frame is there (EIP, CS, EFLAGS)
     assert vm.words(GDT + 0x54, 1) == (user_esp & ~0x8000,)  # pushed, then made not present
     assert vm.detail.get("mmu:desc_vmm_write", 0) >= 1

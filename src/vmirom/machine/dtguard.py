@@ -136,6 +136,7 @@ class DescriptorGuard:
         for gfn in self.frames:
             mmu.unprotect(gfn)
         self.frames.clear()
+        self._publish()
         for vpn in mmu.watched:
             mmu.forget_linear(vpn)
         mmu.watched.clear()
@@ -171,10 +172,19 @@ class DescriptorGuard:
         table is already live: a descriptor the rules refuse is made not present (the CPU then
         faults on it instead of using it)."""
         self.mmu.watched[vpn] = gfn
-        self.mmu.protect(gfn, PROTECT_DESCRIPTORS)
+        if gfn not in self.frames:
+            self.mmu.protect(gfn, PROTECT_DESCRIPTORS)
+            self._publish()
         self.frames.setdefault(gfn, set()).add(vpn)
         self._validate_range(vpn, gfn, 0, 0x1000)
         self.machine.metrics.event("mmu:desc_validated_page")
+
+    def _publish(self) -> None:
+        """The compiled exit core writes interrupt frames itself: it must leave writes into the
+        protected frames to the Python path (which revalidates them, `vmm_wrote`)."""
+        core = getattr(self.machine, "core", None)
+        if core is not None:
+            core.publish_memory()
 
     def vmm_wrote(self, phys: int, size: int) -> None:
         """The VMM itself stored into a protected frame (an interrupt frame pushed onto a stack the

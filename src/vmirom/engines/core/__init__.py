@@ -245,8 +245,13 @@ class MachineCore:
 
     # -- state the core reads --------------------------------------------------------------------
     def publish_memory(self) -> None:
+        """The ranges the core must leave every write to to Python: the read-only ROM and the frames
+        of a de-privileged kernel's live descriptor tables (machine/dtguard.py: the Python path
+        revalidates what the VMM writes there).  More than the core's four ranges: all writes."""
         mem = self.m.memory
-        self.core.set_memory(list(mem.readonly), mem.on_code_write is not None)
+        ranges = list(mem.readonly) + [(g << 12, (g + 1) << 12) for g in sorted(mem.guarded)]
+        to_python = mem.on_code_write is not None or len(ranges) > 4
+        self.core.set_memory(ranges[:4] if not to_python else list(mem.readonly), to_python)
 
     def _kernel_stack_changed(self, ring: int, value: tuple[int, int] | None) -> None:
         if value is None:
