@@ -2,9 +2,7 @@
    markup (`[/x]` crashed `vmirom run`'s summary, other markup restyled it), 3,000 nested `[` (the
    event parser's RecursionError lost the run), raw terminal escape sequences and other control
    characters, then exits with status 0. */
-        .section .multiboot, "a"
-        .align 4
-        .long 0x1BADB002, 0, -0x1BADB002
+#include "multiboot.inc"
         .text
         .globl _start
 _start:

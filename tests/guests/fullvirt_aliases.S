@@ -2,9 +2,7 @@
    every linear address that maps it.  This kernel maps its first 4 MiB (its own image included)
    through all 1,024 page-directory entries, i.e. 1,024 aliases x 40 sites: the VMM must refuse
    (fate resource_limit) instead of installing hooks without bound. */
-        .section .multiboot, "a"
-        .align 4
-        .long 0x1BADB002, 0, -0x1BADB002
+#include "multiboot.inc"
         .text
         .globl _start
 _start:

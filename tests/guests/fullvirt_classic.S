@@ -1,9 +1,7 @@
 /* A "classic" kernel that believes it runs at ring 0 (it never looks at CS): DPL-0 GDT, RPL-0
    selectors, ss0:esp0 in its TSS, hand-built iret frames with CS = 0x08.  Each check sets bit N of
    `fails` when it goes wrong; the guest prints one JSON line and exits with `fails` as its status. */
-        .section .multiboot, "a"
-        .align 4
-        .long 0x1BADB002, 0, -0x1BADB002
+#include "multiboot.inc"
 
         .data
         .align 8

@@ -1,7 +1,5 @@
 /* Smallest multiboot guest: prints a line on COM1 and exits with status 0 via port 0xf4. */
-        .section .multiboot, "a"
-        .align 4
-        .long 0x1BADB002, 0, -0x1BADB002
+#include "multiboot.inc"
         .text
         .globl _start
 _start:

@@ -9,9 +9,7 @@
         .set NRES, 0x27fff0
         .set SPIN, 3000000
 
-        .section .multiboot, "a"
-        .align 4
-        .long 0x1BADB002, 0, -0x1BADB002
+#include "multiboot.inc"
 
         .data
         .align 8

@@ -1,7 +1,5 @@
 /* Hostile guest: writes into the VMI ROM (physical 0xC0000 + 0x100, paging off). */
-        .section .multiboot, "a"
-        .align 4
-        .long 0x1BADB002, 0, -0x1BADB002
+#include "multiboot.inc"
         .text
         .globl _start
 _start:

@@ -1,7 +1,5 @@
 /* Hostile guest: interrupts off, spins forever. */
-        .section .multiboot, "a"
-        .align 4
-        .long 0x1BADB002, 0, -0x1BADB002
+#include "multiboot.inc"
         .text
         .globl _start
 _start:

@@ -1,7 +1,5 @@
 /* Hostile guest: divides by zero with no IDT loaded: #DE -> #GP (no gate) -> #DF -> triple fault. */
-        .section .multiboot, "a"
-        .align 4
-        .long 0x1BADB002, 0, -0x1BADB002
+#include "multiboot.inc"
         .text
         .globl _start
 _start:

@@ -713,7 +713,12 @@ class ShadowMMU:
 
     # -- keeping shadows in step with guest entries -----------------------------------------------------
     def _guest_set(self, gpa: int, value: int) -> None:
-        """The VMM writes a guest entry (A/D bits): the snapshots follow, so it is no 'change'."""
+        """The VMM writes a guest entry (A/D bits): the snapshots follow, so it is no 'change'.
+        An entry in the ROM keeps its bits: the CPU's A/D store to ROM is dropped (the ROM is
+        read-only to the guest, and a guest with page tables there must not make the VMM write it;
+        tests/test_mmu_isolation.py)."""
+        if self._rom(gpa >> PAGE_SHIFT):
+            return
         self.pm.set_guest_u32(gpa, value)
         for page in self.by_gfn.get(gpa >> PAGE_SHIFT, ()):
             _U32.pack_into(page.snap, gpa & 0xFFC, value)
