@@ -79,7 +79,7 @@ def _machine(p: Personality) -> Machine:
 
 
 @pytest.mark.parametrize(
-    "name, accel", [("bare", True), ("hwassist", True), ("vmi", True), ("vmi2", False), ("fullvirt", False)]
+    "name, accel", [("bare", True), ("hwassist", True), ("vmi", True), ("vmi2", True), ("fullvirt", False)]
 )
 def test_builtin_personalities_opt_in(name, accel):
     m = _machine(create(name))

@@ -1037,3 +1037,231 @@ def test_exit_in_virtual_8086_mode_ends_the_run(engine_cls):
     vm.in_user(eflags=0x20202)
     with pytest.raises(UnsupportedState, match="virtual-8086"):
         vm.m.delivery.exception(GP, 0)
+
+
+# -- the VMI hypercalls the core completes, and vmi2's virtual interrupt flag (hcall.c, vmi2.c) -----
+# vmi and vmi2 on the fake engine (direct paging, the ROM identity-mapped at its physical address): a
+# hypercall exit is kernel-ring code whose EIP is just past a ROM stub's `int $0x82`.
+IF = 0x200
+
+
+def vmi_vm(cls: type, engine_cls) -> Vm:
+    vm = Vm(cls(), engine_cls)
+    vm.m.personality.before_slice()  # vmi2: the shared page goes live before the first instruction
+    return vm
+
+
+def site(vm: Vm, call: str) -> int:
+    """The EIP of call `call`'s hypercall exit (past its `int $0x82`; vmi2's IRET: its exit path)."""
+    from vmirom import abi
+
+    p = vm.m.personality
+    (off,) = [o for o, n in p.call_at.items() if n == abi.call(call).number]
+    return vm.m.rom_range[0] + off + 2
+
+
+def shared(vm: Vm, off: int) -> int:
+    return vm.words(vm.m.personality.shared + off, 1)[0]
+
+
+def set_shared(vm: Vm, off: int, value: int) -> None:
+    struct.pack_into("<I", vm.m.memory.ram, vm.m.personality.shared + off, value)
+
+
+def _vmi_classes():
+    from vmirom.hypervisors.vmi import Vmi
+    from vmirom.hypervisors.vmi2 import Vmi2
+
+    return {"vmi": Vmi, "vmi2": Vmi2}
+
+
+@pytest.mark.parametrize("hv", ["vmi", "vmi2"])
+def test_iret_hypercall_to_user_mode(hv, engine_cls):
+    vm = vmi_vm(_vmi_classes()[hv], engine_cls)
+    frame = (USER_CODE + 0x10, USER_CS, 0x202, USER_ESP - 0x40, USER_SS)
+    struct.pack_into("<5I", vm.m.memory.ram, KERNEL_ESP, *frame)
+    vm.in_kernel(eip=site(vm, "IRET"), eflags=0x2)
+    vm.eng.poke(ds=USER_SS, es=USER_SS, fs=0, gs=0)  # data segments an outer ring may keep
+    vm.exit("on_interrupt", 0x82)
+    vm.assert_path(c=True)
+    assert vm.eng.cpl() == 3 and (vm.r("cs"), vm.r("ss")) == (USER_CS, USER_SS)
+    assert (vm.r("eip"), vm.r("esp"), vm.r("eflags")) == (USER_CODE + 0x10, USER_ESP - 0x40, 0x202)
+    assert vm.detail == {"hypercall:IRET": 1} and vm.m.personality.hypercall_counts() == {"IRET": 1}
+
+
+def test_iret_to_user_mode_with_a_kernel_data_segment_resets_it_in_python(engine_cls):
+    vm = vmi_vm(_vmi_classes()["vmi2"], engine_cls)
+    struct.pack_into("<5I", vm.m.memory.ram, KERNEL_ESP, USER_CODE, USER_CS, 0x202, USER_ESP, USER_SS)
+    vm.in_kernel(eip=site(vm, "IRET"), eflags=0x2)  # DS = the kernel's data segment
+    vm.exit("on_interrupt", 0x82)
+    vm.assert_path(c=False)
+    assert vm.eng.cpl() == 3 and vm.r("ds") == 0 and vm.detail == {"hypercall:IRET": 1}
+
+
+@pytest.mark.parametrize("flags", [0x202, 0x2], ids=["if", "no-if"])
+def test_vmi2_iret_to_the_kernel_ring_makes_the_frames_if_the_virtual_flag(flags, engine_cls):
+    from vmirom.hypervisors.vmi2 import SH_PENDING, SH_VIF
+
+    vm = vmi_vm(_vmi_classes()["vmi2"], engine_cls)
+    set_shared(vm, SH_VIF, 0)
+    set_shared(vm, SH_PENDING, 1)  # the stub exits for a kernel frame only when this was set
+    struct.pack_into("<3I", vm.m.memory.ram, KERNEL_ESP, KCODE + 0x20, KCS[1], flags)
+    vm.in_kernel(eip=site(vm, "IRET"), eflags=0x2)
+    vm.exit("on_interrupt", 0x82)
+    vm.assert_path(c=True)
+    assert vm.eng.cpl() == 1 and (vm.r("eip"), vm.r("esp")) == (KCODE + 0x20, KERNEL_ESP + 12)
+    assert shared(vm, SH_VIF) == flags & IF
+    # with the flag set, the window check (load_virtual_if at the kernel ring) clears the pending word
+    assert shared(vm, SH_PENDING) == (0 if flags & IF else 1)
+    assert vm.detail == {"hypercall:IRET": 1}
+
+
+def test_vmi2_iret_that_enables_a_pending_interrupt_delivers_it(engine_cls):
+    from vmirom.hypervisors.vmi2 import SH_PENDING, SH_VIF
+
+    vm = vmi_vm(_vmi_classes()["vmi2"], engine_cls)
+    pic = vm.m.pic
+    pic.master.vector_base, pic.master.imr = 0x20, 0xFE
+    pic.raise_irq(0)
+    set_shared(vm, SH_VIF, 0)
+    set_shared(vm, SH_PENDING, 1)
+    struct.pack_into("<3I", vm.m.memory.ram, KERNEL_ESP, KCODE + 0x20, KCS[1], 0x202)
+    vm.in_kernel(eip=site(vm, "IRET"), eflags=0x2)
+    vm.exit("on_interrupt", 0x82)
+    vm.assert_path(c=False)  # an interrupt is due once IF is set: Python delivers it
+    assert vm.words(KERNEL_ESP + 12 - 12, 3) == (KCODE + 0x20, KCS[1], 0x202)
+    vm.assert_entered(0x20, ring=1, esp=KERNEL_ESP, if_set=False)
+    assert shared(vm, SH_VIF) == 0 and shared(vm, SH_PENDING) == 0
+    assert vm.detail["interrupt:32"] == 1 and vm.detail["hypercall:IRET"] == 1
+
+
+@pytest.mark.parametrize("vector, vif", [(0x80, IF), (0x81, 0)], ids=["trap-gate", "intr-gate"])
+def test_vmi2_delivery_to_the_kernel_saves_the_handlers_if_and_cr2(vector, vif, engine_cls):
+    from vmirom.hypervisors.vmi2 import SH_CR2, SH_VIF
+
+    vm = vmi_vm(_vmi_classes()["vmi2"], engine_cls)
+    set_shared(vm, SH_VIF, IF - vif)
+    vm.code(USER_CODE, bytes([0xCD, vector]))
+    vm.in_user(eip=USER_CODE + 2, cr2=0xABC123)
+    vm.exit("on_interrupt", vector)
+    vm.assert_path(c=True)
+    vm.assert_entered(vector, ring=1, esp=ESP1 - 20, if_set=bool(vif))
+    assert shared(vm, SH_VIF) == vif and shared(vm, SH_CR2) == 0xABC123
+    assert vm.detail == {f"softint:{vector:#x}": 1, "delivery:ring_change": 1}
+
+
+@pytest.mark.parametrize("vif", [0, IF], ids=["flag-clear", "flag-set"])
+def test_vmi2_delivery_from_the_kernel_pushes_the_virtual_flag_not_eflags_if(vif, engine_cls):
+    from vmirom.hypervisors.vmi2 import SH_PENDING, SH_VIF
+
+    vm = vmi_vm(_vmi_classes()["vmi2"], engine_cls)
+    set_shared(vm, SH_VIF, vif)
+    set_shared(vm, SH_PENDING, 1)  # stale: every load rewrites it
+    vm.code(KCODE, b"\xcd\x80")
+    vm.in_kernel(eip=KCODE + 2, eflags=0x202 - vif)  # EFLAGS.IF is not the kernel's flag
+    vm.exit("on_interrupt", 0x80)
+    vm.assert_path(c=True)
+    assert vm.words(KERNEL_ESP - 12, 3) == (KCODE + 2, KCS[1], 0x2 | vif)
+    vm.assert_entered(0x80, ring=1, esp=KERNEL_ESP - 12, if_set=bool(vif))  # a trap gate keeps it
+    assert shared(vm, SH_VIF) == vif and shared(vm, SH_PENDING) == 0
+
+
+def test_vmi2_interrupt_held_back_by_the_flag_sets_the_pending_word(engine_cls):
+    from vmirom.hypervisors.vmi2 import SH_PENDING, SH_VIF
+
+    vm = vmi_vm(_vmi_classes()["vmi2"], engine_cls)
+    pic = vm.m.pic
+    pic.master.vector_base, pic.master.imr = 0x20, 0xFE
+    pic.raise_irq(0)
+    set_shared(vm, SH_VIF, 0)
+    vm.code(KCODE, b"\xcd\x80")
+    vm.in_kernel(eip=KCODE + 2, eflags=0x202)
+    vm.exit("on_interrupt", 0x80)
+    vm.assert_path(c=False)  # which interrupt the PIC would give is Python's (pic.pending_vector)
+    vm.assert_entered(0x80, ring=1, esp=KERNEL_ESP - 12, if_set=False)
+    assert shared(vm, SH_PENDING) == 1 and "interrupt:32" not in vm.detail
+
+
+def test_vmi2_garbage_virtual_flag_stops_the_vm_on_both_paths(engine_cls):
+    from vmirom.hypervisors.vmi2 import SH_VIF
+
+    vm = vmi_vm(_vmi_classes()["vmi2"], engine_cls)
+    set_shared(vm, SH_VIF, 0x201)
+    vm.code(KCODE, b"\xcd\x80")
+    vm.in_kernel(eip=KCODE + 2)
+    vm.exit("on_interrupt", 0x80)
+    vm.assert_path(c=False)
+    assert vm.m.fate == "bad_shared_state"
+
+
+@pytest.mark.parametrize("hv", ["vmi", "vmi2"])
+@pytest.mark.parametrize("eax", [KSS[1], 0xC0123000], ids=["ss", "tss-pointer"])
+def test_update_kernel_stack_moves_the_next_ring_change(hv, eax, engine_cls):
+    vm = vmi_vm(_vmi_classes()[hv], engine_cls)
+    vm.in_kernel(eip=site(vm, "UpdateKernelStack"), eax=eax, edx=0x70000)
+    vm.exit("on_interrupt", 0x82)
+    vm.assert_path(c=True)
+    assert vm.detail == {"hypercall:UpdateKernelStack": 1}
+    assert vm.m.kernel_stacks.get(1) == (KSS[1], 0x70000) and vm.eng.writes == []
+    vm.code(USER_CODE, b"\xcd\x80")
+    vm.in_user(eip=USER_CODE + 2)
+    vm.exit("on_interrupt", 0x80)
+    vm.assert_entered(0x80, ring=1, esp=0x70000 - 20, if_set=True)
+    assert vm.words(0x70000 - 20, 5) == (USER_CODE + 2, USER_CS, 0x202, USER_ESP, USER_SS)
+
+
+@pytest.mark.parametrize("ss", [USER_SS, KCS[1], 0x1F9], ids=["user-data", "code", "outside-gdt"])
+def test_update_kernel_stack_with_a_bad_segment_is_gp_on_both_paths(ss, engine_cls):
+    vm = vmi_vm(_vmi_classes()["vmi"], engine_cls)
+    vm.in_kernel(eip=site(vm, "UpdateKernelStack"), eax=ss, edx=0x70000)
+    vm.exit("on_interrupt", 0x82)
+    vm.assert_path(c=False)
+    assert vm.r("eip") == handler(GP) and vm.words(KERNEL_ESP - 16, 1) == (ss & ~3,)
+    assert vm.m.kernel_stacks.get(1) is None
+    assert vm.detail == {"hypercall:UpdateKernelStack": 1, "exception:13": 1}
+
+
+@pytest.mark.parametrize(
+    "call, eax, eflags, out_eax, out_eflags",
+    [
+        ("DisableInterrupts", 0, 0x202, 0, 0x2),
+        ("EnableInterrupts", 0, 0x2, 0, 0x202),
+        ("SetInterruptMask", IF, 0x2, IF, 0x202),
+        ("SetInterruptMask", 0, 0x202, 0, 0x2),
+        ("GetInterruptMask", 0x55, 0x202, IF, 0x202),
+        ("GetInterruptMask", 0x55, 0x2, 0, 0x2),
+        ("GetCR0", 0, 0x2, CR0, 0x2),
+        ("GetCR2", 0, 0x2, 0xABC123, 0x2),
+    ],
+)
+def test_vmi_state_hypercalls(call, eax, eflags, out_eax, out_eflags, engine_cls):
+    vm = vmi_vm(_vmi_classes()["vmi"], engine_cls)
+    eip = site(vm, call)
+    vm.in_kernel(eip=eip, eax=eax, eflags=eflags, cr2=0xABC123)
+    vm.exit("on_interrupt", 0x82)
+    vm.assert_path(c=True)
+    assert (vm.r("eax"), vm.r("eflags"), vm.r("eip"), vm.r("esp")) == (out_eax, out_eflags, eip, KERNEL_ESP)
+    assert vm.detail == {f"hypercall:{call}": 1} and vm.m.personality.hypercall_counts() == {call: 1}
+
+
+@pytest.mark.parametrize("call, eax", [("EnableInterrupts", 0), ("SetInterruptMask", IF)])
+def test_vmi_hypercall_that_enables_a_pending_interrupt_delivers_it_in_python(call, eax, engine_cls):
+    vm = vmi_vm(_vmi_classes()["vmi"], engine_cls)
+    pic = vm.m.pic
+    pic.master.vector_base, pic.master.imr = 0x20, 0xFE
+    pic.raise_irq(0)
+    eip = site(vm, call)
+    vm.in_kernel(eip=eip, eax=eax, eflags=0x2)
+    vm.exit("on_interrupt", 0x82)
+    vm.assert_path(c=False)
+    assert vm.words(KERNEL_ESP - 12, 3) == (eip, KCS[1], 0x202)  # returns to the stub's `ret`
+    vm.assert_entered(0x20, ring=1, esp=KERNEL_ESP - 12, if_set=False)
+    assert vm.detail == {f"hypercall:{call}": 1, "interrupt:32": 1}
+
+
+def test_hypercalls_below_the_kernel_ring_are_never_served_in_c(engine_cls):
+    vm = vmi_vm(_vmi_classes()["vmi"], engine_cls)
+    vm.eng.poke(cs=KCS[0], ss=KSS[0], eip=site(vm, "DisableInterrupts"), esp=KERNEL_ESP, eflags=0x202)
+    vm.exit("on_interrupt", 0x82)
+    vm.assert_path(c=False)
+    assert vm.m.fate == "privilege_violation" and vm.r("eflags") == 0x202

@@ -280,6 +280,9 @@ class Vmi2(Vmi):
             d["irq_window"] = self.irq_windows
         return d
 
+    #: as v1's (the compiled engine core hands only #GP to on_exception)
+    core_exception_vectors = Vmi.core_exception_vectors
+
     def on_exception(self, vcpu: VCpu, vector: int, error_code: int) -> bool:
         handled = super().on_exception(vcpu, vector, error_code)
         if handled and self.live:  # an emulated native instruction (cli/sti, mov cr ...): resync

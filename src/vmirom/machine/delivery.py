@@ -160,7 +160,10 @@ class Delivery:
 
     def _deliver_in_core(self, vector: int, err: int | None, software: bool, external: bool) -> bool:
         """The same delivery (with the double-fault rules) done by the compiled core; False when the
-        core leaves it to the Python path (a write only Python may do, an SS load it cannot vouch for)."""
+        core leaves it to the Python path (a write only Python may do, an SS load it cannot vouch for).
+        The personality's flag is loaded here as `_deliver` loads it; the core saves it back itself
+        (vmi2.c: the one personality whose flag it may keep)."""
+        self.m.personality.load_virtual_if()
         res = self._core.deliver(self.registers(), vector, err, software, external)
         if res[0] == "fallback":
             return False

@@ -104,6 +104,29 @@ class KernelStacks(dict):
     UpdateKernelStack).  A dict that tells the compiled engine core about every change."""
 
     on_change = None  # callable(ring, (ss, esp) | None)
+    #: callable() that brings in the overrides set elsewhere (the compiled core's UpdateKernelStack)
+    #: before they are read: the core completes that hypercall without entering Python
+    pull = None
+
+    def get(self, ring: int, default=None):  # noqa: ANN001, ANN201 - dict.get signature
+        if self.pull is not None:
+            self.pull()
+        return super().get(ring, default)
+
+    def __getitem__(self, ring: int) -> tuple[int, int]:
+        if self.pull is not None:
+            self.pull()
+        return super().__getitem__(ring)
+
+    def __contains__(self, ring: object) -> bool:
+        if self.pull is not None:
+            self.pull()
+        return super().__contains__(ring)
+
+    def items(self):  # noqa: ANN201 - dict.items signature
+        if self.pull is not None:
+            self.pull()
+        return super().items()
 
     def __setitem__(self, ring: int, value: tuple[int, int]) -> None:
         super().__setitem__(ring, value)

@@ -28,7 +28,7 @@ INT64_MAX = (1 << 63) - 1
 
 #: the interface this glue expects of `_core` (module.c's API): a build from older sources (a
 #: checkout updated without scripts/setup.sh) is refused with a note, not half used
-API = 3
+API = 4
 
 try:  # the extension is optional: a checkout without a build still runs (the Python path)
     from vmirom.engines.core import _core
@@ -88,11 +88,38 @@ def _declared(cls: type, method: str, attr: str):
 #: the vmi methods the C IRET stands for: a personality that overrides any of them keeps the Python path
 _IRET_METHODS = ("is_hypercall", "hypercall", "iret", "before_iret", "_iret", "_gdt_hi", "_after_if_change",
                  "count_from_core")
+#: the vmi2 methods the C virtual interrupt flag (vmi2.c) stands for
+_VIF_METHODS = ("load_virtual_if", "save_virtual_if", "before_iret", "_kernel_mode", "_u32", "_u32w",
+                "_refuse_shared")
+
+
+def virtual_if(machine: Machine) -> int | None:
+    """Guest-physical address of vmi2's shared page when the core may keep the personality's virtual
+    interrupt flag there itself (vmi2.c: a `Vmi2` that overrides none of the methods involved), else
+    None (a personality with an IF of its own then keeps the Python path: `policy`)."""
+    from vmirom.hypervisors.vmi2 import Vmi2
+
+    p = machine.personality
+    if not isinstance(p, Vmi2) or machine.rom_range is None:
+        return None
+    if any(getattr(type(p), name) is not getattr(Vmi2, name) for name in _VIF_METHODS):
+        return None
+    return p.shared
+
+
+def _reference(machine: Machine) -> type:
+    """The class whose hypercall methods the C core was written after: Vmi2 (when `virtual_if`
+    stands for it) or Vmi."""
+    from vmirom.hypervisors.vmi import Vmi
+    from vmirom.hypervisors.vmi2 import Vmi2
+
+    return Vmi2 if virtual_if(machine) is not None else Vmi
 
 
 def iret_site(machine: Machine) -> int:
-    """ROM offset of the IRET stub's `int $0x82` when the C core may do the vmi IRET hypercall (the
-    personality is a `Vmi` that overrides none of the methods involved), else -1."""
+    """ROM offset of the IRET stub's `int $0x82` (vmi2: of its exit path) when the C core may do the
+    IRET hypercall (the personality is a `Vmi`, or a `Vmi2`, that overrides none of the methods
+    involved), else -1."""
     from vmirom import abi
     from vmirom.hypervisors.vmi import HYPERCALL_VECTOR as HYPERCALL_INT
     from vmirom.hypervisors.vmi import Vmi
@@ -102,7 +129,8 @@ def iret_site(machine: Machine) -> int:
         return -1
     if p.hypercall_port is not None or p.trap_asm() != f"int ${HYPERCALL_INT:#x}":
         return -1  # another hypercall mechanism (docs/plugins.md): the C IRET knows only `int $0x82`
-    if any(getattr(type(p), name) is not getattr(Vmi, name) for name in _IRET_METHODS):
+    ref = _reference(machine)
+    if any(getattr(type(p), name) is not getattr(ref, name) for name in _IRET_METHODS):
         return -1
     if p.dispatch.get(abi.call("IRET").number) != p.iret:
         return -1
@@ -130,23 +158,31 @@ def console_rule(machine: Machine) -> int | None:
     return None
 
 
-#: the vmi hypercalls that only read VMM state, done in C (module.c's state_call): call -> (Vmi method, kind)
-STATE_CALLS = {"GetCR0": ("get_cr0", 0), "GetCR2": ("get_cr2", 2), "GetCR3": ("get_cr3", 3),
-               "GetCR4": ("get_cr4", 4), "GetInterruptMask": ("get_interrupt_mask", 5)}
+#: the vmi hypercalls that only read or set CPU state, done in C (hcall.c's core_state_call):
+#: call -> (the Vmi methods it stands for, handler first; kind: core.h's STATE_*)
+STATE_CALLS = {"GetCR0": (("get_cr0",), 0), "GetCR2": (("get_cr2",), 2), "GetCR3": (("get_cr3",), 3),
+               "GetCR4": (("get_cr4",), 4), "GetInterruptMask": (("get_interrupt_mask",), 5),
+               "DisableInterrupts": (("disable_interrupts",), 6),
+               "EnableInterrupts": (("enable_interrupts", "_after_if_change"), 7),
+               "SetInterruptMask": (("set_interrupt_mask", "_after_if_change"), 8),
+               "UpdateKernelStack": (("update_kernel_stack", "_descriptor"), 9)}
 
 
 def state_calls(machine: Machine) -> list[tuple[int, int, int]]:
     """[(ROM offset of the stub's `int`, kind, call number)] of the state-only hypercalls the core may
     complete: only alongside the C IRET (`iret_site`'s checks of the personality), and only those
-    whose handler is Vmi's own, dispatched as such, at exactly one ROM site."""
+    whose handler (and what it calls) is Vmi's own, dispatched as such, at exactly one ROM site (vmi2's
+    in-guest interrupt-flag calls have none: no exit)."""
     from vmirom import abi
-    from vmirom.hypervisors.vmi import Vmi
 
     p = machine.personality
+    ref = _reference(machine)
     out = []
-    for name, (method, kind) in STATE_CALLS.items():
+    for name, (methods, kind) in STATE_CALLS.items():
         num = abi.call(name).number
-        if getattr(type(p), method) is not getattr(Vmi, method) or p.dispatch.get(num) != getattr(p, method):
+        if any(getattr(type(p), m) is not getattr(ref, m) for m in methods):
+            continue
+        if p.dispatch.get(num) != getattr(p, methods[0]):
             continue
         sites = [off for off, n in p.call_at.items() if n == num]
         if len(sites) == 1:
@@ -163,8 +199,9 @@ def policy(machine: Machine) -> tuple[bool, int, bytes, str]:
     p = machine.personality
     cls = type(p)
     intercept = bytearray(256)
+    own_if = virtual_if(machine) is None  # vmi2's flag in its shared page: the core keeps it too
     for name in ("load_virtual_if", "save_virtual_if"):
-        if getattr(cls, name) is not getattr(Personality, name):
+        if own_if and getattr(cls, name) is not getattr(Personality, name):
             return False, -1, bytes(intercept), f"{cls.__name__}.{name} is its own"
     if cls.on_exception is not Personality.on_exception:
         vectors = _declared(cls, "on_exception", "core_exception_vectors")
@@ -217,6 +254,13 @@ class MachineCore:
         ks = machine.kernel_stacks
         if hasattr(ks, "on_change"):
             ks.on_change = self._kernel_stack_changed
+            ks.pull = self._pull_kernel_stacks  # UpdateKernelStack done in C: Python reads it lazily
+        self._ks_flag = self.core.kernel_stacks_flag().cast("i")
+        # vmi2: the virtual interrupt flag, kept by the core once the personality made its page live
+        self.vif = virtual_if(machine) if self.accel else None
+        self._vif_wait = self.vif is not None
+        if self.vif is not None:
+            self.core.set_vif(True, False, self.vif)
         self._pending = self.core.pending_flag().cast("i")  # ndirty, read without a call
         machine.metrics.add_source(self.drain)
         self._clock = machine.clock
@@ -237,6 +281,8 @@ class MachineCore:
         self.core.set_policy(False, -1, bytes(256))
         self.core.set_iret(0, 0, -1, 0)
         self.core.set_state_calls([])
+        self.core.set_vif(False, False, 0)
+        self.vif, self._vif_wait = None, False
         self.iret_site = -1
         self.drain_console()
         self.console = False
@@ -252,6 +298,14 @@ class MachineCore:
         ranges = list(mem.readonly) + [(g << 12, (g + 1) << 12) for g in sorted(mem.guarded)]
         to_python = mem.on_code_write is not None or len(ranges) > 4
         self.core.set_memory(ranges[:4] if not to_python else list(mem.readonly), to_python)
+
+    def _pull_kernel_stacks(self) -> None:
+        """KernelStacks.pull: the overrides the core's UpdateKernelStack set, into the dict (whose
+        on_change is not called: the core has them)."""
+        if self._ks_flag[0]:
+            ks = self.m.kernel_stacks
+            for ring, ss, esp in self.core.take_kernel_stacks():
+                dict.__setitem__(ks, ring, (ss, esp))
 
     def _kernel_stack_changed(self, ring: int, value: tuple[int, int] | None) -> None:
         if value is None:
@@ -273,6 +327,9 @@ class MachineCore:
         # Called after every exit the Python path handled: kept to a few attribute reads, and the
         # core is told only what changed.
         m = self.m
+        if self._vif_wait and m.personality.live:  # vmi2 initialised its shared page (before_slice)
+            self._vif_wait = False
+            self.core.set_vif(True, True, self.vif)
         mmu = self.mmu
         if mmu is not None:
             crs = (mmu.cr0, mmu.cr3, mmu.cr4, m.engine.cr2)  # the engine: the MMU's CpuView
@@ -330,14 +387,45 @@ class MachineCore:
         Python path."""
         self.sync()
         m = self.m
+        if vector == m.personality.hypercall_vector:
+            return self._hypercall()
         res = self.core.intr(vector, m.delivery.registers(), m.clock.now_ns() + self.raw_offset())
         if res is None:
             return False
+        self._enter(res)
+        return True
+
+    def _hypercall(self) -> bool:
+        """The hook's hypercall path (hcall.c): the IRET or a state call completed in C (True), else
+        False.  The registers as the hook reads them: the engine's own control registers (under shadow
+        paging the core substitutes the guest's itself)."""
+        if self.iret_site < 0:
+            return False
+        m = self.m
+        eng = m.engine
+        real = getattr(eng, "real", eng)
+        regs = list(m.delivery.registers())
+        regs[5:8] = (real.reg("cr0"), real.reg("cr3"), real.reg("cr4"))
+        extra = tuple(real.reg(n) for n in ("eax", "edx", "ecx", "ds", "es", "fs", "gs"))
+        res = self.core.hypercall(tuple(regs), extra, m.clock.now_ns() + self.raw_offset())
+        if res is None:
+            return False
+        if res[0] == "entry":
+            self._enter(res[1])
+            return True
+        _kind, eax, eflags = res
+        if eax is not None:
+            eng.set_reg("eax", eax)
+        if eflags is not None:
+            eng.set_reg("eflags", eflags)
+        return True
+
+    def _enter(self, res: tuple) -> None:
+        m = self.m
         cpl, cs, ss, esp, eflags, eip, cr2 = res
         if cr2 is not None:
             m.engine.set_reg("cr2", cr2)
         m.engine.enter_handler(cpl, cs, ss, esp, eflags, eip)
-        return True
 
     def timings(self) -> dict[str, tuple[int, int]]:
         """The core's handler times (profiling): kind -> (calls, ns), hypercalls by VMI call name."""

@@ -120,7 +120,10 @@ typedef struct {
     uint32_t cr2;
 } vfault_t;
 
-enum { STATE_CR0 = 0, STATE_CR2 = 2, STATE_CR3 = 3, STATE_CR4 = 4, STATE_IF = 5 };
+/* the hypercalls the core completes from registers and VMM state alone (hcall.c): what each does */
+enum { STATE_CR0 = 0, STATE_CR2 = 2, STATE_CR3 = 3, STATE_CR4 = 4, STATE_IF = 5, STATE_CLI = 6, STATE_STI = 7,
+       STATE_SETMASK = 8, STATE_KSTACK = 9 };
+#define N_STATE 16
 
 /* results */
 enum { CORE_OK = 0, CORE_FAULT = 1, CORE_FALLBACK = 2, CORE_TRIPLE = 3 };
@@ -188,6 +191,11 @@ typedef struct core {
     /* kernel_stacks overrides (VMI UpdateKernelStack) */
     int ks_valid[4];
     uint32_t ks_ss[4], ks_esp[4];
+    int ks_dirty;            /* rings (bit mask) whose override the core changed: Python pulls them */
+    /* vmi2's virtual interrupt flag in the ROM's shared page (vmi2.c; Vmi2.load/save_virtual_if) */
+    int vif_on;              /* the personality keeps the kernel's IF there */
+    int vif_live;            /* the page is initialised (Vmi2.live): until then EFLAGS.IF is the flag */
+    uint64_t vif_page;       /* guest-physical address of the shared page */
     /* what the personality lets the core do */
     int accel_intr;          /* exits of the INTR hook may be completed here */
     int hypercall_vector;    /* -1: none (the vector always goes to Python) */
@@ -201,9 +209,9 @@ typedef struct core {
     /* the vmi hypercalls that only read VMM state (GetCR0/2/3/4, GetInterruptMask): the ROM
      * offsets of their stubs' `int`, what each reads (STATE_*), their call numbers */
     int n_state;
-    int state_site[8];
-    int state_kind[8];
-    int state_num[8];
+    int state_site[N_STATE];
+    int state_kind[N_STATE];
+    int state_num[N_STATE];
     /* interrupt window (Machine._irq_first): Python publishes whether the PIC has an unmasked
      * request and the next timer deadline in raw thread-CPU-clock ns */
     int pic_pending;
@@ -224,7 +232,7 @@ typedef struct core {
     uint64_t t_calls[5], t_ns[5];  /* 0 softint, 1 exception, 2 pf, 3 fallback decisions, 4 iret */
     uint64_t t_phase[5][3];        /* completed exits by kind: reading registers, deciding, entering */
     uint64_t t_io_calls, t_io_ns;
-    uint64_t t_state_calls[8], t_state_ns[8];  /* state-only hypercalls, by index */  /* console port I/O completed here (console.c) */
+    uint64_t t_state_calls[N_STATE], t_state_ns[N_STATE];  /* state-only hypercalls, by index */
     uint64_t fallbacks, completed, state_calls;
     /* the Unicorn glue */
     uc_api api;
@@ -259,6 +267,33 @@ void core_commit(core_t *c, const vcounts_t *cnt);
 
 /* iret.c: segs = DS, ES, FS, GS */
 int core_iret(core_t *c, vregs_t *r, const uint32_t *segs, ventry_t *e);
+
+/* hcall.c: the hypercalls completed in C.  A hypercall's inputs: what the ROM stub left in registers
+ * and the CPU state the calls read (control registers as the guest sees them). */
+typedef struct {
+    uint32_t eax, edx, ecx;
+    uint32_t eflags, ss, gdt_base, gdt_limit;
+    uint32_t cr0, cr3, cr4, cr2;
+} vcall_in_t;
+/* ... and what it changes in the CPU (a kernel stack override goes to core_t itself) */
+typedef struct {
+    int set_eax, set_eflags;
+    uint32_t eax, eflags;
+} vcall_out_t;
+int core_hcall_site(const core_t *c, uint32_t eip, uint32_t cs, uint32_t cr0, uint32_t cr3, uint32_t cr4);
+int core_state_call(core_t *c, int i, const vcall_in_t *in, vcall_out_t *out, vcounts_t *cnt,
+                    int64_t (*now_raw)(core_t *));
+int core_hcall_iret(core_t *c, vregs_t *R, const uint32_t *segs, ventry_t *e, vcounts_t *cnt,
+                    int64_t (*now_raw)(core_t *));
+/* the interrupt window (Machine._irq_first, Vmi._after_if_change): 1 when an interrupt may be due */
+int core_irq_due(core_t *c, int64_t (*now_raw)(core_t *));
+
+/* vmi2.c: the virtual interrupt flag (CORE_OK or CORE_FALLBACK; *loaded: the word was read) */
+int core_vif_load(core_t *c, vregs_t *R, int *loaded);
+void core_vif_loaded(core_t *c);
+void core_vif_save(core_t *c, int cpl, uint32_t eflags, uint32_t cr2);
+int core_vif_iret_ok(const core_t *c, const ventry_t *e);
+void core_vif_iret(core_t *c, const ventry_t *e);
 
 /* console.c: CORE_OK (done, counted) or CORE_FALLBACK; cs/eflags: the CPU's at the instruction */
 int core_console_out(core_t *c, uint32_t port, int size, uint32_t value, uint32_t cs, uint32_t eflags);

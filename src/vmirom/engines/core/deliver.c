@@ -187,13 +187,15 @@ static void fault_text(char *buf, size_t len, const vfault_t *f) {
 }
 
 /* A delivery succeeded: its frame goes to guest RAM, the ring change is counted, a CR2 written on
- * the way goes with the entry. */
-static int entered(const core_t *c, const vframe_t *fr, ventry_t *e, vcounts_t *cnt, int cr2_set,
-                   uint32_t cr2) {
+ * the way goes with the entry, the handler's IF becomes vmi2's virtual flag (save_virtual_if, with
+ * the delivery's CR2: R's, which a nested #PF updated). */
+static int entered(core_t *c, const vregs_t *R, const vframe_t *fr, ventry_t *e, vcounts_t *cnt,
+                   int cr2_set, uint32_t cr2) {
     write_frame(c, fr);
     if (e->cpl >= 0) vcount(cnt, C_RING_CHANGE);
     e->cr2_set = cr2_set;
     e->cr2 = cr2;
+    core_vif_save(c, e->cpl >= 0 ? e->cpl : (int)(R->r[R_CS] & 3), e->eflags, R->r[R_CR2]);
     return CORE_OK;
 }
 
@@ -208,7 +210,7 @@ int core_deliver(core_t *c, vregs_t *R, int vector, int has_err, uint32_t err, i
     uint32_t cr2 = 0;
     for (int depth = 0; depth < 8; depth++) {
         int rc = deliver_once(c, R, vector, has_err, err, software, external, e, &fr, &f1);
-        if (rc == CORE_OK) return entered(c, &fr, e, cnt, cr2_set, cr2);
+        if (rc == CORE_OK) return entered(c, R, &fr, e, cnt, cr2_set, cr2);
         if (rc != CORE_FAULT) return rc;
         if (vector == V_DF) {
             if (msg) {
@@ -241,7 +243,7 @@ int core_deliver(core_t *c, vregs_t *R, int vector, int has_err, uint32_t err, i
         vcount(cnt, C_DOUBLE);
         vfault_t f2;
         rc = deliver_once(c, R, V_DF, 1, 0, 0, 0, e, &fr, &f2);
-        if (rc == CORE_OK) return entered(c, &fr, e, cnt, cr2_set, cr2);
+        if (rc == CORE_OK) return entered(c, R, &fr, e, cnt, cr2_set, cr2);
         if (rc != CORE_FAULT) return rc;
         if (msg) {
             char t1[96], t2[96];
@@ -261,8 +263,6 @@ int core_deliver(core_t *c, vregs_t *R, int vector, int has_err, uint32_t err, i
 int core_intr(core_t *c, vregs_t *R, int vector, ventry_t *e, vcounts_t *cnt, int64_t (*now_raw)(core_t *)) {
     if (!c->accel_intr || vector < 0 || vector > 255) return CORE_FALLBACK;
     if (vector == c->hypercall_vector) return CORE_FALLBACK;
-    /* Machine._irq_first: with IF set and an interrupt possibly due, Python takes the exit */
-    if ((R->r[R_EFLAGS] & EFL_IF) && (c->pic_pending || now_raw(c) >= c->deadline_raw)) return CORE_FALLBACK;
     int soft = vector >= 32 || vector == V_BP || vector == V_OF;
     if (c->shadow) {
         /* shadow paging: exceptions (page faults above all) are the MMU's; software interrupts go
@@ -271,7 +271,13 @@ int core_intr(core_t *c, vregs_t *R, int vector, ventry_t *e, vcounts_t *cnt, in
         R->r[R_CR0] = c->vcr0;
         R->r[R_CR3] = c->vcr3;
         R->r[R_CR4] = c->vcr4;
+        R->r[R_CR2] = c->vcr2;
     }
+    /* Machine._irq_first: the kernel's flag (vmi2: the shared page's), and with IF set and an
+     * interrupt possibly due, Python takes the exit */
+    int vif_loaded;
+    if (core_vif_load(c, R, &vif_loaded)) return CORE_FALLBACK;
+    if ((R->r[R_EFLAGS] & EFL_IF) && core_irq_due(c, now_raw)) return CORE_FALLBACK;
     int rc;
     if (soft) {
         vcount(cnt, C_SOFTINT + vector);
@@ -283,7 +289,9 @@ int core_intr(core_t *c, vregs_t *R, int vector, ventry_t *e, vcounts_t *cnt, in
         vcount(cnt, C_EXCEPTION + vector);
         rc = core_deliver(c, R, vector, has_error_code(vector), err, 0, 0, e, cnt, NULL, 0);
     }
-    return rc == CORE_OK ? CORE_OK : CORE_FALLBACK; /* a triple fault: Python settles the fate */
+    if (rc != CORE_OK) return CORE_FALLBACK; /* a triple fault: Python settles the fate */
+    if (vif_loaded) core_vif_loaded(c);
+    return CORE_OK;
 }
 
 void core_commit(core_t *c, const vcounts_t *cnt) {

@@ -142,35 +142,24 @@ static void apply_entry(core_t *c, const ventry_t *e, uint32_t intno) {
     if (poke_context(c, 1, e->eip, intno < 32, -1)) glue_error(c, "uc_context_save/restore failed");
 }
 
-/* The vmi IRET hypercall from the hook (iret.c), with the data segments and, under shadow paging,
- * the guest's control registers; the interrupt window as in core_intr. */
+/* The IRET hypercall from the hook (hcall.c), with the data segments. */
 static int glue_iret(core_t *c, vregs_t *R, ventry_t *e, vcounts_t *cnt) {
     static int ids[4] = {UC_X86_REG_DS, UC_X86_REG_ES, UC_X86_REG_FS, UC_X86_REG_GS};
     uint32_t segs[4] = {0, 0, 0, 0};
     void *vals[4] = {&segs[0], &segs[1], &segs[2], &segs[3]};
     if (c->api.read_batch(c->uc, ids, vals, 4)) return CORE_FALLBACK;
-    if (c->shadow) {
-        if (!core_shadow_gdt_ready(c, R, R->r[R_CR3])) return CORE_FALLBACK;
-        R->r[R_CR0] = c->vcr0;
-        R->r[R_CR3] = c->vcr3;
-        R->r[R_CR4] = c->vcr4;
-    }
-    if (core_iret(c, R, segs, e) != CORE_OK) return CORE_FALLBACK;
-    if ((e->eflags & EFL_IF) && (c->pic_pending || now_raw(c) >= c->deadline_raw)) return CORE_FALLBACK;
-    vcount(cnt, C_HYPERCALL + c->iret_counter);
-    return CORE_OK;
+    return core_hcall_iret(c, R, segs, e, cnt, now_raw);
 }
 
-/* Which ROM call is this hypercall exit (Vmi.is_hypercall's site test, from five registers): -1
- * none the core does, 0 the IRET, 1 + i the state-only call i.  Every other hypercall goes to
- * Python at once, without the full register read.  `crs` gets CR0/CR3/CR4 as the guest sees them. */
+/* Which ROM call is this hypercall exit (core_hcall_site, from five registers): -1 none the core
+ * does, 0 the IRET, 1 + i the state call i.  Every other hypercall goes to Python at once, without
+ * the full register read.  `crs` gets CR0/CR3/CR4 as the guest sees them. */
 static int hcall_site(core_t *c, uint32_t crs[3]) {
     if (c->iret_site < 0) return -1;
     static int ids[5] = {UC_X86_REG_EIP, UC_X86_REG_CS, UC_X86_REG_CR0, UC_X86_REG_CR3, UC_X86_REG_CR4};
     uint32_t v[5] = {0, 0, 0, 0, 0};
     void *vals[5] = {&v[0], &v[1], &v[2], &v[3], &v[4]};
     if (c->api.read_batch(c->uc, ids, vals, 5)) return -1;
-    if ((int)(v[1] & 3) > c->kernel_ring) return -1;
     if (c->shadow) {
         v[2] = c->vcr0;
         v[3] = c->vcr3;
@@ -179,39 +168,31 @@ static int hcall_site(core_t *c, uint32_t crs[3]) {
     crs[0] = v[2];
     crs[1] = v[3];
     crs[2] = v[4];
-    uint64_t pa;
-    vfault_t f;
-    if (core_translate(c, v[0] - 2, 0, 0, v[2], v[3], v[4], &pa, &f)) return -1;
-    if (pa < c->rom_base) return -1;
-    uint64_t off = pa - c->rom_base;
-    if (off == (uint64_t)c->iret_site) return 0;
-    /* privilege_held (the Python path checks it first): a state call only from the kernel's ring */
-    if ((int)(v[1] & 3) != c->kernel_ring) return -1;
-    for (int i = 0; i < c->n_state; i++)
-        if (off == (uint64_t)c->state_site[i]) return 1 + i;
-    return -1;
+    return core_hcall_site(c, v[0], v[1], v[2], v[3], v[4]);
 }
 
-/* A state-only hypercall (Vmi.get_cr*, get_interrupt_mask): EAX = the value, nothing else changes. */
+/* A state call from the hook (hcall.c): its inputs in one batched read, its result written back. */
 static int state_call(core_t *c, int i, const uint32_t crs[3]) {
-    uint32_t v = 0;
-    switch (c->state_kind[i]) {
-    case STATE_CR0: v = crs[0]; break;
-    case STATE_CR3: v = crs[1]; break;
-    case STATE_CR4: v = crs[2]; break;
-    case STATE_CR2:
-        if (c->shadow) v = c->vcr2;
-        else if (c->api.reg_read(c->uc, UC_X86_REG_CR2, &v)) return CORE_FALLBACK;
-        break;
-    case STATE_IF:
-        if (c->api.reg_read(c->uc, UC_X86_REG_EFLAGS, &v)) return CORE_FALLBACK;
-        v &= EFL_IF;
-        break;
-    default: return CORE_FALLBACK;
-    }
-    if (c->api.reg_write(c->uc, UC_X86_REG_EAX, &v)) return CORE_FALLBACK;
+    static int ids[7] = {UC_X86_REG_EAX, UC_X86_REG_EDX, UC_X86_REG_ECX, UC_X86_REG_EFLAGS, UC_X86_REG_SS,
+                         UC_X86_REG_GDTR, UC_X86_REG_CR2};
+    vcall_in_t in;
+    memset(&in, 0, sizeof in);
+    uc_x86_mmr gdtr;
+    memset(&gdtr, 0, sizeof gdtr);
+    void *vals[7] = {&in.eax, &in.edx, &in.ecx, &in.eflags, &in.ss, &gdtr, &in.cr2};
+    if (c->api.read_batch(c->uc, ids, vals, c->shadow ? 6 : 7)) return CORE_FALLBACK;
+    in.ss &= 0xFFFF;
+    in.gdt_base = (uint32_t)gdtr.base;
+    in.gdt_limit = gdtr.limit;
+    in.cr0 = crs[0];
+    in.cr3 = crs[1];
+    in.cr4 = crs[2];
+    if (c->shadow) in.cr2 = c->vcr2;
+    vcall_out_t out;
     vcounts_t cnt = {0};
-    vcount(&cnt, C_HYPERCALL + c->state_num[i]);
+    if (core_state_call(c, i, &in, &out, &cnt, now_raw) != CORE_OK) return CORE_FALLBACK;
+    if (out.set_eax && c->api.reg_write(c->uc, UC_X86_REG_EAX, &out.eax)) return CORE_FALLBACK;
+    if (out.set_eflags && c->api.reg_write(c->uc, UC_X86_REG_EFLAGS, &out.eflags)) return CORE_FALLBACK;
     core_commit(c, &cnt);
     c->completed++;
     c->state_calls++;
@@ -471,11 +452,11 @@ static PyObject *Core_set_state_calls(CoreObject *self, PyObject *args) {
     PyObject *lst;
     if (!PyArg_ParseTuple(args, "O!", &PyList_Type, &lst)) return NULL;
     Py_ssize_t n = PyList_GET_SIZE(lst);
-    if (n > 8) {
-        PyErr_SetString(PyExc_ValueError, "at most 8 state calls");
+    if (n > N_STATE) {
+        PyErr_SetString(PyExc_ValueError, "too many state calls");
         return NULL;
     }
-    int site[8], kind[8], num[8];
+    int site[N_STATE], kind[N_STATE], num[N_STATE];
     for (Py_ssize_t i = 0; i < n; i++) {
         if (!PyArg_ParseTuple(PyList_GET_ITEM(lst, i), "iii", &site[i], &kind[i], &num[i])) return NULL;
         if (num[i] < 0 || num[i] >= C_NHYPERCALLS || site[i] < 0) {
@@ -509,6 +490,45 @@ static PyObject *Core_set_kernel_stack(CoreObject *self, PyObject *args) {
     if (PyErr_Occurred()) return NULL;
     self->c.ks_valid[ring] = 1;
     Py_RETURN_NONE;
+}
+
+/* set_vif(on, live, page): vmi2's virtual interrupt flag lives in the shared page at guest-physical
+ * `page` (vmi2.c); `live` once the personality initialised it */
+static PyObject *Core_set_vif(CoreObject *self, PyObject *args) {
+    int on, live;
+    unsigned long long page;
+    if (!PyArg_ParseTuple(args, "ppK", &on, &live, &page)) return NULL;
+    if (on && (page > self->c.mem.size || self->c.mem.size - page < 4096)) {
+        PyErr_SetString(PyExc_ValueError, "the shared page is not in RAM");
+        return NULL;
+    }
+    self->c.vif_on = on;
+    self->c.vif_live = on && live;
+    self->c.vif_page = on ? page : 0;
+    Py_RETURN_NONE;
+}
+
+/* take_kernel_stacks() -> [(ring, ss, esp)]: the overrides the core changed since the last call */
+static PyObject *Core_take_kernel_stacks(CoreObject *self, PyObject *unused) {
+    core_t *c = &self->c;
+    PyObject *out = PyList_New(0);
+    for (int ring = 0; out && ring < 4; ring++) {
+        if (!(c->ks_dirty & (1 << ring)) || !c->ks_valid[ring]) continue;
+        PyObject *t = Py_BuildValue("(ikk)", ring, (unsigned long)c->ks_ss[ring], (unsigned long)c->ks_esp[ring]);
+        if (!t || PyList_Append(out, t) < 0) {
+            Py_XDECREF(t);
+            Py_CLEAR(out);
+            break;
+        }
+        Py_DECREF(t);
+    }
+    if (out) c->ks_dirty = 0;
+    return out;
+}
+
+/* A read-only memoryview of the int that is non-zero while take_kernel_stacks has news. */
+static PyObject *Core_kernel_stacks_flag(CoreObject *self, PyObject *unused) {
+    return PyMemoryView_FromMemory((char *)&self->c.ks_dirty, sizeof self->c.ks_dirty, PyBUF_READ);
 }
 
 static PyObject *Core_set_irq_window(CoreObject *self, PyObject *args) {
@@ -580,6 +600,53 @@ static PyObject *Core_intr(CoreObject *self, PyObject *args) {
     core_commit(&self->c, &cnt);
     self->c.completed++;
     return entry_tuple(&e);
+}
+
+/* hypercall(regs, (eax, edx, ecx, ds, es, fs, gs), now_raw) -> None (the Python path takes the exit)
+ * | ("entry", entry tuple) | ("regs", eax or None, eflags or None): the hypercall exit as the Unicorn
+ * hook decides it (hcall.c), over registers given by the caller (synthetic exits).  Control registers
+ * in `regs` are the engine's: under shadow paging the core substitutes the guest's, as the hook does. */
+static PyObject *Core_hypercall(CoreObject *self, PyObject *args) {
+    PyObject *regs;
+    long long now;
+    unsigned int x[7];
+    if (!PyArg_ParseTuple(args, "O(IIIIIII)L", &regs, &x[0], &x[1], &x[2], &x[3], &x[4], &x[5], &x[6], &now))
+        return NULL;
+    vregs_t R;
+    if (regs_from_tuple(regs, &R)) return NULL;
+    core_t *c = &self->c;
+    given_now = now;
+    uint32_t cr[4] = {R.r[R_CR0], R.r[R_CR3], R.r[R_CR4], R.r[R_CR2]}; /* as the guest sees them */
+    if (c->shadow) {
+        cr[0] = c->vcr0;
+        cr[1] = c->vcr3;
+        cr[2] = c->vcr4;
+        cr[3] = c->vcr2;
+    }
+    int site = core_hcall_site(c, R.r[R_EIP], R.r[R_CS], cr[0], cr[1], cr[2]);
+    vcounts_t cnt = {0};
+    if (site > 0) {
+        vcall_in_t in = {x[0], x[1], x[2], R.r[R_EFLAGS], R.r[R_SS], R.r[R_GDT_BASE], R.r[R_GDT_LIMIT],
+                         cr[0], cr[1], cr[2], cr[3]};
+        vcall_out_t out;
+        if (core_state_call(c, site - 1, &in, &out, &cnt, now_given) == CORE_OK) {
+            core_commit(c, &cnt);
+            c->completed++;
+            c->state_calls++;
+            PyObject *eax = out.set_eax ? PyLong_FromUnsignedLong(out.eax) : Py_NewRef(Py_None);
+            PyObject *efl = out.set_eflags ? PyLong_FromUnsignedLong(out.eflags) : Py_NewRef(Py_None);
+            return Py_BuildValue("(sNN)", "regs", eax, efl);
+        }
+    } else if (site == 0) {
+        ventry_t e;
+        if (core_hcall_iret(c, &R, x + 3, &e, &cnt, now_given) == CORE_OK) {
+            core_commit(c, &cnt);
+            c->completed++;
+            return Py_BuildValue("(sN)", "entry", entry_tuple(&e));
+        }
+    }
+    c->fallbacks++;
+    Py_RETURN_NONE;
 }
 
 /* deliver(regs, vector, err or None, software, external) -> ("ok", entry) | ("triple", msg, cr2)
@@ -815,6 +882,13 @@ static PyMethodDef Core_methods[] = {
     {"pending", (PyCFunction)Core_pending, METH_NOARGS, "True when counts wait to be drained"},
     {"pending_flag", (PyCFunction)Core_pending_flag, METH_NOARGS, "memoryview of the pending count"},
     {"intr", (PyCFunction)Core_intr, METH_VARARGS, "intr(vector, regs, now_raw) -> entry | None"},
+    {"hypercall", (PyCFunction)Core_hypercall, METH_VARARGS,
+     "hypercall(regs, (eax, edx, ecx, ds, es, fs, gs), now_raw) -> None | ('entry', e) | ('regs', eax, eflags)"},
+    {"set_vif", (PyCFunction)Core_set_vif, METH_VARARGS, "set_vif(on, live, shared_page)"},
+    {"take_kernel_stacks", (PyCFunction)Core_take_kernel_stacks, METH_NOARGS,
+     "[(ring, ss, esp)] changed by the core since the last call"},
+    {"kernel_stacks_flag", (PyCFunction)Core_kernel_stacks_flag, METH_NOARGS,
+     "memoryview of the 'kernel stacks changed' flag"},
     {"deliver", (PyCFunction)Core_deliver, METH_VARARGS, "deliver(regs, vector, err, software, external)"},
     {"pf_write", (PyCFunction)Core_pf_write, METH_VARARGS, "decoder: 1 write, 0 read, -1 unknown"},
     {"attach_uc", (PyCFunction)Core_attach_uc, METH_VARARGS, "register the core's hooks on an engine"},
@@ -878,8 +952,13 @@ PyMODINIT_FUNC PyInit__core(void) {
     PyModule_AddIntConstant(m, "C_HYPERCALL", C_HYPERCALL);
     PyModule_AddIntConstant(m, "C_NCOUNTERS", C_NCOUNTERS);
     PyModule_AddIntConstant(m, "C_NHYPERCALLS", C_NHYPERCALLS);
-    /* the interface version vmirom/engines/core/__init__.py checks (2: the console's port I/O, 3: state-only hypercalls) */
-    PyModule_AddIntConstant(m, "API", 3);
+    /* the interface version vmirom/engines/core/__init__.py checks (2: the console's port I/O, 3: state-only
+     * hypercalls, 4: vmi2's virtual IF, the IF and kernel-stack hypercalls, Core.hypercall) */
+    PyModule_AddIntConstant(m, "API", 4);
+    PyModule_AddIntConstant(m, "STATE_CLI", STATE_CLI);
+    PyModule_AddIntConstant(m, "STATE_STI", STATE_STI);
+    PyModule_AddIntConstant(m, "STATE_SETMASK", STATE_SETMASK);
+    PyModule_AddIntConstant(m, "STATE_KSTACK", STATE_KSTACK);
     PyModule_AddIntConstant(m, "C_IO_IN", C_IO_IN);
     PyModule_AddIntConstant(m, "C_IO_OUT", C_IO_OUT);
     PyModule_AddIntConstant(m, "IO_RULE_IOPL", IO_RULE_IOPL);
