@@ -27,6 +27,7 @@ from vmirom.guest.initrd import INITRD_PATH
 from vmirom.hypervisors import create
 from vmirom.hypervisors.base import Personality
 from vmirom.hypervisors.vmi import Vmi
+from vmirom.hypervisors.vmi2 import Vmi2
 from vmirom.machine.decode import code_writes
 from vmirom.machine.faults import GP, PF
 from vmirom.machine.machine import Machine, MachineConfig
@@ -156,7 +157,34 @@ class VirtualIf(Personality):
         pass
 
 
-@pytest.mark.parametrize("cls", [ThirdParty, VmiSubclass, VirtualIf])
+class Vmi2OwnSave(Vmi2):
+    """A vmi2 whose virtual flag is not Vmi2's: the core cannot stand for it (vmi2.c)."""
+
+    name = "test-vmi2-own-save"
+
+    def save_virtual_if(self, cpl: int, eflags: int, cr2: int) -> None:
+        super().save_virtual_if(cpl, eflags, cr2)
+
+
+class Vmi2OwnIret(Vmi2):
+    """A vmi2 with its own IRET handler: deliveries in C, its hypercalls in Python."""
+
+    name = "test-vmi2-own-iret"
+
+    def before_iret(self, cs: int, flags: int):  # noqa: ANN201
+        return super().before_iret(cs, flags)
+
+
+def test_vmi2_opts_in_only_with_its_own_virtual_flag_and_iret():
+    m = _machine(create("vmi2"))
+    assert m.core.accel and m.core.vif == m.personality.shared and m.core.iret_site >= 0
+    m.close()
+    m = _machine(Vmi2OwnIret())
+    assert m.core.accel and m.core.vif == m.personality.shared and m.core.iret_site < 0
+    m.close()
+
+
+@pytest.mark.parametrize("cls", [ThirdParty, VmiSubclass, VirtualIf, Vmi2OwnSave])
 def test_a_personality_that_did_not_opt_in_keeps_the_python_path(cls):
     m = _machine(cls())
     assert not m.core.accel and m.core.why_not

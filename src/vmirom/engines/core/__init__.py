@@ -1,10 +1,11 @@
 """The compiled engine core: hot exits completed in C, the Python path kept as the reference.
 
-Like the split between KVM and its user space: the common exits - today interrupt and exception
+Like the split between KVM and its user space: the common exits - interrupt and exception
 delivery through the guest IDT (`int n`, faults incl. the #PF error code, external interrupts, the
-double-fault rules) - are completed by a small C extension (`_core`, sources next to this file,
-built by the package's own build: `setup.py`) without entering Python.  Every case it cannot prove
-ordinary falls through, unchanged, to the Python path (`vmirom.machine.delivery`,
+double-fault rules; vmi2's virtual interrupt flag in its shared page), the console's port I/O, and
+vmi's/vmi2's IRET and state-only hypercalls - are completed by a small C extension (`_core`,
+sources next to this file, built by the package's own build: `setup.py`) without entering Python.
+Every case it cannot prove ordinary falls through, unchanged, to the Python path (`vmirom.machine.delivery`,
 `Machine.on_interrupt`), which stays the readable reference; the synthetic-exit tests run on both.
 
 Choice: `MachineConfig.engine_core`, `vmirom run --engine-core=python|c`, or the environment
@@ -88,9 +89,9 @@ def _declared(cls: type, method: str, attr: str):
 #: the vmi methods the C IRET stands for: a personality that overrides any of them keeps the Python path
 _IRET_METHODS = ("is_hypercall", "hypercall", "iret", "before_iret", "_iret", "_gdt_hi", "_after_if_change",
                  "count_from_core")
-#: the vmi2 methods the C virtual interrupt flag (vmi2.c) stands for
-_VIF_METHODS = ("load_virtual_if", "save_virtual_if", "before_iret", "_kernel_mode", "_u32", "_u32w",
-                "_refuse_shared")
+#: the vmi2 methods the C virtual interrupt flag (vmi2.c) stands for (its IRET side, before_iret, is
+#: one of the _IRET_METHODS: a vmi2 with its own keeps its IRET in Python, its deliveries in C)
+_VIF_METHODS = ("load_virtual_if", "save_virtual_if", "_kernel_mode", "_u32", "_u32w", "_refuse_shared")
 
 
 def virtual_if(machine: Machine) -> int | None:

@@ -274,7 +274,10 @@ int core_intr(core_t *c, vregs_t *R, int vector, ventry_t *e, vcounts_t *cnt, in
         R->r[R_CR2] = c->vcr2;
     }
     /* Machine._irq_first: the kernel's flag (vmi2: the shared page's), and with IF set and an
-     * interrupt possibly due, Python takes the exit */
+     * interrupt possibly due, Python takes the exit.  (Any exit the core delivers must pass here:
+     * core_vif_load before the IF check, core_vif_loaded once completed - as Machine.on_interrupt
+     * calls _irq_first before every delivery; only the VMM's own faults, a shadow MMU's hidden
+     * fault, return before it.  core_deliver saves the flag back itself.) */
     int vif_loaded;
     if (core_vif_load(c, R, &vif_loaded)) return CORE_FALLBACK;
     if ((R->r[R_EFLAGS] & EFL_IF) && core_irq_due(c, now_raw)) return CORE_FALLBACK;

@@ -22,8 +22,7 @@ int core_irq_due(core_t *c, int64_t (*now_raw)(core_t *)) {
  * served below the kernel's ring. */
 int core_hcall_site(const core_t *c, uint32_t eip, uint32_t cs, uint32_t cr0, uint32_t cr3, uint32_t cr4) {
     if (c->iret_site < 0) return -1;
-    int cpl = (int)(cs & 3);
-    if (cpl > c->kernel_ring || cpl < c->kernel_ring) return -1;
+    if ((int)(cs & 3) != c->kernel_ring) return -1;
     uint64_t pa;
     vfault_t f;
     if (core_translate(c, eip - 2, 0, 0, cr0, cr3, cr4, &pa, &f)) return -1;
