@@ -1265,3 +1265,23 @@ def test_hypercalls_below_the_kernel_ring_are_never_served_in_c(engine_cls):
     vm.exit("on_interrupt", 0x82)
     vm.assert_path(c=False)
     assert vm.m.fate == "privilege_violation" and vm.r("eflags") == 0x202
+
+
+def test_vmi2_shared_page_among_the_guarded_frames_leaves_its_stores_to_python(engine_cls):
+    """A hostile kernel that put a descriptor table on the ROM's shared page: every store there (the
+    flag's save after a delivery) must reach the descriptor guard, so the core leaves the exit."""
+    from vmirom.hypervisors.vmi2 import SH_VIF
+
+    vm = vmi_vm(_vmi_classes()["vmi2"], engine_cls)
+    seen: list[tuple[int, int]] = []
+    vm.m.memory.guarded[vm.m.personality.shared >> 12] = "test"
+    vm.m.memory.guarded_written = lambda phys, size: seen.append((phys, size))
+    if vm.m.core is not None:
+        vm.m.core.publish_memory()
+    set_shared(vm, SH_VIF, IF)
+    vm.code(USER_CODE, b"\xcd\x81")
+    vm.in_user(eip=USER_CODE + 2)
+    vm.exit("on_interrupt", 0x81)
+    vm.assert_path(c=False)
+    vm.assert_entered(0x81, ring=1, esp=ESP1 - 20, if_set=False)
+    assert shared(vm, SH_VIF) == 0 and (vm.m.personality.shared + SH_VIF, 4) in seen

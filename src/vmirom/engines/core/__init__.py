@@ -443,7 +443,7 @@ class MachineCore:
         return {"name": "c", "accelerated": self.accel, "why_not": self.why_not or None,
                 "iret": self.iret_site >= 0, "console": self.console,
                 "completed": self.core.completed, "fallbacks": self.core.fallbacks,
-                "state_calls": self.core.state_calls}
+                "state_calls": self.core.state_calls, "irets": self.core.irets}
 
 
 def attach(machine: Machine, choice: str | None) -> MachineCore | None:

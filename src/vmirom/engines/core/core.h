@@ -233,7 +233,7 @@ typedef struct core {
     uint64_t t_phase[5][3];        /* completed exits by kind: reading registers, deciding, entering */
     uint64_t t_io_calls, t_io_ns;
     uint64_t t_state_calls[N_STATE], t_state_ns[N_STATE];  /* state-only hypercalls, by index */
-    uint64_t fallbacks, completed, state_calls;
+    uint64_t fallbacks, completed, state_calls, irets;
     /* the Unicorn glue */
     uc_api api;
     uc_engine *uc;
@@ -289,6 +289,7 @@ int core_hcall_iret(core_t *c, vregs_t *R, const uint32_t *segs, ventry_t *e, vc
 int core_irq_due(core_t *c, int64_t (*now_raw)(core_t *));
 
 /* vmi2.c: the virtual interrupt flag (CORE_OK or CORE_FALLBACK; *loaded: the word was read) */
+int core_vif_ok(const core_t *c);
 int core_vif_load(core_t *c, vregs_t *R, int *loaded);
 void core_vif_loaded(core_t *c);
 void core_vif_save(core_t *c, int cpl, uint32_t eflags, uint32_t cr2);

@@ -208,6 +208,7 @@ int core_deliver(core_t *c, vregs_t *R, int vector, int has_err, uint32_t err, i
     vfault_t f1;
     int cr2_set = 0;
     uint32_t cr2 = 0;
+    if (!core_vif_ok(c)) return CORE_FALLBACK; /* entered() could not save vmi2's flag */
     for (int depth = 0; depth < 8; depth++) {
         int rc = deliver_once(c, R, vector, has_err, err, software, external, e, &fr, &f1);
         if (rc == CORE_OK) return entered(c, R, &fr, e, cnt, cr2_set, cr2);

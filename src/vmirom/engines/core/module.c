@@ -240,6 +240,7 @@ static void hook_intr(uc_engine *uc, uint32_t intno, void *ud) {
     apply_entry(c, &e, intno);
     core_commit(c, &cnt);
     c->completed++;
+    if (hcall) c->irets++;
     if (c->timing) {
         int k = (int)intno == c->hypercall_vector ? 4
                 : intno >= 32 || intno == V_BP || intno == V_OF ? 0 : intno == V_PF ? 2 : 1;
@@ -642,6 +643,7 @@ static PyObject *Core_hypercall(CoreObject *self, PyObject *args) {
         if (core_hcall_iret(c, &R, x + 3, &e, &cnt, now_given) == CORE_OK) {
             core_commit(c, &cnt);
             c->completed++;
+            c->irets++;
             return Py_BuildValue("(sN)", "entry", entry_tuple(&e));
         }
     }
@@ -909,6 +911,10 @@ static PyObject *Core_get_state_calls(CoreObject *self, void *unused) {
     return PyLong_FromUnsignedLongLong(self->c.state_calls);
 }
 
+static PyObject *Core_get_irets(CoreObject *self, void *unused) {
+    return PyLong_FromUnsignedLongLong(self->c.irets);
+}
+
 static PyObject *Core_get_completed(CoreObject *self, void *unused) {
     return PyLong_FromUnsignedLongLong(self->c.completed);
 }
@@ -917,6 +923,7 @@ static PyGetSetDef Core_getset[] = {
     {"completed", (getter)Core_get_completed, NULL, "exits the core completed itself", NULL},
     {"fallbacks", (getter)Core_get_fallbacks, NULL, "exits handed to the Python path", NULL},
     {"state_calls", (getter)Core_get_state_calls, NULL, "state-only hypercalls completed here", NULL},
+    {"irets", (getter)Core_get_irets, NULL, "IRET hypercalls completed here", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -11,7 +11,8 @@
  * What the core does not know it leaves to Python, before anything changed: a word that is neither
  * 0 nor 0x200 (Python stops the VM, fate bad_shared_state), an interrupt the PIC may hold while the
  * flag is clear (the pending word then depends on the PIC's priorities: Vmi2 asks pic.pending_vector),
- * a VMM write that must go through Python (GuestMemory.on_code_write). */
+ * a VMM write that must go through Python (GuestMemory.on_code_write, or the page among the ranges
+ * whose writes Python must see: the ROM, a live descriptor table's frames - machine/dtguard.py). */
 #include <string.h>
 
 #include "core.h"
@@ -30,13 +31,23 @@ static void shared_set(const core_t *c, uint32_t off, uint32_t v) {
     memcpy(c->mem.ram + c->vif_page + off, &v, 4);
 }
 
+/* May the core store into the shared page (0: every exit that would must go to Python)? */
+int core_vif_ok(const core_t *c) {
+    if (!c->vif_on || !c->vif_live) return 1;
+    if (c->mem.writes_to_python) return 0;
+    uint64_t lo = c->vif_page, hi = c->vif_page + 4096;
+    for (int i = 0; i < c->mem.n_ro; i++)
+        if (c->mem.ro_start[i] < hi && c->mem.ro_end[i] > lo) return 0;
+    return 1;
+}
+
 /* Vmi2.load_virtual_if over the register snapshot: for kernel-ring code EFLAGS.IF becomes the word.
  * *loaded says the word was read; the caller then writes the pending word (core_vif_loaded) once the
  * exit is completed. */
 int core_vif_load(core_t *c, vregs_t *R, int *loaded) {
     *loaded = 0;
     if (!c->vif_on || !c->vif_live || (int)(R->r[R_CS] & 3) > c->kernel_ring) return CORE_OK;
-    if (c->mem.writes_to_python) return CORE_FALLBACK;
+    if (!core_vif_ok(c)) return CORE_FALLBACK;
     uint32_t vif = shared_u32(c, SH_VIF);
     if (vif != 0 && vif != EFL_IF) return CORE_FALLBACK; /* Python refuses it: bad_shared_state */
     if (!vif && c->pic_pending) return CORE_FALLBACK;    /* pending = pic.pending_vector(): Python's */
@@ -60,7 +71,7 @@ void core_vif_save(core_t *c, int cpl, uint32_t eflags, uint32_t cr2) {
 
 /* May the core complete this IRET as far as the flag goes?  (Only a write Python must do stops it.) */
 int core_vif_iret_ok(const core_t *c, const ventry_t *e) {
-    return !c->vif_on || !c->vif_live || (int)(e->cs & 3) > c->kernel_ring || !c->mem.writes_to_python;
+    return (int)(e->cs & 3) > c->kernel_ring || core_vif_ok(c);
 }
 
 /* The IRET exit of vmi2's stub (user frames, or a kernel frame while an interrupt was pending):

@@ -146,9 +146,27 @@ uint32_t core_read_code(const core_t *c, uint32_t lin, uint8_t *out, uint32_t n,
     return got;
 }
 
-/* ShadowMMU.shadow_writable for every page of the GDT (ShadowedEngine._ready_gdt's condition): the
- * engine reads (and marks accessed) a descriptor through the shadow when a segment is loaded, and
- * a shadow miss there cannot be taken as a fault.  0: some page is not ready (Python prepares it). */
+/* Is the GDT page at `page` in a frame the descriptor guard protects (machine/dtguard.py: its
+ * descriptors all have Accessed set, so a segment load writes nothing there)?  The guarded frames are
+ * published among the write-fallback ranges, after the ROM's (MachineCore.publish_memory); a range
+ * holding the ROM is not one of them.  Unknown ROM (no IRET in C): none is taken as guarded. */
+static int guarded_gdt_page(const core_t *c, uint32_t page) {
+    if (c->iret_site < 0) return 0;
+    uint64_t pa;
+    vfault_t f;
+    if (core_translate(c, page, 0, 0, c->vcr0, c->vcr3, c->vcr4, &pa, &f)) return 0;
+    pa &= ~(uint64_t)0xFFF;
+    for (int i = 0; i < c->mem.n_ro; i++) {
+        if (c->mem.ro_start[i] <= c->rom_base && c->rom_base < c->mem.ro_end[i]) continue;
+        if (c->mem.ro_start[i] <= pa && pa + 0x1000 <= c->mem.ro_end[i]) return 1;
+    }
+    return 0;
+}
+
+/* ShadowMMU.shadow_writable for every page of the GDT (ShadowedEngine._ready_gdt's condition; a page
+ * the descriptor guard protects needs only be present): the engine reads (and marks accessed) a
+ * descriptor through the shadow when a segment is loaded, and a shadow miss there cannot be taken
+ * as a fault.  0: some page is not ready (Python prepares it). */
 int core_shadow_gdt_ready(const core_t *c, const vregs_t *r, uint32_t shadow_root) {
     uint32_t base = r->r[R_GDT_BASE], end = base + r->r[R_GDT_LIMIT];
     uint64_t root = shadow_root & 0xFFFFF000u;
@@ -162,7 +180,8 @@ int core_shadow_gdt_ready(const core_t *c, const vregs_t *r, uint32_t shadow_roo
         if (leaf_addr + 4 > c->mach_size) return 0;
         uint32_t leaf;
         memcpy(&leaf, c->mach + leaf_addr, 4);
-        if ((leaf & (PTE_P | PTE_RW)) != (PTE_P | PTE_RW)) return 0;
+        if (!(leaf & PTE_P)) return 0;
+        if (!(leaf & PTE_RW) && !guarded_gdt_page(c, (uint32_t)page)) return 0;
         if (page >= 0xFFFFF000u) break;
     }
     return 1;
