@@ -27,10 +27,13 @@ from test_vmm_dispatch import (
     PT,
     RAM,
     BatchedFakeEngine,
+    CoreBatchedFakeEngine,
     CoreFakeEngine,
     FakeEngine,
+    Ring1,
     Vm,
 )
+from vmirom.engines import core as engine_core
 from vmirom.guest.build import BUILD_DIR, build_kernel
 from vmirom.guest.console import last_event, parse_events
 from vmirom.hypervisors.fullvirt import FullVirt
@@ -42,8 +45,15 @@ from vmirom.machine.mmu.bits import CR0_PG, CR0_WP, RW, US, A, P
 REP_STOSD = b"\xf3\xab"
 
 
-@pytest.fixture(params=[FakeEngine, BatchedFakeEngine], ids=["generic", "batched"])
+@pytest.fixture(
+    params=[FakeEngine, BatchedFakeEngine, CoreFakeEngine, CoreBatchedFakeEngine],
+    ids=["generic", "batched", "generic-c", "batched-c"],
+)
 def engine_cls(request):
+    """Both paths: the C flavours take the #PF exit through the compiled core's shadow MMU first
+    (engines/core/mmu.c), the Python path when it declines, as its Unicorn hook does."""
+    if request.param.core == "c" and not engine_core.available():
+        pytest.skip(engine_core.LOAD_ERROR)
     return request.param
 
 
@@ -98,6 +108,35 @@ def test_a_true_fault_is_delivered_with_the_guests_cr2_which_hidden_faults_do_no
     page_fault(vm, 0x200040, ebx=0x200040)  # a hidden fault in the handler
     assert vm.detail == {"shadow:hidden_fault": 1}
     assert vm.m.engine.reg("cr2") == NOT_PRESENT + 4  # what `mov %cr2` / GetCR2 return
+
+
+def test_the_compiled_core_fills_and_delivers_shadow_faults_as_the_python_path_does(engine_cls):
+    """A hidden fault in a directory slot whose shadow table exists, and a true fault, are done in C
+    on the C flavours (the first fault of a slot links its table: Python); the outcome is the same
+    on every flavour: the shadow leaf, the guest's A/D bits, the frame, the guest's CR2, the counts."""
+    vm = Vm(Ring1(), engine_cls, memory_model="shadow")
+    page_fault(vm, 0x200010, ebx=0x200010)
+    vm.assert_path(c=False)  # no shadow table at slot 0 yet
+    page_fault(vm, 0x201010, ebx=0x201010)
+    vm.assert_path(c=True)
+    assert vm.detail == {"shadow:hidden_fault": 1} and vm.eng.writes == [] and vm.r("eip") == KCODE
+    leaf = shadow_leaf(vm, 0x201010)
+    assert leaf & ~0xFFF == vm.m.memory.machine_offset + 0x201000 and leaf & (P | RW | US) == P | US
+    assert struct.unpack_from("<I", vm.m.memory.ram, PT + 4 * 0x201)[0] & (A | 0x40) == A
+    page_fault(vm, 0x201010, MOV_STORE, ebx=0x201010, eax=7)  # the write: D, and writable now
+    vm.assert_path(c=True)
+    assert shadow_leaf(vm, 0x201010) & RW
+    assert struct.unpack_from("<I", vm.m.memory.ram, PT + 4 * 0x201)[0] & 0x40
+    page_fault(vm, NOT_PRESENT + 4, ebx=NOT_PRESENT + 4)  # a true fault: C only with the GDT in the shadow
+    vm.assert_path(c=False)
+    vm.m.engine.set_reg("ds", 0x21)  # a segment load by the VMM readies it (as a ring change does)
+    page_fault(vm, NOT_PRESENT + 8, MOV_STORE, ebx=NOT_PRESENT + 8)
+    vm.assert_path(c=True)
+    assert vm.detail == {"exception:14": 1}
+    assert vm.words(KERNEL_ESP - 16, 4) == (2, KCODE, 0x19, 0x202)  # error code: kernel write, P=0
+    vm.assert_entered(PF, ring=1, esp=KERNEL_ESP - 16, if_set=False)
+    assert vm.m.engine.reg("cr2") == NOT_PRESENT + 8 and vm.eng.reg("cr2") == NOT_PRESENT + 8
+    assert vm.m.mmu.stats.hidden_faults == 4 and vm.m.mmu.stats.true_faults == 2  # 4: the GDT page too
 
 
 def test_fullvirt_traps_and_emulates_a_store_to_a_page_table(engine_cls):

@@ -14,9 +14,10 @@ import struct
 
 import pytest
 
+from vmirom.engines import core as engine_core
 from vmirom.machine.mmu import BAD_PHYS, HIDDEN, ROM_WRITE, TRUE_FAULT, WP_TRAP, PhysMap, ShadowMMU
 from vmirom.machine.mmu.bits import CR0_PE, CR0_PG, CR0_WP, CR4_PGE, CR4_PSE, PS, RW, US, A, D, G, P
-from vmirom.machine.mmu.shadow import FLOOD_LIMIT
+from vmirom.machine.mmu.shadow import FLOOD_LIMIT, FaultResult
 
 RAM = 8 << 20
 POOL = 64
@@ -30,12 +31,47 @@ class Fault(Exception):
         self.result = result
 
 
+@pytest.fixture(autouse=True, params=["python", "c"])
+def path(request):
+    """Every test runs twice: on the Python MMU (the reference) and with the compiled core's #PF
+    path in front of it (engines/core/mmu.c, as the engine's hook runs it: C first, Python for
+    whatever C declines).  Both must give the same guest A/D bits, shadows, faults and counters."""
+    global PATH
+    if request.param == "c" and not engine_core.available():
+        pytest.skip(engine_core.LOAD_ERROR)
+    PATH = request.param
+    yield request.param
+    PATH = "python"
+
+
+PATH = "python"
+
+
 class Cpu:
     """The engine's part: walk the shadows, fault, let the MMU fill, retry."""
 
     def __init__(self, mmu: ShadowMMU) -> None:
         self.mmu = mmu
         self.pm = mmu.pm
+        self.core = None
+        self.in_c = 0  # faults the core completed
+        if PATH == "c":
+            self.core = engine_core._core.Core(self.pm.mem, len(self.pm.mem))
+            self.core.set_shadow(self.pm.mem, len(self.pm.mem))
+            engine_core.bind_mmu(self.core, mmu)
+
+    def fault(self, va: int, write: bool, user: bool) -> FaultResult:
+        """The #PF exit: the core's decision first when it is on, the Python MMU when it declines."""
+        mmu = self.mmu
+        if self.core is not None:
+            self.core.set_virtual_crs(mmu.cr0, mmu.cr3, mmu.cr4)  # MachineCore.sync's part
+            r = self.core.mmu_fault(va, int(write), user, mmu.root.mfn)
+            if r is not None:
+                self.in_c += 1
+                if r == "hidden":
+                    return FaultResult(HIDDEN)
+                return FaultResult(TRUE_FAULT, error_code=r, cr2=va)
+        return mmu.fault(va, write=write, user=user)
 
     def _walk(self, va: int, write: bool, user: bool) -> int | None:
         mem = self.pm.mem
@@ -56,7 +92,7 @@ class Cpu:
             ma = self._walk(va, write, user)
             if ma is not None:
                 return ma
-            r = self.mmu.fault(va, write=write, user=user)
+            r = self.fault(va, write, user)
             if r.kind != HIDDEN:
                 raise Fault(r)
         raise AssertionError("hidden faults do not converge")
@@ -369,6 +405,7 @@ def all_leaves(mmu: ShadowMMU):
 
 def check_invariants(mmu: ShadowMMU) -> None:
     """The bookkeeping agrees with the shadow tables: writable leaves, their reverse map, links."""
+    mmu.pull()  # what the compiled core did (the MMU's entry points do this themselves)
     for page in mmu.pages.values():
         if page.level != 1:
             continue

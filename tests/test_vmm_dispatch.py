@@ -374,7 +374,8 @@ class Vm:
         kinds, detail = Counter(self.m.metrics.kinds), Counter(self.m.metrics.detail)
         core = self.m.core
         # the C path: the core's decision first, as its Unicorn hook does; Python when it declines
-        self.in_core = hook == "on_interrupt" and core is not None and core.accel and core.intr(*args)
+        c_path = core is not None and (core.accel or core.mmu_fast)
+        self.in_core = hook == "on_interrupt" and c_path and core.intr(*args)
         out = None if self.in_core else getattr(self.m, hook)(*args)
         self.kinds = Counter(self.m.metrics.kinds) - kinds
         self.detail = Counter(self.m.metrics.detail) - detail

@@ -543,9 +543,12 @@ def engine_core_text(core: dict | None) -> str:
         return "-"
     if core.get("name") != "c":
         return "python (the reference path)" + (f" [{core['note']}]" if core.get("note") else "")
-    if not core.get("accelerated"):
-        return f"c, not used for this personality ({core.get('why_not')}): every exit on the Python path"
     done, back = core.get("completed", 0), core.get("fallbacks", 0)
+    if not core.get("accelerated"):
+        if core.get("shadow_mmu"):
+            return (f"c, shadow MMU page faults only ({core.get('why_not')}); {done} exits completed in C, "
+                    f"{back} handed to Python")
+        return f"c, not used for this personality ({core.get('why_not')}): every exit on the Python path"
     return f"c (compiled; {done} exits completed in C, {back} handed to Python)"
 def _add_row(table, *values: object) -> None:
     """A table row whose cells may carry guest-provided text (event fields, messages): rich `Text`,

@@ -29,7 +29,7 @@ INT64_MAX = (1 << 63) - 1
 
 #: the interface this glue expects of `_core` (module.c's API): a build from older sources (a
 #: checkout updated without scripts/setup.sh) is refused with a note, not half used
-API = 4
+API = 5
 
 try:  # the extension is optional: a checkout without a build still runs (the Python path)
     from vmirom.engines.core import _core
@@ -74,7 +74,19 @@ def counter_keys() -> list[tuple[str, str] | None]:
     keys[_core.C_RING_CHANGE] = ("delivery", "delivery:ring_change")
     keys[_core.C_NESTED] = ("delivery", "delivery:nested_fault")
     keys[_core.C_DOUBLE] = ("delivery", "delivery:double_fault")
+    keys[_core.C_SHADOW_HIDDEN] = ("shadow", "shadow:hidden_fault")
     return keys
+
+
+def bind_mmu(core, mmu) -> None:  # noqa: ANN001 - a _core.Core, a ShadowMMU
+    """Give `core` the shadow MMU's shared arrays (vmirom.machine.mmu.shared) and let its #PF path
+    run (mmu.c: hidden faults filled, true faults decided in C).  `core.set_shadow` first."""
+    from vmirom.machine.mmu.shared import C_ENABLED
+
+    pm, sh = mmu.pm, mmu.shared
+    core.set_mmu(pm.p2m_table, pm.m2p_table, sh.meta, sh.used, sh.snaps, sh.protect, sh.flood, sh.head,
+                 sh.ctl, sh.log, sh.watched)
+    sh.ctl[C_ENABLED] = 1
 
 
 def _declared(cls: type, method: str, attr: str):
@@ -217,6 +229,10 @@ def policy(machine: Machine) -> tuple[bool, int, bytes, str]:
     return True, -1 if hv is None else hv, bytes(intercept), ""
 
 
+#: the registers of core.h's vregs_t before the table registers (R_EIP .. R_CR4)
+_SHADOW_PF_NAMES = ("eip", "eflags", "cs", "ss", "esp", "cr0", "cr3", "cr4")
+
+
 class MachineCore:
     """One machine's C core: publishes the machine state it needs, reads its counters into Metrics."""
 
@@ -250,6 +266,10 @@ class MachineCore:
             # interrupts only (exceptions, page faults above all, are the MMU's), walking the guest's
             # tables with its virtual control registers (published by sync)
             self.core.set_shadow(mem.machine, mem.machine_offset + mem.size)
+            # the #PF exit's MMU decision in C (mmu.c), whatever the personality's policy: a hidden
+            # fault runs no personality code; a true fault is delivered in C only under `accel`
+            bind_mmu(self.core, self.mmu)
+            machine.engine.share_cr2(self.core)
         for ring, (ss, esp) in machine.kernel_stacks.items():
             self.core.set_kernel_stack(ring, ss, esp)
         ks = machine.kernel_stacks
@@ -275,10 +295,23 @@ class MachineCore:
         if self.console:
             machine.uart.before_access = self.drain_console
 
+    @property
+    def mmu_fast(self) -> bool:
+        """Does the core take shadow #PF exits (mmu.c)?"""
+        if self.mmu is None:
+            return False
+        from vmirom.machine.mmu.shared import C_ENABLED
+
+        return bool(self.mmu.shared.ctl[C_ENABLED])
+
     def disable(self, reason: str) -> None:
         """From now on every exit takes the Python path (e.g. a debugging mode that must see every
         exit, or that drives guest time by another clock than the core's)."""
         self.accel, self.why_not = False, reason
+        if self.mmu is not None:
+            from vmirom.machine.mmu.shared import C_ENABLED
+
+            self.mmu.shared.ctl[C_ENABLED] = 0
         self.core.set_policy(False, -1, bytes(256))
         self.core.set_iret(0, 0, -1, 0)
         self.core.set_state_calls([])
@@ -389,8 +422,19 @@ class MachineCore:
         self.sync()
         m = self.m
         if vector == m.personality.hypercall_vector:
-            return self._hypercall()
-        res = self.core.intr(vector, m.delivery.registers(), m.clock.now_ns() + self.raw_offset())
+            return self.accel and self._hypercall()
+        now = m.clock.now_ns() + self.raw_offset()
+        if vector == 14 and self.mmu_fast:  # the #PF under shadow paging: the engine's registers
+            eng = m.engine.real
+            regs = (*(eng.reg(n) for n in _SHADOW_PF_NAMES[:8]), *eng.reg("idtr")[:2], *eng.reg("gdtr")[:2],
+                    *eng.reg("tr")[:4], eng.reg("cr2"), eng.reg("edi"))
+            res = self.core.shadow_pf(regs, now)
+            if res == "hidden":
+                return True
+        elif not self.accel:
+            return False
+        else:
+            res = self.core.intr(vector, m.delivery.registers(), now)
         if res is None:
             return False
         self._enter(res)
@@ -441,6 +485,7 @@ class MachineCore:
 
     def summary(self) -> dict:
         return {"name": "c", "accelerated": self.accel, "why_not": self.why_not or None,
+                "shadow_mmu": self.mmu_fast,
                 "iret": self.iret_site >= 0, "console": self.console,
                 "completed": self.core.completed, "fallbacks": self.core.fallbacks,
                 "state_calls": self.core.state_calls, "irets": self.core.irets}
@@ -454,7 +499,7 @@ def attach(machine: Machine, choice: str | None) -> MachineCore | None:
         return None
     mc = MachineCore(machine)
     use = getattr(machine.engine, "use_core", None)
-    if mc.accel and use is not None:
+    if (mc.accel or mc.mmu_fast) and use is not None:
         use(mc)
     if mc.accel:
         machine.delivery.use_core(mc)

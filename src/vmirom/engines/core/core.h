@@ -140,7 +140,8 @@ enum {
     C_NHYPERCALLS = 128,
     C_IO_IN = C_HYPERCALL + C_NHYPERCALLS,  /* + UART register: "io:in:<port>" */
     C_IO_OUT = C_IO_IN + 8,                 /* + UART register: "io:out:<port>" */
-    C_NCOUNTERS = C_IO_OUT + 8
+    C_SHADOW_HIDDEN = C_IO_OUT + 8,         /* "shadow:hidden_fault" (mmu.c) */
+    C_NCOUNTERS
 };
 /* A delivery counts tentatively (pending) and commits only when the exit is done in C: a fallback
  * to Python must leave no trace, Python then counts the exit itself. */
@@ -179,8 +180,41 @@ typedef struct {
     uint8_t buf[CONSOLE_BUF];
 } vconsole_t;
 
+/* The shadow MMU's state shared with Python (vmirom/machine/mmu/shared.py: the layout and why).
+ * Pointers into buffers Python owns (held by the Core object, so they cannot move or resize). */
+enum { MM_KIND, MM_KEY, MM_ACC, MM_GFN, MM_NEXT, MM_META };
+enum { MK_FREE, MK_PD, MK_PHYSROOT, MK_PT, MK_BIG, MK_PHYS };
+enum { MC_TICK, MC_ROOT, MC_DEFERRED, MC_ROM_START, MC_ROM_END, MC_TRACKING, MC_ENABLED, MC_HIDDEN, MC_TRUE,
+       MC_LOGN, MC_DIRTY, MC_CTL = 16 };
+#define MMU_LOG_REC 4
+typedef struct {
+    int on;                  /* set_mmu was called: the fast paths may run (ctl[MC_ENABLED] too) */
+    uint32_t pool_frames, ram_frames, log_cap;
+    const uint32_t *p2m;     /* guest frame -> machine frame (PhysMap.p2m_table) */
+    const int32_t *m2p;      /* machine frame -> guest frame, -1 (PhysMap.m2p_table) */
+    uint32_t m2p_len;
+    int32_t *meta;           /* per pool frame, MM_META ints */
+    int64_t *used;           /* per pool frame: last-use tick */
+    uint8_t *snaps;          /* per pool frame: 4 KiB */
+    uint8_t *protect, *flood; /* per guest frame */
+    int32_t *head;           /* per guest frame: first pool frame shadowing it + 1 */
+    int64_t *ctl;
+    int32_t *log;
+    const uint8_t *watched;  /* per linear page: ShadowMMU.watched holds it (its faults are Python's) */
+} vmmu_t;
+
+/* What a shadow #PF is (core_mmu_decide): only MF_HIDDEN and MF_TRUE are done in C. */
+enum { MF_PYTHON = 0, MF_HIDDEN = 1, MF_TRUE = 2 };
+typedef struct {
+    int kind;
+    uint32_t va, err;        /* MF_TRUE: the error code ShadowMMU.fault gives (W inferred) */
+    int write, big;
+    uint32_t pde, pde_gpa, entry, entry_gpa, new_entry, gfn, child, flags;
+} vmmu_fault_t;
+
 typedef struct core {
     vmem_t mem;
+    vmmu_t mmu;
     vconsole_t con;
     /* shadow paging (vmirom.machine.mmu): the engine's CR0/CR3/CR4 are the shadow's; the guest's
      * (virtual) ones are published by Python, and the shadow tables live in machine memory */
@@ -233,6 +267,7 @@ typedef struct core {
     uint64_t t_phase[5][3];        /* completed exits by kind: reading registers, deciding, entering */
     uint64_t t_io_calls, t_io_ns;
     uint64_t t_state_calls[N_STATE], t_state_ns[N_STATE];  /* state-only hypercalls, by index */
+    uint64_t t_mmu_calls[2], t_mmu_ns[2];  /* shadow #PF done here: 0 hidden (filled), 1 true (delivered) */
     uint64_t fallbacks, completed, state_calls, irets;
     /* the Unicorn glue */
     uc_api api;
@@ -263,6 +298,8 @@ int core_deliver(core_t *c, vregs_t *r, int vector, int has_err, uint32_t err, i
                  int external, ventry_t *e, vcounts_t *cnt, char *msg, size_t msglen);
 int core_intr(core_t *c, vregs_t *r, int vector, ventry_t *e, vcounts_t *cnt, int64_t (*now_raw)(core_t *));
 int core_shadow_gdt_ready(const core_t *c, const vregs_t *r, uint32_t shadow_root);
+int core_intr_shadow_pf(core_t *c, vregs_t *R, uint32_t cr2, ventry_t *e, vcounts_t *cnt,
+                        int64_t (*now_raw)(core_t *));
 void core_commit(core_t *c, const vcounts_t *cnt);
 
 /* iret.c: segs = DS, ES, FS, GS */
@@ -299,6 +336,15 @@ void core_vif_iret(core_t *c, const ventry_t *e);
 /* console.c: CORE_OK (done, counted) or CORE_FALLBACK; cs/eflags: the CPU's at the instruction */
 int core_console_out(core_t *c, uint32_t port, int size, uint32_t value, uint32_t cs, uint32_t eflags);
 int core_console_in(core_t *c, uint32_t port, int size, uint32_t cs, uint32_t eflags, uint32_t *value);
+
+/* mmu.c: the shadow MMU's hidden-fault fill (ShadowMMU.fault in C, see the file comment).  write: 1,
+ * 0, or -1 (infer it from the shadow as the Python path does). */
+int core_mmu_decide(const core_t *c, uint32_t va, int write, int user, uint32_t root_mfn, vmmu_fault_t *d);
+void core_mmu_commit(core_t *c, const vmmu_fault_t *d);
+/* The #PF exit under shadow paging (Machine._shadow_fault + on_interrupt's delivery of a true fault):
+ * MF_HIDDEN (filled, counted in cnt), MF_TRUE (delivered: *e to enter, the guest's CR2 set) or
+ * MF_PYTHON before anything changed.  R: the engine's registers (CR3 = the shadow root). */
+int core_shadow_pf(core_t *c, vregs_t *R, ventry_t *e, vcounts_t *cnt, int64_t (*now_raw)(core_t *));
 
 /* decode.c */
 int core_pf_write(const uint8_t *code, uint32_t n);   /* 1 write, 0 read, -1 unknown */

@@ -261,19 +261,9 @@ int core_deliver(core_t *c, vregs_t *R, int vector, int has_err, uint32_t err, i
 }
 
 /* Machine.on_interrupt for the exits the core completes (see the file comment). */
-int core_intr(core_t *c, vregs_t *R, int vector, ventry_t *e, vcounts_t *cnt, int64_t (*now_raw)(core_t *)) {
-    if (!c->accel_intr || vector < 0 || vector > 255) return CORE_FALLBACK;
-    if (vector == c->hypercall_vector) return CORE_FALLBACK;
-    int soft = vector >= 32 || vector == V_BP || vector == V_OF;
-    if (c->shadow) {
-        /* shadow paging: exceptions (page faults above all) are the MMU's; software interrupts go
-         * on with the guest's own control registers, once the GDT is ready in the shadow */
-        if (!soft || !core_shadow_gdt_ready(c, R, R->r[R_CR3])) return CORE_FALLBACK;
-        R->r[R_CR0] = c->vcr0;
-        R->r[R_CR3] = c->vcr3;
-        R->r[R_CR4] = c->vcr4;
-        R->r[R_CR2] = c->vcr2;
-    }
+/* core_intr once R holds the guest's control registers (shared with the MMU's true #PF below). */
+static int intr_guest(core_t *c, vregs_t *R, int vector, int soft, ventry_t *e, vcounts_t *cnt,
+                      int64_t (*now_raw)(core_t *)) {
     /* Machine._irq_first: the kernel's flag (vmi2: the shared page's), and with IF set and an
      * interrupt possibly due, Python takes the exit.  (Any exit the core delivers must pass here:
      * core_vif_load before the IF check, core_vif_loaded once completed - as Machine.on_interrupt
@@ -296,6 +286,35 @@ int core_intr(core_t *c, vregs_t *R, int vector, ventry_t *e, vcounts_t *cnt, in
     if (rc != CORE_OK) return CORE_FALLBACK; /* a triple fault: Python settles the fate */
     if (vif_loaded) core_vif_loaded(c);
     return CORE_OK;
+}
+
+int core_intr(core_t *c, vregs_t *R, int vector, ventry_t *e, vcounts_t *cnt, int64_t (*now_raw)(core_t *)) {
+    if (!c->accel_intr || vector < 0 || vector > 255) return CORE_FALLBACK;
+    if (vector == c->hypercall_vector) return CORE_FALLBACK;
+    int soft = vector >= 32 || vector == V_BP || vector == V_OF;
+    if (c->shadow) {
+        /* shadow paging: exceptions (page faults above all) are the MMU's (core_intr_shadow_pf);
+         * software interrupts go on with the guest's own control registers, once the GDT is ready
+         * in the shadow */
+        if (!soft || !core_shadow_gdt_ready(c, R, R->r[R_CR3])) return CORE_FALLBACK;
+        R->r[R_CR0] = c->vcr0;
+        R->r[R_CR3] = c->vcr3;
+        R->r[R_CR4] = c->vcr4;
+        R->r[R_CR2] = c->vcr2;
+    }
+    return intr_guest(c, R, vector, soft, e, cnt, now_raw);
+}
+
+/* A true #PF the shadow MMU found (mmu.c): delivered as core_intr delivers #PF, with the guest's
+ * control registers and its new CR2 (Machine._shadow_fault sets it before delivery). */
+int core_intr_shadow_pf(core_t *c, vregs_t *R, uint32_t cr2, ventry_t *e, vcounts_t *cnt,
+                        int64_t (*now_raw)(core_t *)) {
+    if (!c->accel_intr || !c->shadow || !core_shadow_gdt_ready(c, R, R->r[R_CR3])) return CORE_FALLBACK;
+    R->r[R_CR0] = c->vcr0;
+    R->r[R_CR3] = c->vcr3;
+    R->r[R_CR4] = c->vcr4;
+    R->r[R_CR2] = cr2;
+    return intr_guest(c, R, V_PF, 0, e, cnt, now_raw);
 }
 
 void core_commit(core_t *c, const vcounts_t *cnt) {

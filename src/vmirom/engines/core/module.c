@@ -25,6 +25,8 @@ typedef struct {
     int has_ram;
     Py_buffer mach;
     int has_mach;
+    Py_buffer mmu_buf[11];  /* set_mmu's arrays (vmmu_t points into them) */
+    int n_mmu_buf;
     PyObject *uc_owner;  /* the binding's Uc: kept alive while our hook is registered on it */
 } CoreObject;
 
@@ -199,9 +201,33 @@ static int state_call(core_t *c, int i, const uint32_t crs[3]) {
     return CORE_OK;
 }
 
+/* A #PF under shadow paging from the hook: the decision in mmu.c (core_shadow_pf); a hidden fault
+ * only needs W1's reset (nothing is entered), a true fault enters the guest's handler. */
+static int shadow_pf(core_t *c, uint64_t t0) {
+    vregs_t R;
+    if (uc_read_regs(c, &R)) return CORE_FALLBACK;
+    ventry_t e;
+    vcounts_t cnt = {0};
+    int kind = core_shadow_pf(c, &R, &e, &cnt, now_raw);
+    if (kind == MF_PYTHON) return CORE_FALLBACK;
+    if (kind == MF_HIDDEN) {
+        if (poke_context(c, 0, 0, 1, -1)) glue_error(c, "uc_context_save/restore failed");  /* W1 */
+    } else {
+        apply_entry(c, &e, V_PF);
+    }
+    core_commit(c, &cnt);
+    c->completed++;
+    if (c->timing) {
+        c->t_mmu_calls[kind - 1]++;
+        c->t_mmu_ns[kind - 1] += mono_ns() - t0;
+    }
+    return CORE_OK;
+}
+
 static void hook_intr(uc_engine *uc, uint32_t intno, void *ud) {
     core_t *c = ud;
     uint64_t t0 = c->timing ? mono_ns() : 0;
+    if (intno == V_PF && c->mmu.on && !c->error[0] && shadow_pf(c, t0) == CORE_OK) return;
     vregs_t R;
     ventry_t e;
     vcounts_t cnt = {0};
@@ -343,8 +369,15 @@ static int Core_init(CoreObject *self, PyObject *args, PyObject *kw) {
     return 0;
 }
 
+static void release_mmu(CoreObject *self) {
+    for (int i = 0; i < self->n_mmu_buf; i++) PyBuffer_Release(&self->mmu_buf[i]);
+    self->n_mmu_buf = 0;
+    memset(&self->c.mmu, 0, sizeof self->c.mmu);
+}
+
 static void Core_dealloc(CoreObject *self) {
     core_t *c = &self->c;
+    release_mmu(self);
     if (c->uc && c->h_intr) c->api.hook_del(c->uc, c->h_intr);  /* the engine is alive: uc_owner */
     if (c->uc && c->h_in) c->api.hook_del(c->uc, c->h_in);
     if (c->uc && c->h_out) c->api.hook_del(c->uc, c->h_out);
@@ -428,6 +461,103 @@ static PyObject *Core_set_virtual_crs(CoreObject *self, PyObject *args) {
     self->c.vcr3 = b;
     self->c.vcr4 = d;
     Py_RETURN_NONE;
+}
+
+/* set_mmu(p2m, m2p, meta, used, snaps, protect, flood, head, ctl, log, watched): the shadow MMU's shared
+ * arrays (vmirom/machine/mmu/shared.py), after set_shadow.  Sizes are checked against each other,
+ * so a wrong layout is refused here instead of read out of bounds later. */
+static PyObject *Core_set_mmu(CoreObject *self, PyObject *args) {
+    PyObject *o[11];
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOO", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8],
+                          &o[9], &o[10]))
+        return NULL;
+    if (!self->has_mach) {
+        PyErr_SetString(PyExc_RuntimeError, "set_mmu needs set_shadow first");
+        return NULL;
+    }
+    release_mmu(self);
+    for (int i = 0; i < 11; i++) {
+        if (PyObject_GetBuffer(o[i], &self->mmu_buf[i], PyBUF_WRITABLE) < 0) {
+            release_mmu(self);
+            return NULL;
+        }
+        self->n_mmu_buf = i + 1;
+    }
+    Py_buffer *b = self->mmu_buf;
+    uint64_t ram_frames = (uint64_t)b[0].len / 4, pool = (uint64_t)b[3].len / 8;
+    int ok = b[1].len % 4 == 0 && (uint64_t)b[2].len == pool * MM_META * 4 && (uint64_t)b[4].len == pool * 4096 &&
+             (uint64_t)b[5].len == ram_frames && (uint64_t)b[6].len == ram_frames &&
+             (uint64_t)b[7].len == ram_frames * 4 && b[8].len == MC_CTL * 8 && b[9].len % (MMU_LOG_REC * 4) == 0 && b[10].len == (1 << 20) &&
+             (pool + ram_frames) << 12 <= self->c.mach_size && pool > 0;
+    const uint32_t *p2m = b[0].buf;
+    for (uint64_t g = 0; ok && g < ram_frames; g++)  /* every leaf C builds stays inside machine memory */
+        ok = p2m[g] >= pool && ((uint64_t)p2m[g] + 1) << 12 <= self->c.mach_size;
+    if (!ok) {
+        release_mmu(self);
+        PyErr_SetString(PyExc_ValueError, "set_mmu: arrays of inconsistent sizes");
+        return NULL;
+    }
+    vmmu_t *m = &self->c.mmu;
+    m->p2m = p2m;
+    m->m2p = b[1].buf;
+    m->m2p_len = (uint32_t)(b[1].len / 4);
+    m->meta = b[2].buf;
+    m->used = b[3].buf;
+    m->snaps = b[4].buf;
+    m->protect = b[5].buf;
+    m->flood = b[6].buf;
+    m->head = b[7].buf;
+    m->ctl = b[8].buf;
+    m->log = b[9].buf;
+    m->watched = b[10].buf;
+    m->pool_frames = (uint32_t)pool;
+    m->ram_frames = (uint32_t)ram_frames;
+    m->log_cap = (uint32_t)(b[9].len / (MMU_LOG_REC * 4));
+    m->on = 1;
+    Py_RETURN_NONE;
+}
+
+/* mmu_fault(va, write (-1: infer), user, root_mfn) -> None (the Python path) | "hidden" | err:
+ * the shadow #PF decision of the hook over given values (synthetic exits, the MMU's tests),
+ * committed when it is not None.  A true fault is not delivered here (the caller does). */
+static PyObject *Core_mmu_fault(CoreObject *self, PyObject *args) {
+    unsigned int va, root;
+    int write, user;
+    if (!PyArg_ParseTuple(args, "IipI", &va, &write, &user, &root)) return NULL;
+    vmmu_fault_t d;
+    int kind = core_mmu_decide(&self->c, va, write, user, root, &d);
+    if (kind == MF_PYTHON) Py_RETURN_NONE;
+    core_mmu_commit(&self->c, &d);
+    if (kind == MF_HIDDEN) return PyUnicode_FromString("hidden");
+    return PyLong_FromUnsignedLong(d.err);
+}
+
+/* shadow_pf(regs, now_raw) -> None (the Python path) | "hidden" | entry tuple: the hook's shadow #PF
+ * over given registers (synthetic exits; regs as for intr, CR3 = the engine's, i.e. the shadow root) */
+static PyObject *Core_shadow_pf(CoreObject *self, PyObject *args) {
+    PyObject *regs;
+    long long now;
+    if (!PyArg_ParseTuple(args, "OL", &regs, &now)) return NULL;
+    vregs_t R;
+    if (regs_from_tuple(regs, &R)) return NULL;
+    ventry_t e;
+    vcounts_t cnt = {0};
+    given_now = now;
+    int kind = core_shadow_pf(&self->c, &R, &e, &cnt, now_given);
+    if (kind == MF_PYTHON) {
+        self->c.fallbacks++;
+        Py_RETURN_NONE;
+    }
+    core_commit(&self->c, &cnt);
+    self->c.completed++;
+    if (kind == MF_HIDDEN) return PyUnicode_FromString("hidden");
+    return entry_tuple(&e);
+}
+
+/* A writable memoryview of the guest's CR2 under shadow paging (ShadowedEngine.cr2 reads and
+ * writes this word: the core sets it when it delivers a true #PF) */
+static PyObject *Core_vcr2_view(CoreObject *self, PyObject *unused) {
+    return PyMemoryView_FromMemory((char *)&self->c.vcr2, sizeof self->c.vcr2, PyBUF_WRITE);
 }
 
 /* set_iret(kernel_ring, rom_base, site, call_number): the vmi IRET hypercall may be done in C
@@ -844,6 +974,16 @@ static PyObject *Core_timings(CoreObject *self, PyObject *unused) {
         }
         Py_DECREF(v);
     }
+    static const char *mmu_key[2] = {"shadow:hidden_fault", "shadow:true_fault"};
+    for (int k = 0; d && k < 2; k++) {
+        PyObject *v = Py_BuildValue("(KK)", c->t_mmu_calls[k], c->t_mmu_ns[k]);
+        if (!v || PyDict_SetItemString(d, mmu_key[k], v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
     static const char *kind[5] = {"softint", "exception", "page_fault", "fallback", "hypercall_IRET"};
     static const char *phase[3] = {"read_registers", "decide_and_frame", "enter_handler"};
     for (int k = 0; d && k < 5; k++) {
@@ -873,6 +1013,11 @@ static PyMethodDef Core_methods[] = {
      "set_policy(accel_intr, hypercall_vector, intercept: bytes[256])"},
     {"set_shadow", (PyCFunction)Core_set_shadow, METH_VARARGS, "set_shadow(machine_buffer, size)"},
     {"set_virtual_crs", (PyCFunction)Core_set_virtual_crs, METH_VARARGS, "set_virtual_crs(cr0, cr3, cr4)"},
+    {"set_mmu", (PyCFunction)Core_set_mmu, METH_VARARGS,
+     "set_mmu(p2m, m2p, meta, used, snaps, protect, flood, head, ctl, log, watched): the MMU's arrays"},
+    {"mmu_fault", (PyCFunction)Core_mmu_fault, METH_VARARGS, "mmu_fault(va, write, user, root_mfn)"},
+    {"shadow_pf", (PyCFunction)Core_shadow_pf, METH_VARARGS, "shadow_pf(regs, now_raw) -> None | 'hidden' | entry"},
+    {"vcr2_view", (PyCFunction)Core_vcr2_view, METH_NOARGS, "memoryview of the guest's CR2"},
     {"set_iret", (PyCFunction)Core_set_iret, METH_VARARGS, "set_iret(kernel_ring, rom_base, site, number)"},
     {"set_state_calls", (PyCFunction)Core_set_state_calls, METH_VARARGS,
      "set_state_calls([(rom_offset, kind, number)])"},
@@ -960,14 +1105,19 @@ PyMODINIT_FUNC PyInit__core(void) {
     PyModule_AddIntConstant(m, "C_NCOUNTERS", C_NCOUNTERS);
     PyModule_AddIntConstant(m, "C_NHYPERCALLS", C_NHYPERCALLS);
     /* the interface version vmirom/engines/core/__init__.py checks (2: the console's port I/O, 3: state-only
-     * hypercalls, 4: vmi2's virtual IF, the IF and kernel-stack hypercalls, Core.hypercall) */
-    PyModule_AddIntConstant(m, "API", 4);
+     * hypercalls, 4: vmi2's virtual IF, the IF and kernel-stack hypercalls, Core.hypercall, 5: the shadow
+     * MMU's #PF: set_mmu, mmu_fault, shadow_pf, vcr2_view, C_SHADOW_HIDDEN) */
+    PyModule_AddIntConstant(m, "API", 5);
     PyModule_AddIntConstant(m, "STATE_CLI", STATE_CLI);
     PyModule_AddIntConstant(m, "STATE_STI", STATE_STI);
     PyModule_AddIntConstant(m, "STATE_SETMASK", STATE_SETMASK);
     PyModule_AddIntConstant(m, "STATE_KSTACK", STATE_KSTACK);
     PyModule_AddIntConstant(m, "C_IO_IN", C_IO_IN);
     PyModule_AddIntConstant(m, "C_IO_OUT", C_IO_OUT);
+    PyModule_AddIntConstant(m, "C_SHADOW_HIDDEN", C_SHADOW_HIDDEN);
+    PyModule_AddIntConstant(m, "MMU_CTL", MC_CTL);
+    PyModule_AddIntConstant(m, "MMU_META", MM_META);
+    PyModule_AddIntConstant(m, "MMU_LOG_REC", MMU_LOG_REC);
     PyModule_AddIntConstant(m, "IO_RULE_IOPL", IO_RULE_IOPL);
     PyModule_AddIntConstant(m, "IO_RULE_KERNEL", IO_RULE_KERNEL);
     /* the Unicorn constants this file was written against (a test compares them with the binding) */

@@ -39,11 +39,27 @@ class ShadowedEngine:
         self.real = real
         self.mmu = mmu
         self.offset = machine_offset
-        self.cr2 = 0
+        #: the guest's CR2: one word, shared with the compiled core when it delivers #PF (share_cr2)
+        self._cr2 = memoryview(bytearray(4)).cast("I")
+        self._cr2_owner = None
         self._gdtr: tuple[int, int] | None = None
         #: on_table(kind, base, limit): the GDTR ("gdt") or LDTR ("ldt", limit -1: none) was loaded
         #: (machine/dtguard.py moves the descriptor tables' protection with it)
         self.on_table = None
+
+    @property
+    def cr2(self) -> int:
+        return self._cr2[0]
+
+    @cr2.setter
+    def cr2(self, value: int) -> None:
+        self._cr2[0] = value & 0xFFFFFFFF
+
+    def share_cr2(self, core) -> None:  # noqa: ANN001 - a vmirom.engines.core._core.Core
+        """From now on the guest's CR2 is the core's word (it sets it when it delivers a #PF)."""
+        view = core.vcr2_view().cast("I")
+        view[0] = self._cr2[0]
+        self._cr2, self._cr2_owner = view, core  # the owner keeps the word's memory alive
 
     # -- descriptor loads from the VMM side ---------------------------------------------------------
     def _ready_gdt(self) -> None:

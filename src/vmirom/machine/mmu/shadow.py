@@ -80,6 +80,24 @@ from vmirom.machine.mmu.bits import (
     P,
 )
 from vmirom.machine.mmu.physmap import PhysMap
+from vmirom.machine.mmu.shared import (
+    C_DEFERRED,
+    C_DIRTY,
+    C_HIDDEN,
+    C_LOGN,
+    C_ROM_END,
+    C_ROM_START,
+    C_ROOT,
+    C_TICK,
+    C_TRACKING,
+    C_TRUE,
+    KINDS,
+    LOG_REC,
+    PROT_OTHER,
+    PROT_TABLE,
+    SharedState,
+    WatchedPages,
+)
 
 _U32 = struct.Struct("<I")
 _TABLE = struct.Struct(f"<{ENTRIES}I")
@@ -122,18 +140,18 @@ class ShadowPage:
     level 2: a shadow directory (a root); `children` maps directory index -> linked shadow table.
     level 1: a shadow table; `parents` holds the (root machine frame, index) entries pointing at it.
     `gfn` is the guest table frame it shadows (-1 for the split of a 4 MiB page and for the
-    identity shadow); `snap` the guest frame's content at its last sync."""
+    identity shadow); `snap` the guest frame's content at its last sync (a slot of the shared
+    snapshot arena, see shared.py).  Its last-use tick is `ShadowMMU.shared.used[mfn]`."""
 
     mfn: int
     key: tuple
     level: int
     gfn: int
-    snap: bytearray | None
+    snap: memoryview | None
     parents: set[tuple[int, int]] = field(default_factory=set)
     children: dict[int, ShadowPage] = field(default_factory=dict)
     #: level 1: index -> guest frame of every writable leaf (so freeing the page is not a scan)
     writable: dict[int, int] = field(default_factory=dict)
-    used: int = 0
 
 
 @dataclass
@@ -177,34 +195,98 @@ class ShadowMMU:
             raise ValueError(f"unknown tracking {tracking!r}")
         self.pm = physmap
         self.tracking = tracking
+        #: the state the compiled engine core reads and writes (shared.py); flood counts and the
+        #: protected frames live there, per guest frame
+        self.shared = SharedState(physmap.pool_frames, physmap.ram_frames)
+        self._ctl = self.shared.ctl
+        self._ctl[C_TRACKING] = 0 if tracking == "wp" else 1
         #: guest-physical [start, end) of the read-only ROM (writes there are ROM_WRITE)
         self.rom = rom or (0, 0)
         self.cr0 = 0
         self.cr3 = 0
         self.cr4 = 0
-        self.stats = MmuStats()
+        self._stats = MmuStats()
         #: called with "mmu:<event>" for bookkeeping inside exits (the machine's Metrics.event)
         self.event = event or (lambda key: None)
         self.pages: dict[int, ShadowPage] = {}  # by machine frame
         self.by_key: dict[tuple, ShadowPage] = {}
         self.by_gfn: dict[int, list[ShadowPage]] = {}  # shadowed guest table frames
         self.wmap: dict[int, set[tuple[int, int]]] = {}  # guest frame -> writable leaves (mfn, index)
-        self.flood: dict[int, int] = {}
+        self.flood = self.shared.flood  # guest frame -> emulated writes since the last walk
+        #: guest frame -> why it is write-protected (bits: PROT_TABLE, PROT_OTHER; 0: it is not)
+        self.prot_bits = self.shared.protect
         self.trusted: set[int] = set()  # pv: frames announced as page tables
         #: guest frame -> reason (PROTECT_DESCRIPTORS): write-protected in every shadow whatever the
-        #: guest's tables say, in both tracking modes (the one per-frame notion; page tables of "wp"
-        #: tracking are protected through `by_gfn`, see `protection`)
+        #: guest's tables say, in both tracking modes (page tables of "wp" tracking are protected
+        #: through `by_gfn`, see `protection`); both end in the one byte per frame `prot_bits`
         self.protected: dict[int, str] = {}
-        #: linear page -> guest frame the owner of the protection validated for it (-1: none yet)
-        self.watched: dict[int, int] = {}
+        #: linear page -> guest frame the owner of the protection validated for it (-1: none yet);
+        #: the compiled core leaves every fault on a watched page to Python (shared.WatchedPages)
+        self.watched = WatchedPages(self.shared.watched)
         #: called as on_remap(va, gfn) before a fill maps a watched linear page to another frame
         self.on_remap: Callable[[int, int], None] | None = None
         self.deferred: list[int] = []
         self.lazy = False
         #: a shadow entry lost rights: the engine's TLB must be flushed (the caller clears it)
         self.need_flush = False
-        self._tick = 0
         self.root = self._get_root()
+
+    # -- state shared with the compiled engine core ------------------------------------------------
+    @property
+    def root(self) -> ShadowPage:
+        """The current shadow directory (the CPU's CR3)."""
+        return self._root
+
+    @root.setter
+    def root(self, page: ShadowPage) -> None:
+        self._root = page
+        self._ctl[C_ROOT] = page.mfn
+
+    @property
+    def rom(self) -> tuple[int, int]:
+        return self._rom_range
+
+    @rom.setter
+    def rom(self, value: tuple[int, int]) -> None:
+        self._rom_range = (value[0], value[1])
+        self._ctl[C_ROM_START], self._ctl[C_ROM_END] = value
+
+    def pull(self) -> None:
+        """Take in what the compiled core did since Python last looked: its counters and the
+        writable leaves it made or dropped (replayed into `wmap` / `ShadowPage.writable`).  Called
+        at the start of every entry point; costs one array read when C did nothing."""
+        ctl = self._ctl
+        if not ctl[C_DIRTY]:
+            return
+        ctl[C_DIRTY] = 0
+        self._stats.hidden_faults += ctl[C_HIDDEN]
+        self._stats.true_faults += ctl[C_TRUE]
+        ctl[C_HIDDEN] = ctl[C_TRUE] = 0
+        n, ctl[C_LOGN] = ctl[C_LOGN], 0
+        log, pages, wmap = self.shared.log, self.pages, self.wmap
+        for r in range(0, n * LOG_REC, LOG_REC):
+            where, dropped, old, new = log[r : r + LOG_REC]
+            mfn, i = where >> 10, where & 0x3FF
+            page = pages[mfn]
+            if dropped:
+                leaves = wmap.get(old)
+                if leaves is not None:
+                    leaves.discard((mfn, i))
+                page.writable.pop(i, None)
+            if new >= 0:
+                wmap.setdefault(new, set()).add((mfn, i))
+                page.writable[i] = new
+
+    @property
+    def stats(self) -> MmuStats:
+        """The counters, with what the compiled core counted folded in."""
+        if self._ctl[C_DIRTY]:
+            self.pull()
+        return self._stats
+
+    @property
+    def _tick(self) -> int:
+        return self._ctl[C_TICK]
 
     # -- guest control registers ----------------------------------------------------------------------
     @property
@@ -223,6 +305,7 @@ class ShadowMMU:
 
     def summary(self) -> dict:
         """For the run summary: the counters, and the pool as it is now."""
+        self.pull()
         return {
             **self.stats.as_dict(),
             "tracking": self.tracking,
@@ -235,6 +318,7 @@ class ShadowMMU:
 
     def set_cr0(self, value: int) -> int:
         """The guest loads CR0; returns the CPU's CR3 (the root may change with PG or WP)."""
+        self.pull()
         old, self.cr0 = self.cr0, value & 0xFFFFFFFF
         if (old ^ self.cr0) & CR0_WP:
             self._reset()  # leaves built under one WP rule are wrong under the other
@@ -245,6 +329,7 @@ class ShadowMMU:
     def set_cr4(self, value: int) -> int:
         """The guest loads CR4: PSE changes how directories read (rebuild); toggling PGE flushes the
         global entries too (SDM 4.10.4.1)."""
+        self.pull()
         old, self.cr4 = self.cr4, value & 0xFFFFFFFF
         if (old ^ self.cr4) & CR4_PSE:
             self._reset()
@@ -255,6 +340,7 @@ class ShadowMMU:
     def set_cr3(self, value: int) -> int:
         """The guest loads CR3: switch to that address space's cached shadow (or a new one); entries
         the VMM could not watch are resynced as a CPU would drop its non-global TLB entries."""
+        self.pull()
         self.flush_deferred()
         self.cr3 = value & 0xFFFFFFFF
         self._switch_root()
@@ -264,6 +350,7 @@ class ShadowMMU:
 
     def invlpg(self, va: int) -> None:
         """The guest invalidates one linear address: its shadow entries are brought up to date."""
+        self.pull()
         self.flush_deferred()
         self.need_flush = True
         if not self.paging:
@@ -278,6 +365,7 @@ class ShadowMMU:
     def flush_tlb(self, include_global: bool = False) -> None:
         """FlushTLB / a CR3 reload of the same value: every unwatched non-global entry (all of them
         with `include_global`) of the current address space is resynced."""
+        self.pull()
         self.flush_deferred()
         self.need_flush = True
         if self.paging:
@@ -292,10 +380,11 @@ class ShadowMMU:
         else is taken as a read first (a write then faults once more on the read-only fill, which
         is the price of not decoding the instruction on the hot path).  The error code of a true
         fault found this way may lack W: the caller recomputes it from the guest's tables."""
+        self.pull()
         if self.deferred:
             self.flush_deferred()
         va &= 0xFFFFFFFF
-        self._tick += 1
+        self._ctl[C_TICK] += 1
         if write is None:
             write = self._readable(va, user)
             if write:
@@ -348,13 +437,13 @@ class ShadowMMU:
             self._count_trap(gfn)
             return FaultResult(WP_TRAP, gpa=gpa)
         # a walk through these guest tables: they are page tables after all (flood heuristic)
-        self.flood.pop(pd_gfn, None)
+        self.flood[pd_gfn] = 0
         if big:
             key = ("big", (pde & BIG_MASK) >> PAGE_SHIFT, pde & (RW | US))
             table = self._child(self.root, va >> 22, key, -1)
         else:
             pt_gfn = pde >> PAGE_SHIFT
-            self.flood.pop(pt_gfn, None)
+            self.flood[pt_gfn] = 0
             table = self._child(self.root, va >> 22, ("pt", pt_gfn, pde & (RW | US)), pt_gfn)
         if eff & RW:
             writable = entry & D and not self._protected(gfn) and not self._rom(gfn)
@@ -426,6 +515,7 @@ class ShadowMMU:
         """A trapped guest store to a write-protected table frame, decoded and emulated by the caller:
         store it and update every shadow of that frame.  (Flood heuristic: FLOOD_LIMIT such writes
         without a walk through the frame unshadow it.)"""
+        self.pull()
         self.stats.emulated_pte_writes += 1
         self.event("mmu:emulated_pte_write")
         self.pm.write(gpa, data)
@@ -434,7 +524,7 @@ class ShadowMMU:
             self.unshadow(gfn)  # not one entry: the frame is being used as data
             return
         self._entry_changed(gpa)
-        n = self.flood.get(gfn, 0) + 1
+        n = min(self.flood[gfn] + 1, 255)
         self.flood[gfn] = n
         if n >= FLOOD_LIMIT:
             self.unshadow(gfn)
@@ -442,6 +532,7 @@ class ShadowMMU:
     def set_pxe(self, gpa: int, value: int, *, defer: bool = False) -> None:
         """SetPxE/UpdatePxE: write the guest entry and its shadows in one go (no trap, no decode).
         With `defer` (the DEFER flag) or in lazy MMU mode the shadow side waits for the flush."""
+        self.pull()
         self.stats.pv_updates += 1
         self.event("mmu:pv_update")
         self.pm.set_guest_u32(gpa, value)
@@ -449,17 +540,20 @@ class ShadowMMU:
             self.stats.deferred_updates += 1
             self.event("mmu:deferred_update")
             self.deferred.append(gpa)
+            self._ctl[C_DEFERRED] = len(self.deferred)
         else:
             self._entry_changed(gpa)
 
     def entry_written(self, gpa: int) -> None:
         """The guest entry at `gpa` was written by other means the VMM knows of (a batch log, the
         VMM's own store into guest memory): update its shadows."""
+        self.pull()
         self._entry_changed(gpa & ~3)
 
     def memory_written(self, gpa: int, size: int) -> None:
         """The VMM stored `size` bytes at guest-physical `gpa` (not as a page-table update): any
         shadowed table among them is resynced."""
+        self.pull()
         first, last = gpa >> PAGE_SHIFT, (gpa + max(size, 1) - 1) >> PAGE_SHIFT
         for gfn in range(first, last + 1):
             for page in list(self.by_gfn.get(gfn, ())):
@@ -467,19 +561,23 @@ class ShadowMMU:
 
     def set_lazy(self, on: bool) -> None:
         """SetLazyMode(MMU) on/off: leaving lazy mode applies the queued shadow updates."""
+        self.pull()
         self.lazy = on
         if not on:
             self.flush_deferred()
 
     def flush_deferred(self) -> None:
         """Apply the queued (DEFER / lazy) shadow updates in order."""
+        self.pull()
         if self.deferred:
             pending, self.deferred = self.deferred, []
+            self._ctl[C_DEFERRED] = 0
             for gpa in pending:
                 self._entry_changed(gpa)
 
     def allocate_page(self, gfn: int) -> None:
         """AllocatePage: the guest will use frame `gfn` as a page table and update it with SetPxE."""
+        self.pull()
         if self.tracking == "pv":
             for page in list(self.by_gfn.get(gfn, ())):
                 self._resync_page(page, include_global=True)
@@ -493,6 +591,7 @@ class ShadowMMU:
     def unshadow(self, gfn: int) -> bool:
         """Stop shadowing guest frame `gfn` (its writes no longer trap).  The current root cannot go
         (the CPU walks it): it is emptied instead and stays.  False if nothing was shadowed."""
+        self.pull()
         pages = self.by_gfn.get(gfn)
         if not pages:
             return False
@@ -502,10 +601,10 @@ class ShadowMMU:
             if page is self.root:
                 for i in list(page.children):
                     self._unlink(page, i)
-                page.snap = bytearray(self.pm.guest_frame(gfn))
+                page.snap[:] = self.pm.guest_frame(gfn)
             else:
                 self._zap_page(page)
-        self.flood.pop(gfn, None)
+        self.flood[gfn] = 0
         return True
 
     # -- shadow pages --------------------------------------------------------------------------------
@@ -516,13 +615,16 @@ class ShadowMMU:
         return self.tracking == "wp" or page.gfn in self.trusted
 
     def _protected(self, gfn: int) -> bool:
-        return gfn in self.protected or self.tracking == "wp" and gfn in self.by_gfn
+        """Is guest frame `gfn` write-protected in every shadow, for any reason?  The one set of
+        protected frames (`prot_bits`, shared with the compiled core's fill: shared.py), kept equal to
+        `gfn in protected or tracking == "wp" and gfn in by_gfn`."""
+        return 0 <= gfn < len(self.prot_bits) and self.prot_bits[gfn] != 0
 
     def _count_trap(self, gfn: int) -> None:
         if gfn in self.protected:
-            self.stats.desc_traps += 1
+            self._stats.desc_traps += 1
         else:
-            self.stats.wp_traps += 1
+            self._stats.wp_traps += 1
 
     def protection(self, gfn: int) -> str | None:
         """Why guest frame `gfn` is write-protected (None: it is not); descriptors win."""
@@ -535,14 +637,25 @@ class ShadowMMU:
         """Write-protect guest frame `gfn` in every shadow from now on, for `reason`."""
         if gfn not in self.protected:
             self.protected[gfn] = reason
+            self._add_protection(gfn, PROT_OTHER)
             self._write_protect(gfn)
 
     def unprotect(self, gfn: int) -> None:
         """Drop `protect`'s protection (the leaves stay read-only until a write refills them)."""
-        self.protected.pop(gfn, None)
+        if self.protected.pop(gfn, None) is not None:
+            self._drop_protection(gfn, PROT_OTHER)
+
+    def _add_protection(self, gfn: int, bit: int) -> None:
+        if 0 <= gfn < len(self.prot_bits):
+            self.prot_bits[gfn] |= bit
+
+    def _drop_protection(self, gfn: int, bit: int) -> None:
+        if 0 <= gfn < len(self.prot_bits):
+            self.prot_bits[gfn] &= ~bit & 0xFF
 
     def forget_linear(self, vpn: int) -> None:
         """Drop the shadow leaf of linear page `vpn` in every shadow (its next use refills it)."""
+        self.pull()
         for page in list(self.pages.values()):
             if page.level == 2:
                 child = page.children.get(vpn >> 10)
@@ -566,7 +679,7 @@ class ShadowMMU:
         else:
             self.stats.root_hits += 1
             self.event("mmu:root_hit")
-        page.used = self._tick
+        self.shared.used[page.mfn] = self._tick
         return page
 
     def _switch_root(self) -> None:
@@ -579,7 +692,7 @@ class ShadowMMU:
                 self._zap_page(page)
         for page in list(self.pages.values()):
             self._zap_page(page, force=True)
-        self.flood.clear()
+        self.flood[:] = bytes(len(self.flood))
         self.root = self._get_root()
         self.need_flush = True
 
@@ -590,14 +703,21 @@ class ShadowMMU:
             mfn = self.pm.alloc_frame()
             if mfn is None:
                 raise MmuError("shadow pool exhausted by one address space")
-        snap = bytearray(self.pm.guest_frame(gfn)) if gfn >= 0 else None
-        page = ShadowPage(mfn, key, level, gfn, snap, used=self._tick)
+        shared = self.shared
+        snap = None
+        if gfn >= 0:
+            snap = shared.snap(mfn)
+            snap[:] = self.pm.guest_frame(gfn)
+        page = ShadowPage(mfn, key, level, gfn, snap)
+        shared.used[mfn] = self._tick
+        shared.link(mfn, KINDS[key[0]], key[1] if len(key) > 1 else 0, key[2] if len(key) > 2 else 0, gfn)
         self.pages[mfn] = page
         self.by_key[key] = page
         if gfn >= 0:
             first = gfn not in self.by_gfn
             self.by_gfn.setdefault(gfn, []).append(page)
             if first and self.tracking == "wp":
+                self._add_protection(gfn, PROT_TABLE)
                 self._write_protect(gfn)
         self.stats.pages_created += 1
         self.stats.peak_pages = max(self.stats.peak_pages, len(self.pages))
@@ -620,7 +740,7 @@ class ShadowMMU:
         child = root.children.get(i)
         if child is not None:
             if child.key == key:
-                child.used = self._tick
+                self.shared.used[child.mfn] = self._tick
                 return child
             self._unlink(root, i)
         child = self.by_key.get(key)
@@ -628,7 +748,7 @@ class ShadowMMU:
             child = self._new_page(key, 1, gfn, keep=(root,))
         elif not self._synced(child):
             self._resync_page(child, include_global=False)  # a cached table meets a new walk
-        child.used = self._tick
+        self.shared.used[child.mfn] = self._tick
         root.children[i] = child
         child.parents.add((root.mfn, i))
         pde = (child.mfn << PAGE_SHIFT) | P | RW | US
@@ -688,20 +808,23 @@ class ShadowMMU:
                     leaves.discard((page.mfn, i))
         del self.pages[page.mfn]
         del self.by_key[page.key]
+        self.shared.unlink(page.mfn)
         if page.gfn >= 0:
             same = self.by_gfn[page.gfn]
             same.remove(page)
             if not same:
                 del self.by_gfn[page.gfn]
-                self.flood.pop(page.gfn, None)
+                self.flood[page.gfn] = 0
+                self._drop_protection(page.gfn, PROT_TABLE)
         self.pm.free_frame(page.mfn)
         self.need_flush = True
 
     def _evict(self, keep: tuple) -> None:
         """Free the least recently used shadow pages (never the current root or `keep`)."""
+        used = self.shared.used
         candidates = sorted(
             (p for p in self.pages.values() if p is not self.root and all(p is not k for k in keep)),
-            key=lambda p: (p.used, p.level),
+            key=lambda p: (used[p.mfn], p.level),
         )
         for page in candidates:
             if self.pm.pool_free >= EVICT_BATCH:

@@ -1,0 +1,209 @@
+/* The shadow MMU's hot path in C: ShadowMMU.fault (vmirom/machine/mmu/shadow.py, the reference) for
+ * the two outcomes that need no new shadow page - a hidden fault that fills one leaf of a shadow
+ * table Python already linked at that directory slot, and a true fault - over the state Python
+ * shares in flat arrays (vmirom/machine/mmu/shared.py).  It follows fault() step by step, in the
+ * same order, so both give the same guest A/D bits, shadow leaf, snapshots, flood counts, LRU
+ * ticks and counters; tests/test_mmu_shadow.py runs every scenario on both.
+ *
+ * core_mmu_decide is pure: it reads and decides, and answers MF_PYTHON for everything unusual
+ * before anything was changed (paging off, a deferred queue, no shadow table linked for that slot
+ * or one with another key, a frame outside RAM, a store to the ROM or to a write-protected frame
+ * (any reason), a linear page ShadowMMU.watched holds, a full log), so the Python path then takes the exit from scratch.  core_mmu_commit applies a
+ * decision: for MF_HIDDEN the fill, for MF_TRUE only the tick and the counter (the caller delivers).
+ *
+ * The guest is untrusted: every guest-physical address is checked against RAM and every shadow
+ * frame against the pool before it is touched.  The shadow tables themselves are VMM-written, but
+ * they are checked too (a broken invariant falls back to Python instead of reading out of bounds). */
+#include <string.h>
+
+#include "core.h"
+
+#define PTE_A 0x20u
+#define PTE_D 0x40u
+#define FRAME 0xFFFFF000u
+
+static inline uint32_t m32(const core_t *c, uint64_t ma) {
+    uint32_t v;
+    memcpy(&v, c->mach + ma, 4);
+    return v;
+}
+
+static inline void m32_set(core_t *c, uint64_t ma, uint32_t v) { memcpy(c->mach + ma, &v, 4); }
+
+/* PhysMap.gpa_to_ma for an aligned dword: -1 outside guest RAM */
+static inline int64_t gpa_ma(const core_t *c, uint64_t gpa) {
+    const vmmu_t *s = &c->mmu;
+    if ((gpa >> 12) >= s->ram_frames) return -1;
+    uint64_t ma = ((uint64_t)s->p2m[gpa >> 12] << 12) | (gpa & 0xFFC);
+    return ma + 4 <= c->mach_size ? (int64_t)ma : -1;
+}
+
+static inline int32_t *meta(const core_t *c, uint32_t mfn) { return c->mmu.meta + (size_t)mfn * MM_META; }
+
+/* ShadowMMU._readable: does the shadow let this access class read va (then the fault was a write)? */
+static int shadow_readable(const core_t *c, uint32_t root, uint32_t va, int user) {
+    uint32_t pde = m32(c, ((uint64_t)root << 12) | ((va >> 22) << 2));
+    if (!(pde & PTE_P) || (pde >> 12) >= c->mmu.pool_frames) return 0;
+    uint32_t leaf = m32(c, (uint64_t)(pde & FRAME) | ((va >> 10) & 0xFFC));
+    return (leaf & PTE_P) && (!user || (leaf & PTE_US));
+}
+
+static inline int rom_frame(const vmmu_t *s, uint32_t frame) {
+    return (int64_t)frame >= s->ctl[MC_ROM_START] && (int64_t)frame < s->ctl[MC_ROM_END];
+}
+
+int core_mmu_decide(const core_t *c, uint32_t va, int write, int user, uint32_t root, vmmu_fault_t *d) {
+    const vmmu_t *s = &c->mmu;
+    memset(d, 0, sizeof *d);
+    d->kind = MF_PYTHON;
+    d->va = va;
+    if (!s->on || !s->ctl[MC_ENABLED] || s->ctl[MC_DEFERRED] || !(c->vcr0 & CR0_PG)) return MF_PYTHON;
+    if (root >= s->pool_frames || (int64_t)root != s->ctl[MC_ROOT]) return MF_PYTHON;
+    if (s->watched[va >> 12]) return MF_PYTHON;  /* a descriptor-table page: the watcher decides */
+    if ((uint32_t)s->ctl[MC_LOGN] >= s->log_cap) return MF_PYTHON;
+    if (write < 0) write = shadow_readable(c, root, va, user);
+    d->write = write;
+    uint32_t err = (write ? PFERR_W : 0) | (user ? PFERR_U : 0);
+    uint32_t pde_gpa = (c->vcr3 & FRAME) | ((va >> 22) << 2);
+    int64_t ma = gpa_ma(c, pde_gpa);
+    if (ma < 0) return MF_PYTHON;  /* BAD_PHYS */
+    uint32_t pde = m32(c, (uint64_t)ma);
+    d->pde = pde;
+    d->pde_gpa = pde_gpa;
+    if (!(pde & PTE_P)) {
+        d->err = err;
+        return d->kind = MF_TRUE;
+    }
+    int big = (pde & PTE_PS) && (c->vcr4 & CR4_PSE);
+    uint32_t entry, entry_gpa, frame, eff;
+    if (big) {
+        entry = pde;
+        entry_gpa = pde_gpa;
+        frame = (pde & 0xFFC00000u) | (va & 0x3FF000u);
+        eff = pde;
+    } else {
+        entry_gpa = (pde & FRAME) | ((va >> 10) & 0xFFC);
+        ma = gpa_ma(c, entry_gpa);
+        if (ma < 0) return MF_PYTHON;
+        entry = m32(c, (uint64_t)ma);
+        if (!(entry & PTE_P)) {
+            d->err = err;
+            return d->kind = MF_TRUE;
+        }
+        frame = entry & FRAME;
+        eff = pde & entry;
+    }
+    int wp = !!(c->vcr0 & CR0_WP);
+    if ((user && !(eff & PTE_US)) || (write && !(eff & PTE_RW) && (user || wp))) {
+        d->err = err | PFERR_P;
+        return d->kind = MF_TRUE;
+    }
+    uint32_t new_entry = entry | PTE_A | (write ? PTE_D : 0);
+    uint32_t gfn = frame >> 12;
+    if (gfn >= s->ram_frames) return MF_PYTHON;              /* BAD_PHYS */
+    if (write && rom_frame(s, frame)) return MF_PYTHON;      /* ROM_WRITE */
+    if (write && s->protect[gfn]) return MF_PYTHON;          /* WP_TRAP */
+    /* ShadowMMU._child, only when the slot already links the shadow table of this key */
+    uint32_t spde = m32(c, ((uint64_t)root << 12) | ((va >> 22) << 2));
+    if (!(spde & PTE_P)) return MF_PYTHON;
+    uint32_t child = spde >> 12;
+    if (child >= s->pool_frames) return MF_PYTHON;
+    const int32_t *m = meta(c, child);
+    int kind = big ? MK_BIG : MK_PT;
+    uint32_t key = big ? (pde & 0xFFC00000u) >> 12 : pde >> 12;
+    if (m[MM_KIND] != kind || (uint32_t)m[MM_KEY] != key || (uint32_t)m[MM_ACC] != (pde & (PTE_RW | PTE_US)))
+        return MF_PYTHON;
+    uint32_t flags;
+    if (eff & PTE_RW) {
+        int writable = (new_entry & PTE_D) && !s->protect[gfn] && !rom_frame(s, frame);
+        flags = PTE_P | (eff & PTE_US) | (writable ? PTE_RW : 0);
+    } else if (write) {  /* CR0.WP=0, supervisor store to a read-only page: writable, supervisor-only */
+        flags = PTE_P | PTE_RW;
+    } else {
+        flags = PTE_P | (eff & PTE_US);
+    }
+    d->big = big;
+    d->entry = entry;
+    d->entry_gpa = entry_gpa;
+    d->new_entry = new_entry;
+    d->gfn = gfn;
+    d->child = child;
+    d->flags = flags;
+    return d->kind = MF_HIDDEN;
+}
+
+/* ShadowMMU._guest_set: the guest entry and every snapshot of its frame (the A/D bits the VMM sets
+ * are no "change" of the guest's); an entry in the ROM is left as it is */
+static void guest_set(core_t *c, uint32_t gpa, uint32_t value) {
+    vmmu_t *s = &c->mmu;
+    if (rom_frame(s, gpa & FRAME)) return;  /* an entry in the ROM keeps its bits (read-only) */
+    m32_set(c, (uint64_t)gpa_ma(c, gpa), value);
+    for (int32_t p = s->head[gpa >> 12]; p > 0 && (uint32_t)p <= s->pool_frames; p = meta(c, p - 1)[MM_NEXT])
+        memcpy(s->snaps + ((size_t)(p - 1) << 12) + (gpa & 0xFFC), &value, 4);
+}
+
+static void snap_used(core_t *c, uint32_t mfn, uint32_t i, uint32_t value) {
+    if (meta(c, mfn)[MM_GFN] >= 0) memcpy(c->mmu.snaps + ((size_t)mfn << 12) + (i << 2), &value, 4);
+}
+
+/* ShadowMMU._set_leaf; the writable-leaf bookkeeping goes to the log Python replays */
+static void set_leaf(core_t *c, uint32_t mfn, uint32_t i, uint32_t gfn, uint32_t flags) {
+    vmmu_t *s = &c->mmu;
+    uint64_t off = ((uint64_t)mfn << 12) | (i << 2);
+    uint32_t old = m32(c, off);
+    int dropped = !!(old & PTE_RW);
+    int32_t old_gfn = -1;
+    if (dropped && (old >> 12) < s->m2p_len) old_gfn = s->m2p[old >> 12];
+    m32_set(c, off, (s->p2m[gfn] << 12) | flags);
+    if (dropped || (flags & PTE_RW)) {
+        int32_t *r = s->log + (size_t)s->ctl[MC_LOGN] * MMU_LOG_REC;
+        r[0] = (int32_t)((mfn << 10) | i);
+        r[1] = dropped;
+        r[2] = old_gfn;
+        r[3] = (flags & PTE_RW) ? (int32_t)gfn : -1;
+        s->ctl[MC_LOGN]++;
+    }
+}
+
+void core_mmu_commit(core_t *c, const vmmu_fault_t *d) {
+    vmmu_t *s = &c->mmu;
+    int64_t tick = ++s->ctl[MC_TICK];
+    s->ctl[MC_DIRTY] = 1;
+    if (d->kind == MF_TRUE) {
+        s->ctl[MC_TRUE]++;
+        return;
+    }
+    uint32_t va = d->va, pde = d->pde;
+    if (!d->big && !(pde & PTE_A)) {
+        pde |= PTE_A;
+        guest_set(c, d->pde_gpa, pde);
+    }
+    if (d->new_entry != d->entry) guest_set(c, d->entry_gpa, d->new_entry);
+    s->flood[d->pde_gpa >> 12] = 0;  /* a walk through these tables: they are page tables after all */
+    if (!d->big) s->flood[d->pde >> 12] = 0;
+    s->used[d->child] = tick;
+    set_leaf(c, d->child, (va >> 12) & 0x3FF, d->gfn, d->flags);
+    snap_used(c, (uint32_t)s->ctl[MC_ROOT], va >> 22, d->big ? d->new_entry : pde);
+    if (!d->big) snap_used(c, d->child, (va >> 12) & 0x3FF, d->new_entry);
+    s->ctl[MC_HIDDEN]++;
+}
+
+int core_shadow_pf(core_t *c, vregs_t *R, ventry_t *e, vcounts_t *cnt, int64_t (*now_raw)(core_t *)) {
+    if ((int)(R->r[R_CS] & 3) < c->kernel_ring) return MF_PYTHON;  /* Machine.privilege_held */
+    uint32_t va = R->r[R_CR2];
+    vmmu_fault_t d;
+    int kind = core_mmu_decide(c, va, -1, (R->r[R_CS] & 3) == 3, R->r[R_CR3] >> 12, &d);
+    if (kind == MF_HIDDEN) {
+        core_mmu_commit(c, &d);
+        vcount(cnt, C_SHADOW_HIDDEN);
+        return MF_HIDDEN;
+    }
+    /* a true fault: Machine.on_interrupt goes on to deliver it, as core_intr would */
+    if (kind != MF_TRUE || core_intr_shadow_pf(c, R, va, e, cnt, now_raw) != CORE_OK) {
+        cnt->n = 0;
+        return MF_PYTHON;
+    }
+    core_mmu_commit(c, &d);
+    c->vcr2 = va;  /* the guest's CR2 (ShadowedEngine.cr2 reads this very word) */
+    return MF_TRUE;
+}
