@@ -27,6 +27,7 @@ only fills a leaf of a table Python linked, sets the guest's A/D bits, and count
 
 from __future__ import annotations
 
+import mmap
 from array import array
 
 from vmirom.machine.mmu.bits import PAGE
@@ -58,7 +59,9 @@ class SharedState:
     def __init__(self, pool_frames: int, ram_frames: int) -> None:
         self.meta = array("i", [0]) * (pool_frames * META)
         self.used = array("q", [0]) * pool_frames
-        self.snaps = bytearray(pool_frames * PAGE)
+        # the two big ones are anonymous mappings: zero pages cost no host memory until written
+        # (a bytearray of the same size is zero-filled at once: 16 MiB per machine for the arena)
+        self.snaps = mmap.mmap(-1, pool_frames * PAGE)
         self.snapview = memoryview(self.snaps)
         self.protect = bytearray(ram_frames)
         self.flood = bytearray(ram_frames)
@@ -66,7 +69,7 @@ class SharedState:
         self.ctl = array("q", [0]) * CTL
         self.log = array("i", [0]) * (LOG_CAP * LOG_REC)
         #: per linear page: 1 when ShadowMMU.watched holds it (its faults are Python's)
-        self.watched = bytearray(1 << 20)
+        self.watched = mmap.mmap(-1, 1 << 20)
 
     def snap(self, mfn: int) -> memoryview:
         """The snapshot slot of pool frame `mfn`."""
@@ -103,7 +106,7 @@ class WatchedPages(dict):
     """`ShadowMMU.watched` (linear page -> guest frame), mirrored into the per-linear-page byte map
     the compiled core reads.  Only the mutators the MMU's users call are mirrored."""
 
-    def __init__(self, flags: bytearray) -> None:
+    def __init__(self, flags: mmap.mmap) -> None:
         super().__init__()
         self._flags = flags
 
