@@ -306,3 +306,28 @@ def test_an_interrupt_frame_the_vmm_pushes_onto_the_gdt_page_is_validated(engine
     assert vm.words(GDT + 0x48, 3) == (0x200002, 0x2B, 0x202)  # the frame is there (EIP, CS, EFLAGS)
     assert vm.words(GDT + 0x54, 1) == (user_esp & ~0x8000,)  # pushed, then made not present
     assert vm.detail.get("mmu:desc_vmm_write", 0) >= 1
+
+
+def test_a_cached_shadow_table_linked_under_the_gdt_brings_no_unchecked_leaf(engine_cls):
+    """Shadow tables are shared by guest table frame: one already filled for another linear range
+    (its leaf 1 maps a frame holding a call gate) gets linked under the GDT's 4 MiB by a fault
+    elsewhere in that range.  The GDT's leaf in it must not come along unchecked."""
+    vm = guarded_vm(engine_cls)
+    ram = vm.m.memory.ram
+    pt2 = 0x12000
+    ram[OTHER : OTHER + 0x58] = ram[GDT : GDT + 0x58]
+    struct.pack_into("<II", ram, OTHER + 0x40, 0x00085000, CALL_GATE_HI)
+    for i in range(1024):
+        struct.pack_into("<I", ram, pt2 + 4 * i, (i << 12) | P | RW | A)
+    struct.pack_into("<I", ram, pt2 + 4 * 1, OTHER | P | RW | A)
+    struct.pack_into("<I", ram, PD + 4, pt2 | P | RW | US)
+    page_fault(vm, 0x401000, ebx=0x401000)  # PT2's shadow: leaf 1 -> OTHER, unvalidated (not the GDT)
+    assert vm.m.mmu.protection(OTHER >> 12) is None
+    struct.pack_into("<I", ram, PD, pt2 | P | RW | US)  # the GDT's 4 MiB now uses PT2 as well
+    vm.m.engine.set_reg("cr3", PD)  # a CR3 reload: the directory entry is resynced
+    page_fault(vm, 0x5000, ebx=0x5000)  # a fault elsewhere links PT2's cached shadow at index 0
+    leaf = shadow_leaf(vm, GDT)
+    assert leaf == 0 or vm.m.mmu.protection(OTHER >> 12) == "descriptors"
+    page_fault(vm, GDT + 0x40, ebx=GDT + 0x40)  # the CPU's own read of the GDT fills it: checked
+    assert vm.m.mmu.protection(OTHER >> 12) == "descriptors"
+    assert not struct.unpack_from("<I", ram, OTHER + 0x44)[0] & 0x8000

@@ -751,6 +751,10 @@ class ShadowMMU:
         self.shared.used[child.mfn] = self._tick
         root.children[i] = child
         child.parents.add((root.mfn, i))
+        if self.watched:  # a cached table linked here: its leaves in a watched page were not checked
+            for vpn in self.watched:
+                if vpn >> 10 == i:
+                    self._zap_leaf(child, vpn & 0x3FF)
         pde = (child.mfn << PAGE_SHIFT) | P | RW | US
         _U32.pack_into(self.pm.mem, (root.mfn << PAGE_SHIFT) | (i << 2), pde)
         return child
