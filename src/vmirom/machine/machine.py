@@ -622,12 +622,12 @@ class Machine:
         """True unless the CPU runs below the personality's kernel ring (then the run stops with
         fate "privilege_violation" and the exit is not served).
 
-        Why a check and not only prevention: the VMM's own transitions (delivery, IRET, SYSEXIT,
+        Why a check on top of prevention: the VMM's own transitions (delivery, IRET, SYSEXIT,
         descriptor-table hypercalls and emulation) refuse every route to a ring below the kernel's,
-        but Unicorn executes far calls through call gates, task switches and `iret` natively, from
-        descriptor tables the guest can rewrite with plain stores at any moment; with no shadow
-        paging there is no page the VMM could keep the guest from writing its tables into.  So every
-        exit and every slice end looks at the CPL first: a context that got there never has an exit
+        and the descriptor guard (machine/dtguard.py) keeps the tables Unicorn reads for its native
+        call gates, task switches and `iret` validated, so no known route is left.  This is the
+        second line, for a route nobody thought of (or a personality without shadow paging): every
+        exit and every slice end looks at the CPL first; a context that got there never has an exit
         served (no I/O reaches a device, no hypercall runs, nothing is emulated for it) and the VM
         stops.  What it can do before its next exit stays inside its own VM (docs/security.md)."""
         ring = self.personality.kernel_ring
