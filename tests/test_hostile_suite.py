@@ -168,6 +168,91 @@ def test_null_tr_then_inner_call_gate_never_kills_vmirom(hv, tmp_path):
         assert r["fate"] == "triple_fault", r["message"]
 
 
+# -- CPU state: the de-privileged kernel stores a gate into its live GDT, every way it can ----------
+#: (name, setup, the store that must be refused with #GP(0) at itself); slot 0x30 is reset to zero
+#: before each, a call gate's high dword is 0x0000EC00 (present, DPL 3, type C)
+GATE_STORES = [
+    ("mov_imm32", "", "movl $0xec00, gdt + 0x34"),
+    ("mov_reg", "mov $0xec00, %eax", "mov %eax, gdt + 0x34"),
+    ("mov_imm16", "", "movw $0xec00, gdt + 0x34"),
+    ("mov_access_byte", "", "movb $0xec, gdt + 0x35"),
+    ("mov_misaligned", "", "movl $0x00ec0000, gdt + 0x33"),
+    ("xchg", "mov $0xec00, %eax", "xchg %eax, gdt + 0x34"),
+    ("or_present_bit", "movl $0x6c00, gdt + 0x34", "orl $0x8000, gdt + 0x34"),
+    ("add_to_present", "movl $0x6c00, gdt + 0x34", "addl $0x8000, gdt + 0x34"),
+    ("rep_stosl", "cld; mov $gdt + 0x34, %edi; mov $0xec00, %eax; mov $1, %ecx", "rep stosl"),
+    ("movsl", "cld; mov $gate_hi, %esi; mov $gdt + 0x34, %edi", "movsl"),
+    ("bts_unemulated", "movl $0x6c00, gdt + 0x34", "btsl $15, gdt + 0x34"),
+    ("task_gate", "", "movl $0xe500, gdt + 0x34"),
+    ("tss16", "", "movl $0xe100, gdt + 0x34"),
+]
+
+
+def gate_store_source() -> str:
+    """A ring-K kernel that tries every GATE_STORES entry on its live GDT and exits with the mask of
+    the cases that were not refused with #GP at the store (or left a present gate behind)."""
+    n = len(GATE_STORES)
+    cases = "".join(f"case_{i}:\n        {setup}\ninsn_{i}:\n        {insn}\n        jmp not_refused\n"
+                    for i, (_n, setup, insn) in enumerate(GATE_STORES))
+    entries = ", ".join(f"case_{i}" for i in range(n))
+    insns = ", ".join(f"insn_{i}" for i in range(n))
+    return f"""#define KERNEL_TESTS 1
+#include "user_common.inc"
+        .data
+case_idx: .long 0
+failmask: .long 0
+gate_hi: .long 0xec00
+entries: .long {entries}
+insns:  .long {insns}
+        .text
+kernel_tests:
+run_case:
+        mov kring, %eax
+        or $0x10, %eax
+        mov %eax, %ds
+        mov %eax, %es
+        mov $kstack_top, %esp
+        movl $0, gdt + 0x30
+        movl $0, gdt + 0x34
+        mov case_idx, %eax
+        jmp *entries(, %eax, 4)
+{cases}
+on_other_trap:
+        mov case_idx, %ebx
+        cmpl $13, trap_vector
+        jne not_refused
+        mov insns(, %ebx, 4), %eax
+        cmp trap_eip, %eax
+        jne not_refused
+        testl $0x8000, gdt + 0x34        /* nothing present written */
+        jz next_case
+not_refused:
+        mov case_idx, %ecx
+        mov $1, %eax
+        shl %cl, %eax
+        or %eax, failmask
+next_case:
+        incl case_idx
+        cmpl ${n}, case_idx
+        jb run_case
+        mov failmask, %eax
+        jmp exit_with
+"""
+
+
+@pytest.mark.parametrize("hv", ("fullvirt", "fullvirt-strict", "vmi", "vmi2"))
+def test_a_deprivileged_kernel_cannot_store_a_gate_into_its_gdt(hv, tmp_path):
+    """Every store form into the live GDT (mov of each size, misaligned, xchg, or/add making a gate
+    present, rep stos, movs, an instruction the VMM does not emulate) is refused with #GP(0) at the
+    store and leaves no present gate (docs/security.md, the descriptor guard)."""
+    r = run_source(tmp_path, "gate_stores", gate_store_source(), hv)
+    assert r["fate"] == "exit", r["message"]
+    mask = r["exit_status"]
+    failed = [GATE_STORES[i][0] for i in range(len(GATE_STORES)) if mask >> i & 1]
+    assert not failed, f"not refused on {hv}: {failed}"
+    assert r["metrics"]["detail"]["mmu:desc_refused"] >= len(GATE_STORES) - 1  # bts: unemulated
+
+
 # -- memory: outside RAM, the ROM, the VMM's own page ---------------------------------------------------
 KERNEL_MEMORY_CASES = [
     ("read_outside_ram", "mov 0xF0000000, %eax", "bad_memory"),
