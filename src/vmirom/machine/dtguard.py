@@ -125,11 +125,13 @@ class DescriptorGuard:
         moves: the old frames are released, every shadow leaf of the old and new tables' linear pages
         is dropped (the next use refills it through `remap`), the new table's pages present now are
         validated and protected."""
+        before = dict(self.windows)
         if limit >= 0:
             self.windows[kind] = (base & _U32, min(limit, 0xFFFF))
         else:
             self.windows.pop(kind, None)
-        self._rebuild()
+        if self.windows != before:  # the same table again (a reload): already validated, protected
+            self._rebuild()
 
     def _rebuild(self) -> None:
         mmu = self.mmu
@@ -137,11 +139,10 @@ class DescriptorGuard:
             mmu.unprotect(gfn)
         self.frames.clear()
         self._publish()
-        for vpn in mmu.watched:
-            mmu.forget_linear(vpn)
+        vpns = self._vpns()
+        mmu.forget_linear(set(mmu.watched) | vpns)
         mmu.watched.clear()
-        for vpn in self._vpns():
-            mmu.forget_linear(vpn)
+        for vpn in vpns:
             phys = self.machine.paging.walk(vpn << 12).phys
             if phys is None or phys >= self.machine.memory.size:
                 mmu.watched[vpn] = -1  # not mapped now: the fill that maps it validates it first

@@ -653,12 +653,14 @@ class ShadowMMU:
         if 0 <= gfn < len(self.prot_bits):
             self.prot_bits[gfn] &= ~bit & 0xFF
 
-    def forget_linear(self, vpn: int) -> None:
-        """Drop the shadow leaf of linear page `vpn` in every shadow (its next use refills it)."""
+    def forget_linear(self, vpns) -> None:
+        """Drop the shadow leaves of linear pages `vpns` in every shadow (their next use refills
+        them through `fault`)."""
         self.pull()
-        for page in list(self.pages.values()):
-            if page.level == 2:
-                child = page.children.get(vpn >> 10)
+        roots = [page for page in self.pages.values() if page.level == 2]
+        for vpn in vpns:
+            for root in roots:
+                child = root.children.get(vpn >> 10)
                 if child is not None:
                     self._zap_leaf(child, vpn & 0x3FF)
 
