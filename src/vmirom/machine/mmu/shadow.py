@@ -753,10 +753,13 @@ class ShadowMMU:
         self.shared.used[child.mfn] = self._tick
         root.children[i] = child
         child.parents.add((root.mfn, i))
-        if self.watched:  # a cached table linked here: its leaves in a watched page were not checked
-            for vpn in self.watched:
+        if self.watched:  # a cached table linked here: its leaf in a watched page may map another frame
+            mem = self.pm.mem
+            for vpn, gfn in self.watched.items():
                 if vpn >> 10 == i:
-                    self._zap_leaf(child, vpn & 0x3FF)
+                    leaf = _U32.unpack_from(mem, (child.mfn << PAGE_SHIFT) | ((vpn & 0x3FF) << 2))[0]
+                    if leaf & P and self.pm.m2p(leaf >> PAGE_SHIFT) != gfn:
+                        self._zap_leaf(child, vpn & 0x3FF)
         pde = (child.mfn << PAGE_SHIFT) | P | RW | US
         _U32.pack_into(self.pm.mem, (root.mfn << PAGE_SHIFT) | (i << 2), pde)
         return child
