@@ -34,8 +34,9 @@ by a task switch (impossible), by the VMM otherwise (validated).
 
 Only ordinary stores are emulated: `mov` and `xchg` to memory, `stos`/`movs` (also with `rep`,
 one page at a time) and the read-modify-write `add sub and or xor inc dec not neg` with a memory
-destination (flags as the CPU sets them).  Anything else that writes a protected page (push/call
-with the stack there, cmpxchg, bts, sgdt...) is refused with #GP(0), counted as
+destination (flags as the CPU sets them), and `sgdt sidt sldt str smsw` to memory (a buffer
+next to the GDT).  Anything else that writes a protected page (push/call with the stack there,
+cmpxchg, bts...) is refused with #GP(0), counted as
 mmu:desc_unemulated: a kernel should not keep hot data next to its descriptor tables (the
 reference kernel keeps them in page-aligned pages of their own: no trap at all in a boot).
 """
@@ -66,6 +67,8 @@ MAX_REP = 4096
 _STRING = {"stosb": 1, "stosw": 2, "stosd": 4, "movsb": 1, "movsw": 2, "movsd": 4}
 
 
+#: the register stores a kernel makes natively at ring 1 (strict fullvirt hooks them anyway)
+_TABLE_STORES = frozenset({"sgdt", "sidt", "sldt", "str", "smsw"})
 #: read-modify-write instructions emulated on a protected page (one memory destination)
 _ALU = frozenset({"add", "sub", "and", "or", "xor", "inc", "dec", "not", "neg"})
 CF, PF, AF, ZF, SF, OF = 1, 1 << 2, 1 << 4, 1 << 6, 1 << 7, 1 << 11
@@ -306,6 +309,9 @@ class DescriptorGuard:
             done = True
         elif mn in _ALU and d.ops and d.ops[0].type == "mem":
             self._alu(d)
+            done = True
+        elif d.kind in _TABLE_STORES and d.ops and d.ops[0].type == "mem":
+            emu._handlers[d.kind](d)  # sgdt & co. into a buffer next to the GDT: the guest's values
             done = True
         else:
             m.metrics.event("mmu:desc_unemulated")
