@@ -1061,6 +1061,13 @@ def site(vm: Vm, call: str) -> int:
     return vm.m.rom_range[0] + off + 2
 
 
+def timer_pending(vm: Vm) -> None:
+    """The PIC holds IRQ 0 (vector 0x20), unmasked."""
+    pic = vm.m.pic
+    pic.master.vector_base, pic.master.imr = 0x20, 0xFE
+    pic.raise_irq(0)
+
+
 def shared(vm: Vm, off: int) -> int:
     return vm.words(vm.m.personality.shared + off, 1)[0]
 
@@ -1121,9 +1128,7 @@ def test_vmi2_iret_that_enables_a_pending_interrupt_delivers_it(engine_cls):
     from vmirom.hypervisors.vmi2 import SH_PENDING, SH_VIF
 
     vm = vmi_vm(_vmi_classes()["vmi2"], engine_cls)
-    pic = vm.m.pic
-    pic.master.vector_base, pic.master.imr = 0x20, 0xFE
-    pic.raise_irq(0)
+    timer_pending(vm)
     set_shared(vm, SH_VIF, 0)
     set_shared(vm, SH_PENDING, 1)
     struct.pack_into("<3I", vm.m.memory.ram, KERNEL_ESP, KCODE + 0x20, KCS[1], 0x202)
@@ -1171,9 +1176,7 @@ def test_vmi2_interrupt_held_back_by_the_flag_sets_the_pending_word(engine_cls):
     from vmirom.hypervisors.vmi2 import SH_PENDING, SH_VIF
 
     vm = vmi_vm(_vmi_classes()["vmi2"], engine_cls)
-    pic = vm.m.pic
-    pic.master.vector_base, pic.master.imr = 0x20, 0xFE
-    pic.raise_irq(0)
+    timer_pending(vm)
     set_shared(vm, SH_VIF, 0)
     vm.code(KCODE, b"\xcd\x80")
     vm.in_kernel(eip=KCODE + 2, eflags=0x202)
@@ -1248,9 +1251,7 @@ def test_vmi_state_hypercalls(call, eax, eflags, out_eax, out_eflags, engine_cls
 @pytest.mark.parametrize("call, eax", [("EnableInterrupts", 0), ("SetInterruptMask", IF)])
 def test_vmi_hypercall_that_enables_a_pending_interrupt_delivers_it_in_python(call, eax, engine_cls):
     vm = vmi_vm(_vmi_classes()["vmi"], engine_cls)
-    pic = vm.m.pic
-    pic.master.vector_base, pic.master.imr = 0x20, 0xFE
-    pic.raise_irq(0)
+    timer_pending(vm)
     eip = site(vm, call)
     vm.in_kernel(eip=eip, eax=eax, eflags=0x2)
     vm.exit("on_interrupt", 0x82)
