@@ -42,6 +42,25 @@ class Side:
             self.core = engine_core._core.Core(self.pm.mem, len(self.pm.mem))
             self.core.set_shadow(self.pm.mem, len(self.pm.mem))
             engine_core.bind_mmu(self.core, self.mmu)
+            self.core.set_uc_ctl(0)  # the TLB flush after SetPxE is the caller's
+
+    def set_pxe(self, gpa: int, value: int, defer: bool) -> None:
+        """Vmi.set_pxe's MMU part: the core first (the pointer guest-physical: its walk with paging
+        off), Python when it declines."""
+        if self.core is not None and self.core.mmu_pxe(False, value, gpa, 0x20 if defer else 0, 0, 0, 0):
+            self.in_c += 1
+            self.mmu.pull()
+            return
+        self.mmu.set_pxe(gpa, value, defer=defer)
+
+    def update_pxe(self, gpa: int, defer: bool) -> None:
+        if self.core is not None and self.core.mmu_pxe(True, gpa, 0x20 if defer else 0, 0, 0, 0, 0):
+            self.in_c += 1
+            return
+        if defer:
+            self.mmu.defer_entry(gpa)
+        else:
+            self.mmu.entry_written(gpa)
 
     def fault(self, va: int, write: bool | None, user: bool) -> FaultResult:
         mmu = self.mmu
@@ -125,6 +144,7 @@ def test_random_faults_and_table_events_agree_on_both_paths(tracking, seed):
         pt, idx = ops.choice(PTS), ops.randrange(64)
         pd = ops.choice(PDS)
         defer = ops.random() < 0.3
+        ops_kind = ops.random()
         answers = []
         for side in sides:
             mmu = side.mmu
@@ -134,16 +154,21 @@ def test_random_faults_and_table_events_agree_on_both_paths(tracking, seed):
                 if r.kind == "wp_trap" and tracking == "wp":
                     mmu.emulated_write(r.gpa & ~3, value.to_bytes(4, "little"))
             elif choice < 0.88:
-                if tracking == "pv":
-                    mmu.set_pxe(pt + 4 * idx, value, defer=defer)
+                if tracking == "pv" and ops_kind < 0.5:
+                    side.set_pxe(pt + 4 * idx, value, defer)
+                elif tracking == "pv":
+                    side.pm.set_guest_u32(pt + 4 * idx, value)  # the guest's own store, then UpdatePxE
+                    side.update_pxe(pt + 4 * idx, defer)
                 else:
                     side.pm.set_guest_u32(pt + 4 * idx, value)  # behind the VMM's back
             elif choice < 0.93:
                 mmu.set_cr3(pd)
             elif choice < 0.97:
                 mmu.invlpg(va)
-            elif choice < 0.99:
+            elif choice < 0.985:
                 mmu.set_lazy(False)
+            elif choice < 0.99:
+                mmu.set_lazy(True)
             else:
                 mmu.flush_tlb(include_global=True)
         assert not answers or answers[0] == answers[1], f"step {n}: {answers}"
@@ -183,9 +208,9 @@ def test_set_mmu_refuses_arrays_that_do_not_fit():
     sh = mmu.shared
     with pytest.raises(RuntimeError):  # no machine memory given yet
         core.set_mmu(pm.p2m_table, pm.m2p_table, sh.meta, sh.used, sh.snaps, sh.protect, sh.flood, sh.head,
-                     sh.ctl, sh.log, sh.watched)
+                     sh.ctl, sh.log, sh.watched, sh.watched_low, sh.defq)
     core.set_shadow(pm.mem, len(pm.mem))
     with pytest.raises(ValueError):
         core.set_mmu(pm.p2m_table, pm.m2p_table, sh.meta, sh.used, bytearray(4096), sh.protect, sh.flood,
-                     sh.head, sh.ctl, sh.log, sh.watched)
+                     sh.head, sh.ctl, sh.log, sh.watched, sh.watched_low, sh.defq)
     assert core.mmu_fault(0, -1, False, mmu.root.mfn) is None  # refused: the path stays off

@@ -543,6 +543,8 @@ class UnicornEngine(Engine):
             self.uc.hook_del(self._intr_hook)
         core.core.attach_uc(self.uc, self.uc._uch.value, fns, self.off_exc, self.off_hflags, self.off_eip,
                             ctypes.cast(self._core_cb, ctypes.c_void_p).value)
+        if getattr(core, "mmu", None) is not None:  # W4's TLB flush from C, after a SetPxE done there
+            core.core.set_uc_ctl(ctypes.cast(lib.uc_ctl, ctypes.c_void_p).value)
         if core.console and self._hooks is not None:
             # the console's hot in/out in C (console.c); every other access calls the Python hooks
             def port_in(_uc, port, size, _ud):

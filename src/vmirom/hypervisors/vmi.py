@@ -721,7 +721,7 @@ class Vmi(Personality):
         if mmu is not None:
             phys = self._paging.translate(ptr, write=False, user=False)
             if self.edx & abi.PAGE_DEFER:
-                mmu.deferred.append(phys)
+                mmu.defer_entry(phys)
             else:
                 mmu.entry_written(phys)
             vcpu.sync_tlb()

@@ -75,6 +75,10 @@ def counter_keys() -> list[tuple[str, str] | None]:
     keys[_core.C_NESTED] = ("delivery", "delivery:nested_fault")
     keys[_core.C_DOUBLE] = ("delivery", "delivery:double_fault")
     keys[_core.C_SHADOW_HIDDEN] = ("shadow", "shadow:hidden_fault")
+    keys[_core.C_MMU_PV_UPDATE] = ("mmu", "mmu:pv_update")  # events: Metrics.event's kind, not exits
+    keys[_core.C_MMU_PREFILL] = ("mmu", "mmu:prefill")
+    keys[_core.C_MMU_ZAP] = ("mmu", "mmu:zap")
+    keys[_core.C_MMU_DEFERRED] = ("mmu", "mmu:deferred_update")
     return keys
 
 
@@ -85,7 +89,7 @@ def bind_mmu(core, mmu) -> None:  # noqa: ANN001 - a _core.Core, a ShadowMMU
 
     pm, sh = mmu.pm, mmu.shared
     core.set_mmu(pm.p2m_table, pm.m2p_table, sh.meta, sh.used, sh.snaps, sh.protect, sh.flood, sh.head,
-                 sh.ctl, sh.log, sh.watched)
+                 sh.ctl, sh.log, sh.watched, sh.watched_low, sh.defq)
     sh.ctl[C_ENABLED] = 1
 
 
@@ -181,6 +185,11 @@ STATE_CALLS = {"GetCR0": (("get_cr0",), 0), "GetCR2": (("get_cr2",), 2), "GetCR3
                "UpdateKernelStack": (("update_kernel_stack", "_descriptor"), 9)}
 
 
+#: the shadow MMU's hypercalls done in C (mmu.c's core_mmu_pxe), as state calls: call -> (Vmi method,
+#: kind).  Only Vmi's own methods exactly (vmi2's SetPxE flushes its batch log first: Python's)
+MMU_CALLS = {"SetPxE": ("set_pxe", 10), "UpdatePxE": ("update_pxe", 11)}
+
+
 def state_calls(machine: Machine) -> list[tuple[int, int, int]]:
     """[(ROM offset of the stub's `int`, kind, call number)] of the state-only hypercalls the core may
     complete: only alongside the C IRET (`iret_site`'s checks of the personality), and only those
@@ -200,6 +209,18 @@ def state_calls(machine: Machine) -> list[tuple[int, int, int]]:
         sites = [off for off, n in p.call_at.items() if n == num]
         if len(sites) == 1:
             out.append((sites[0], kind, num))
+    if getattr(machine, "mmu", None) is not None:
+        from vmirom.hypervisors.vmi import Vmi
+
+        for name, (method, kind) in MMU_CALLS.items():
+            num = abi.call(name).number
+            if getattr(type(p), method) is not getattr(Vmi, method):
+                continue
+            if p.dispatch.get(num) != getattr(p, method):
+                continue
+            sites = [off for off, n in p.call_at.items() if n == num]
+            if len(sites) == 1:
+                out.append((sites[0], kind, num))
     return out
 
 
@@ -408,7 +429,7 @@ class MachineCore:
             if kind == "hypercall":  # the personality's own per-call counters (Vmi.hypercall_counts)
                 self.m.personality.count_from_core(idx - _core.C_HYPERCALL, n)
         if recent is not None:
-            recent.extend(keys[i][1] for i in log)
+            recent.extend(keys[i][1] for i in log if keys[i][0] != "mmu")  # events: never in recent
 
     # -- the Python path's own deliveries, done by the core ---------------------------------------
     def deliver(self, regs: tuple[int, ...], vector: int, err: int | None, software: bool, external: bool):
@@ -463,6 +484,9 @@ class MachineCore:
             eng.set_reg("eax", eax)
         if eflags is not None:
             eng.set_reg("eflags", eflags)
+        if self.mmu is not None:  # a SetPxE done in C: the TLB flush its hook would have done
+            self.mmu.pull()
+            eng.sync_tlb()
         return True
 
     def _enter(self, res: tuple) -> None:
@@ -500,7 +524,9 @@ def attach(machine: Machine, choice: str | None) -> MachineCore | None:
     mc = MachineCore(machine)
     use = getattr(machine.engine, "use_core", None)
     if (mc.accel or mc.mmu_fast) and use is not None:
-        use(mc)
+        use(mc)  # the engine gives the core its TLB flush (set_uc_ctl) when it can
+    elif mc.mmu is not None:
+        mc.core.set_uc_ctl(0)  # synthetic exits: Python flushes after a SetPxE done in C
     if mc.accel:
         machine.delivery.use_core(mc)
     return mc

@@ -28,6 +28,8 @@ typedef int uc_err;
 
 #define UC_HOOK_INTR 1
 #define UC_HOOK_INSN 2
+/* uc_ctl(UC_CTL_TLB_FLUSH) with UC_CTL_IO_WRITE and no argument: (1 << 30) | (0 << 26) | 11 */
+#define UC_CTL_TLB_FLUSH_WRITE ((1 << 30) | 11)
 #define UC_X86_INS_IN 218
 #define UC_X86_INS_OUT 500
 
@@ -68,6 +70,7 @@ typedef struct {
     uc_hook_add_fn hook_add;
     uc_hook_del_fn hook_del;
     uc_stop_fn emu_stop;
+    uc_err (*ctl)(uc_engine *uc, int control, ...);  /* uc_ctl (set_uc_ctl): the TLB flush after SetPxE */
 } uc_api;
 
 /* ---- x86 facts ------------------------------------------------------------------------------- */
@@ -122,7 +125,7 @@ typedef struct {
 
 /* the hypercalls the core completes from registers and VMM state alone (hcall.c): what each does */
 enum { STATE_CR0 = 0, STATE_CR2 = 2, STATE_CR3 = 3, STATE_CR4 = 4, STATE_IF = 5, STATE_CLI = 6, STATE_STI = 7,
-       STATE_SETMASK = 8, STATE_KSTACK = 9 };
+       STATE_SETMASK = 8, STATE_KSTACK = 9, STATE_SETPXE = 10, STATE_UPDATEPXE = 11 };
 #define N_STATE 16
 
 /* results */
@@ -141,6 +144,10 @@ enum {
     C_IO_IN = C_HYPERCALL + C_NHYPERCALLS,  /* + UART register: "io:in:<port>" */
     C_IO_OUT = C_IO_IN + 8,                 /* + UART register: "io:out:<port>" */
     C_SHADOW_HIDDEN = C_IO_OUT + 8,         /* "shadow:hidden_fault" (mmu.c) */
+    C_MMU_PV_UPDATE,                        /* "mmu:pv_update" (an event, not an exit: Metrics.event) */
+    C_MMU_PREFILL,                          /* "mmu:prefill" */
+    C_MMU_ZAP,                              /* "mmu:zap" */
+    C_MMU_DEFERRED,                         /* "mmu:deferred_update" */
     C_NCOUNTERS
 };
 /* A delivery counts tentatively (pending) and commits only when the exit is done in C: a fallback
@@ -185,7 +192,10 @@ typedef struct {
 enum { MM_KIND, MM_KEY, MM_ACC, MM_GFN, MM_NEXT, MM_META };
 enum { MK_FREE, MK_PD, MK_PHYSROOT, MK_PT, MK_BIG, MK_PHYS };
 enum { MC_TICK, MC_ROOT, MC_DEFERRED, MC_ROM_START, MC_ROM_END, MC_TRACKING, MC_ENABLED, MC_HIDDEN, MC_TRUE,
-       MC_LOGN, MC_DIRTY, MC_CTL = 16 };
+       MC_LOGN, MC_DIRTY, MC_LAZY, MC_PV, MC_PREFILL, MC_ZAP, MC_FLUSH, MC_DEFER_UPD, MC_CTL = 32 };
+/* log records: (mfn << 10 | index, op, a, b); op LOG_LEAF (bit 0: a writable leaf to guest frame a
+ * was dropped; b: the new writable leaf's guest frame or -1) or LOG_UNLINK (directory slot emptied) */
+enum { LOG_LEAF = 0, LOG_LEAF_DROPPED = 1, LOG_UNLINK = 2 };
 #define MMU_LOG_REC 4
 typedef struct {
     int on;                  /* set_mmu was called: the fast paths may run (ctl[MC_ENABLED] too) */
@@ -201,6 +211,10 @@ typedef struct {
     int64_t *ctl;
     int32_t *log;
     const uint8_t *watched;  /* per linear page: ShadowMMU.watched holds it (its faults are Python's) */
+    const int32_t *watched_low;  /* per page-table index: watched linear pages with that index */
+    uint32_t *defq;          /* the deferred queue (ctl[MC_DEFERRED] in use) */
+    uint32_t defq_cap;
+    int flush_ok;            /* who flushes the engine's TLB after SetPxE: the hook (uc_ctl) or Python */
 } vmmu_t;
 
 /* What a shadow #PF is (core_mmu_decide): only MF_HIDDEN and MF_TRUE are done in C. */
@@ -307,7 +321,7 @@ int core_iret(core_t *c, vregs_t *r, const uint32_t *segs, ventry_t *e);
 
 /* hcall.c: the hypercalls completed in C.  A hypercall's inputs: what the ROM stub left in registers
  * and the CPU state the calls read (control registers as the guest sees them). */
-typedef struct {
+typedef struct vcall_in {
     uint32_t eax, edx, ecx;
     uint32_t eflags, ss, gdt_base, gdt_limit;
     uint32_t cr0, cr3, cr4, cr2;
@@ -345,6 +359,11 @@ void core_mmu_commit(core_t *c, const vmmu_fault_t *d);
  * MF_HIDDEN (filled, counted in cnt), MF_TRUE (delivered: *e to enter, the guest's CR2 set) or
  * MF_PYTHON before anything changed.  R: the engine's registers (CR3 = the shadow root). */
 int core_shadow_pf(core_t *c, vregs_t *R, ventry_t *e, vcounts_t *cnt, int64_t (*now_raw)(core_t *));
+struct vcall_in;
+/* SetPxE (update 0) / UpdatePxE (update 1): the guest entry and each of its shadows (Vmi.set_pxe,
+ * ShadowMMU.set_pxe / entry_written); CORE_OK (counted) or CORE_FALLBACK before anything changed.
+ * ctl[MC_FLUSH] says the engine's TLB must be flushed before the guest runs on. */
+int core_mmu_pxe(core_t *c, int update, const struct vcall_in *in, vcounts_t *cnt);
 
 /* decode.c */
 int core_pf_write(const uint8_t *code, uint32_t n);   /* 1 write, 0 read, -1 unknown */

@@ -82,6 +82,10 @@ int core_state_call(core_t *c, int i, const vcall_in_t *in, vcall_out_t *out, vc
     case STATE_KSTACK:
         if (kernel_stack(c, in)) return CORE_FALLBACK;
         break;
+    case STATE_SETPXE: /* the shadow MMU's (mmu.c) */
+    case STATE_UPDATEPXE:
+        if (core_mmu_pxe(c, c->state_kind[i] == STATE_UPDATEPXE, in, cnt)) return CORE_FALLBACK;
+        break;
     default: return CORE_FALLBACK;
     }
     vcount(cnt, C_HYPERCALL + c->state_num[i]);

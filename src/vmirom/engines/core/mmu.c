@@ -207,3 +207,109 @@ int core_shadow_pf(core_t *c, vregs_t *R, ventry_t *e, vcounts_t *cnt, int64_t (
     c->vcr2 = va;  /* the guest's CR2 (ShadowedEngine.cr2 reads this very word) */
     return MF_TRUE;
 }
+
+/* ---- SetPxE / UpdatePxE (Vmi.set_pxe, Vmi.update_pxe; ShadowMMU.set_pxe, entry_written) -------- */
+#define PAGE_DEFER 0x20u  /* abi.PAGE_DEFER */
+
+static void log_rec(vmmu_t *s, uint32_t mfn, uint32_t i, int op, int32_t a, int32_t b) {
+    int32_t *r = s->log + (size_t)s->ctl[MC_LOGN] * MMU_LOG_REC;
+    r[0] = (int32_t)((mfn << 10) | i);
+    r[1] = op;
+    r[2] = a;
+    r[3] = b;
+    s->ctl[MC_LOGN]++;
+}
+
+/* What ShadowMMU._resync_entry does to shadow page `mfn` (index i) for guest entry `entry`:
+ * 0 nothing, 1 unlink (directory), 2 prefill, 3 zap a leaf; -1 only Python can (a watched page) */
+static int resync_action(const core_t *c, uint32_t mfn, uint32_t i, uint32_t entry) {
+    const vmmu_t *s = &c->mmu;
+    uint32_t old;
+    memcpy(&old, s->snaps + ((size_t)mfn << 12) + (i << 2), 4);
+    if (old == entry) return 0;
+    const int32_t *m = meta(c, mfn);
+    if (m[MM_KIND] == MK_PD) return 1;
+    if (m[MM_KIND] != MK_PT) return -1;  /* a chained page is a directory or a table: not reached */
+    /* _prefill: present, already Accessed, a guest frame; never on a watched linear page (its
+     * parents' slots are Python's to know: any watched page with this table index declines) */
+    if ((entry & PTE_P) && (entry & PTE_A) && (entry >> 12) < s->ram_frames) return s->watched_low[i] ? -1 : 2;
+    return 3;
+}
+
+int core_mmu_pxe(core_t *c, int update, const struct vcall_in *in, vcounts_t *cnt) {
+    vmmu_t *s = &c->mmu;
+    if (!s->on || !s->ctl[MC_ENABLED] || !c->shadow || !s->flush_ok) return CORE_FALLBACK;
+    uint32_t ptr = update ? in->eax : in->edx, flags = update ? in->edx : in->ecx;
+    if (ptr & 3) return CORE_FALLBACK;  /* #GP */
+    /* the shadow side waits for the flush: SetPxE with DEFER or in lazy mode, UpdatePxE with DEFER */
+    int defer = (flags & PAGE_DEFER) || (!update && s->ctl[MC_LAZY]);
+    if (defer && (uint64_t)s->ctl[MC_DEFERRED] >= s->defq_cap) return CORE_FALLBACK;  /* full: Python */
+    uint64_t pa;
+    vfault_t f;
+    if (core_translate(c, ptr, !update, 0, in->cr0, in->cr3, in->cr4, &pa, &f)) return CORE_FALLBACK;
+    if (pa + 4 > c->mem.size || (pa >> 12) >= s->ram_frames) return CORE_FALLBACK;
+    if (!update) { /* GuestMemory.check(write) and the writes only Python may do (ROM, guarded frames) */
+        if (c->mem.writes_to_python) return CORE_FALLBACK;
+        for (int r = 0; r < c->mem.n_ro; r++)
+            if (pa < c->mem.ro_end[r] && pa + 4 > c->mem.ro_start[r]) return CORE_FALLBACK;
+    }
+    uint32_t gpa = (uint32_t)pa & ~3u, i = (gpa & 0xFFF) >> 2;
+    if (defer) { /* ShadowMMU.set_pxe / defer_entry: the guest entry now, the queue for the rest */
+        if (!update) {
+            m32_set(c, (uint64_t)gpa_ma(c, gpa), in->eax);
+            s->ctl[MC_PV]++;
+            s->ctl[MC_DEFER_UPD]++;
+            vcount(cnt, C_MMU_PV_UPDATE);
+            vcount(cnt, C_MMU_DEFERRED);
+        }
+        s->defq[s->ctl[MC_DEFERRED]++] = gpa;
+        s->ctl[MC_DIRTY] = 1;
+        return CORE_OK;
+    }
+    uint32_t entry = update ? m32(c, (uint64_t)gpa_ma(c, gpa)) : in->eax;
+    /* every shadow of the frame decided first: a fallback leaves nothing changed */
+    int n = 0;
+    for (int32_t p = s->head[gpa >> 12]; p > 0 && (uint32_t)p <= s->pool_frames; p = meta(c, p - 1)[MM_NEXT]) {
+        if (resync_action(c, (uint32_t)p - 1, i, entry) < 0) return CORE_FALLBACK;
+        if (++n > 64) return CORE_FALLBACK;
+    }
+    if ((uint32_t)s->ctl[MC_LOGN] + (uint32_t)n > s->log_cap) return CORE_FALLBACK;
+    s->ctl[MC_DIRTY] = 1;
+    if (!update) {
+        m32_set(c, (uint64_t)gpa_ma(c, gpa), entry);
+        s->ctl[MC_PV]++;
+        vcount(cnt, C_MMU_PV_UPDATE);
+    }
+    for (int32_t p = s->head[gpa >> 12]; p > 0 && (uint32_t)p <= s->pool_frames; p = meta(c, p - 1)[MM_NEXT]) {
+        uint32_t mfn = (uint32_t)p - 1;
+        int act = resync_action(c, mfn, i, entry);
+        if (!act) continue;
+        memcpy(s->snaps + ((size_t)mfn << 12) + (i << 2), &entry, 4);
+        uint64_t off = ((uint64_t)mfn << 12) | (i << 2);
+        uint32_t old = m32(c, off);
+        if (act == 2) { /* _prefill */
+            uint32_t gfn = entry >> 12, eff = (uint32_t)meta(c, mfn)[MM_ACC] & entry;
+            int writable = (eff & PTE_RW) && (entry & PTE_D) && !s->protect[gfn] && !rom_frame(s, gfn << 12);
+            if (old & PTE_P) s->ctl[MC_FLUSH] = 1;  /* a TLB may hold the old translation */
+            set_leaf(c, mfn, i, gfn, PTE_P | (eff & PTE_US) | (writable ? PTE_RW : 0));
+            s->ctl[MC_PREFILL]++;
+            vcount(cnt, C_MMU_PREFILL);
+            continue;
+        }
+        if (act == 1) { /* _unlink */
+            if (old & PTE_P) {
+                m32_set(c, off, 0);
+                log_rec(s, mfn, i, LOG_UNLINK, 0, 0);
+                s->ctl[MC_FLUSH] = 1;
+            }
+        } else if (old & PTE_P) { /* _zap_leaf */
+            if (old & PTE_RW)
+                log_rec(s, mfn, i, LOG_LEAF_DROPPED, (old >> 12) < s->m2p_len ? s->m2p[old >> 12] : -1, -1);
+            m32_set(c, off, 0);
+            s->ctl[MC_FLUSH] = 1;
+        }
+        s->ctl[MC_ZAP]++;
+        vcount(cnt, C_MMU_ZAP);
+    }
+    return CORE_OK;
+}

@@ -25,7 +25,7 @@ typedef struct {
     int has_ram;
     Py_buffer mach;
     int has_mach;
-    Py_buffer mmu_buf[11];  /* set_mmu's arrays (vmmu_t points into them) */
+    Py_buffer mmu_buf[13];  /* set_mmu's arrays (vmmu_t points into them) */
     int n_mmu_buf;
     PyObject *uc_owner;  /* the binding's Uc: kept alive while our hook is registered on it */
 } CoreObject;
@@ -195,6 +195,10 @@ static int state_call(core_t *c, int i, const uint32_t crs[3]) {
     if (core_state_call(c, i, &in, &out, &cnt, now_raw) != CORE_OK) return CORE_FALLBACK;
     if (out.set_eax && c->api.reg_write(c->uc, UC_X86_REG_EAX, &out.eax)) return CORE_FALLBACK;
     if (out.set_eflags && c->api.reg_write(c->uc, UC_X86_REG_EFLAGS, &out.eflags)) return CORE_FALLBACK;
+    if (c->mmu.on && c->mmu.ctl[MC_FLUSH] && c->api.ctl) { /* a shadow entry lost rights (SetPxE) */
+        c->mmu.ctl[MC_FLUSH] = 0;
+        if (c->api.ctl(c->uc, UC_CTL_TLB_FLUSH_WRITE)) glue_error(c, "uc_ctl(TLB flush) failed");
+    }
     core_commit(c, &cnt);
     c->completed++;
     c->state_calls++;
@@ -463,20 +467,22 @@ static PyObject *Core_set_virtual_crs(CoreObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* set_mmu(p2m, m2p, meta, used, snaps, protect, flood, head, ctl, log, watched): the shadow MMU's shared
+/* set_mmu(p2m, m2p, meta, used, snaps, protect, flood, head, ctl, log, watched, watched_low, defq): the shadow
+ * MMU's shared
  * arrays (vmirom/machine/mmu/shared.py), after set_shadow.  Sizes are checked against each other,
  * so a wrong layout is refused here instead of read out of bounds later. */
 static PyObject *Core_set_mmu(CoreObject *self, PyObject *args) {
-    PyObject *o[11];
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOOO", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8],
-                          &o[9], &o[10]))
+    int flush_ok = self->c.mmu.flush_ok;
+    PyObject *o[13];
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOO", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8],
+                          &o[9], &o[10], &o[11], &o[12]))
         return NULL;
     if (!self->has_mach) {
         PyErr_SetString(PyExc_RuntimeError, "set_mmu needs set_shadow first");
         return NULL;
     }
     release_mmu(self);
-    for (int i = 0; i < 11; i++) {
+    for (int i = 0; i < 13; i++) {
         if (PyObject_GetBuffer(o[i], &self->mmu_buf[i], PyBUF_WRITABLE) < 0) {
             release_mmu(self);
             return NULL;
@@ -487,7 +493,7 @@ static PyObject *Core_set_mmu(CoreObject *self, PyObject *args) {
     uint64_t ram_frames = (uint64_t)b[0].len / 4, pool = (uint64_t)b[3].len / 8;
     int ok = b[1].len % 4 == 0 && (uint64_t)b[2].len == pool * MM_META * 4 && (uint64_t)b[4].len == pool * 4096 &&
              (uint64_t)b[5].len == ram_frames && (uint64_t)b[6].len == ram_frames &&
-             (uint64_t)b[7].len == ram_frames * 4 && b[8].len == MC_CTL * 8 && b[9].len % (MMU_LOG_REC * 4) == 0 && b[10].len == (1 << 20) &&
+             (uint64_t)b[7].len == ram_frames * 4 && b[8].len == MC_CTL * 8 && b[9].len % (MMU_LOG_REC * 4) == 0 && b[10].len == (1 << 20) && b[11].len == 1024 * 4 && b[12].len >= 4 && b[12].len % 4 == 0 &&
              (pool + ram_frames) << 12 <= self->c.mach_size && pool > 0;
     const uint32_t *p2m = b[0].buf;
     for (uint64_t g = 0; ok && g < ram_frames; g++)  /* every leaf C builds stays inside machine memory */
@@ -510,10 +516,24 @@ static PyObject *Core_set_mmu(CoreObject *self, PyObject *args) {
     m->ctl = b[8].buf;
     m->log = b[9].buf;
     m->watched = b[10].buf;
+    m->watched_low = b[11].buf;
+    m->defq = b[12].buf;
+    m->defq_cap = (uint32_t)(b[12].len / 4);
     m->pool_frames = (uint32_t)pool;
     m->ram_frames = (uint32_t)ram_frames;
     m->log_cap = (uint32_t)(b[9].len / (MMU_LOG_REC * 4));
+    m->flush_ok = flush_ok;
     m->on = 1;
+    Py_RETURN_NONE;
+}
+
+/* set_uc_ctl(ptr): uc_ctl of the engine's library (the hook flushes the engine's TLB after a SetPxE
+ * that took rights from a shadow entry); 0: no hook, Python flushes after the synthetic call. */
+static PyObject *Core_set_uc_ctl(CoreObject *self, PyObject *args) {
+    unsigned long long p;
+    if (!PyArg_ParseTuple(args, "K", &p)) return NULL;
+    self->c.api.ctl = (uc_err(*)(uc_engine *, int, ...))(uintptr_t)p;
+    self->c.mmu.flush_ok = 1;
     Py_RETURN_NONE;
 }
 
@@ -552,6 +572,20 @@ static PyObject *Core_shadow_pf(CoreObject *self, PyObject *args) {
     self->c.completed++;
     if (kind == MF_HIDDEN) return PyUnicode_FromString("hidden");
     return entry_tuple(&e);
+}
+
+/* mmu_pxe(update, eax, edx, ecx, cr0, cr3, cr4) -> bool: SetPxE (update False) / UpdatePxE done in C
+ * over given registers (core_mmu_pxe; the MMU's tests: with cr0 0 the pointer is guest-physical) */
+static PyObject *Core_mmu_pxe(CoreObject *self, PyObject *args) {
+    int update;
+    vcall_in_t in;
+    memset(&in, 0, sizeof in);
+    if (!PyArg_ParseTuple(args, "pIIIIII", &update, &in.eax, &in.edx, &in.ecx, &in.cr0, &in.cr3, &in.cr4))
+        return NULL;
+    vcounts_t cnt = {0};
+    if (core_mmu_pxe(&self->c, update, &in, &cnt) != CORE_OK) Py_RETURN_FALSE;
+    core_commit(&self->c, &cnt);
+    Py_RETURN_TRUE;
 }
 
 /* A writable memoryview of the guest's CR2 under shadow paging (ShadowedEngine.cr2 reads and
@@ -1014,7 +1048,9 @@ static PyMethodDef Core_methods[] = {
     {"set_shadow", (PyCFunction)Core_set_shadow, METH_VARARGS, "set_shadow(machine_buffer, size)"},
     {"set_virtual_crs", (PyCFunction)Core_set_virtual_crs, METH_VARARGS, "set_virtual_crs(cr0, cr3, cr4)"},
     {"set_mmu", (PyCFunction)Core_set_mmu, METH_VARARGS,
-     "set_mmu(p2m, m2p, meta, used, snaps, protect, flood, head, ctl, log, watched): the MMU's arrays"},
+     "set_mmu(p2m, m2p, meta, used, snaps, protect, flood, head, ctl, log, watched, watched_low, defq)"},
+    {"mmu_pxe", (PyCFunction)Core_mmu_pxe, METH_VARARGS, "mmu_pxe(update, eax, edx, ecx, cr0, cr3, cr4)"},
+    {"set_uc_ctl", (PyCFunction)Core_set_uc_ctl, METH_VARARGS, "set_uc_ctl(ptr or 0)"},
     {"mmu_fault", (PyCFunction)Core_mmu_fault, METH_VARARGS, "mmu_fault(va, write, user, root_mfn)"},
     {"shadow_pf", (PyCFunction)Core_shadow_pf, METH_VARARGS, "shadow_pf(regs, now_raw) -> None | 'hidden' | entry"},
     {"vcr2_view", (PyCFunction)Core_vcr2_view, METH_NOARGS, "memoryview of the guest's CR2"},
@@ -1115,6 +1151,12 @@ PyMODINIT_FUNC PyInit__core(void) {
     PyModule_AddIntConstant(m, "C_IO_IN", C_IO_IN);
     PyModule_AddIntConstant(m, "C_IO_OUT", C_IO_OUT);
     PyModule_AddIntConstant(m, "C_SHADOW_HIDDEN", C_SHADOW_HIDDEN);
+    PyModule_AddIntConstant(m, "C_MMU_PV_UPDATE", C_MMU_PV_UPDATE);
+    PyModule_AddIntConstant(m, "C_MMU_PREFILL", C_MMU_PREFILL);
+    PyModule_AddIntConstant(m, "C_MMU_ZAP", C_MMU_ZAP);
+    PyModule_AddIntConstant(m, "C_MMU_DEFERRED", C_MMU_DEFERRED);
+    PyModule_AddIntConstant(m, "STATE_SETPXE", STATE_SETPXE);
+    PyModule_AddIntConstant(m, "STATE_UPDATEPXE", STATE_UPDATEPXE);
     PyModule_AddIntConstant(m, "MMU_CTL", MC_CTL);
     PyModule_AddIntConstant(m, "MMU_META", MM_META);
     PyModule_AddIntConstant(m, "MMU_LOG_REC", MMU_LOG_REC);

@@ -81,18 +81,26 @@ from vmirom.machine.mmu.bits import (
 )
 from vmirom.machine.mmu.physmap import PhysMap
 from vmirom.machine.mmu.shared import (
+    C_DEFER_UPD,
     C_DEFERRED,
     C_DIRTY,
+    C_FLUSH,
     C_HIDDEN,
+    C_LAZY,
     C_LOGN,
+    C_PREFILL,
+    C_PV,
     C_ROM_END,
     C_ROM_START,
     C_ROOT,
     C_TICK,
     C_TRACKING,
     C_TRUE,
+    C_ZAP,
     KINDS,
+    LOG_LEAF_DROPPED,
     LOG_REC,
+    LOG_UNLINK,
     PROT_OTHER,
     PROT_TABLE,
     SharedState,
@@ -222,10 +230,9 @@ class ShadowMMU:
         self.protected: dict[int, str] = {}
         #: linear page -> guest frame the owner of the protection validated for it (-1: none yet);
         #: the compiled core leaves every fault on a watched page to Python (shared.WatchedPages)
-        self.watched = WatchedPages(self.shared.watched)
+        self.watched = WatchedPages(self.shared)
         #: called as on_remap(va, gfn) before a fill maps a watched linear page to another frame
         self.on_remap: Callable[[int, int], None] | None = None
-        self.deferred: list[int] = []
         self.lazy = False
         #: a shadow entry lost rights: the engine's TLB must be flushed (the caller clears it)
         self.need_flush = False
@@ -259,16 +266,29 @@ class ShadowMMU:
         if not ctl[C_DIRTY]:
             return
         ctl[C_DIRTY] = 0
-        self._stats.hidden_faults += ctl[C_HIDDEN]
-        self._stats.true_faults += ctl[C_TRUE]
-        ctl[C_HIDDEN] = ctl[C_TRUE] = 0
+        st = self._stats
+        st.hidden_faults += ctl[C_HIDDEN]
+        st.true_faults += ctl[C_TRUE]
+        st.pv_updates += ctl[C_PV]
+        st.prefills += ctl[C_PREFILL]
+        st.zaps += ctl[C_ZAP]
+        st.deferred_updates += ctl[C_DEFER_UPD]
+        ctl[C_HIDDEN] = ctl[C_TRUE] = ctl[C_PV] = ctl[C_PREFILL] = ctl[C_ZAP] = ctl[C_DEFER_UPD] = 0
+        if ctl[C_FLUSH]:  # SetPxE in C without its hook's flush (synthetic exits): the caller's
+            ctl[C_FLUSH] = 0
+            self.need_flush = True
         n, ctl[C_LOGN] = ctl[C_LOGN], 0
         log, pages, wmap = self.shared.log, self.pages, self.wmap
         for r in range(0, n * LOG_REC, LOG_REC):
-            where, dropped, old, new = log[r : r + LOG_REC]
+            where, op, old, new = log[r : r + LOG_REC]
             mfn, i = where >> 10, where & 0x3FF
             page = pages[mfn]
-            if dropped:
+            if op == LOG_UNLINK:
+                child = page.children.pop(i, None)
+                if child is not None:
+                    child.parents.discard((mfn, i))
+                continue
+            if op & LOG_LEAF_DROPPED:
                 leaves = wmap.get(old)
                 if leaves is not None:
                     leaves.discard((mfn, i))
@@ -381,7 +401,7 @@ class ShadowMMU:
         is the price of not decoding the instruction on the hot path).  The error code of a true
         fault found this way may lack W: the caller recomputes it from the guest's tables."""
         self.pull()
-        if self.deferred:
+        if self._ctl[C_DEFERRED]:
             self.flush_deferred()
         va &= 0xFFFFFFFF
         self._ctl[C_TICK] += 1
@@ -539,10 +559,26 @@ class ShadowMMU:
         if defer or self.lazy:
             self.stats.deferred_updates += 1
             self.event("mmu:deferred_update")
-            self.deferred.append(gpa)
-            self._ctl[C_DEFERRED] = len(self.deferred)
+            self.defer_entry(gpa)
         else:
             self._entry_changed(gpa)
+
+    def defer_entry(self, gpa: int) -> None:
+        """The guest entry at `gpa` changed; its shadows follow at the next flush (UpdatePxE with
+        DEFER).  The queue's length is shared: the compiled core's fault path leaves every fault
+        to Python while it is not empty (Python applies the queue first)."""
+        self.pull()
+        n = self._ctl[C_DEFERRED]
+        if n == len(self.shared.defq):  # full: applied now (earlier than needed is never wrong)
+            self.flush_deferred()
+            n = 0
+        self.shared.defq[n] = gpa & ~3
+        self._ctl[C_DEFERRED] = n + 1
+
+    @property
+    def deferred(self) -> list[int]:
+        """The queued guest entry addresses (shared.defq), oldest first."""
+        return self.shared.defq[: self._ctl[C_DEFERRED]].tolist()
 
     def entry_written(self, gpa: int) -> None:
         """The guest entry at `gpa` was written by other means the VMM knows of (a batch log, the
@@ -563,14 +599,15 @@ class ShadowMMU:
         """SetLazyMode(MMU) on/off: leaving lazy mode applies the queued shadow updates."""
         self.pull()
         self.lazy = on
+        self._ctl[C_LAZY] = int(on)
         if not on:
             self.flush_deferred()
 
     def flush_deferred(self) -> None:
         """Apply the queued (DEFER / lazy) shadow updates in order."""
         self.pull()
-        if self.deferred:
-            pending, self.deferred = self.deferred, []
+        if self._ctl[C_DEFERRED]:
+            pending = self.deferred
             self._ctl[C_DEFERRED] = 0
             for gpa in pending:
                 self._entry_changed(gpa)

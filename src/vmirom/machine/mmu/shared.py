@@ -17,6 +17,8 @@ buffer protocol (C holds a Py_buffer of each: none of them can be resized while 
   whether the C path may run, and what C did since Python last looked (counters, log length);
 * `watched`: one byte per linear page, set while `ShadowMMU.watched` holds the page (a fault there
   may have to call the watcher first: C leaves it to Python);
+* `defq`: the deferred queue (ShadowMMU.deferred: SetPxE with DEFER or in lazy mode), appended to
+  by both sides, applied by Python only;
 * `log`: the writable-leaf changes C made (Python's reverse map `wmap` and `ShadowPage.writable`
   must learn them): 4 ints each, (mfn << 10 | index, dropped a writable leaf, its guest frame,
   new writable guest frame or -1).  Python replays it at the start of every MMU entry point.
@@ -41,12 +43,16 @@ KINDS = {"pd": K_PD, "phys-root": K_PHYSROOT, "pt": K_PT, "big": K_BIG, "phys": 
 
 # ctl slots
 C_TICK, C_ROOT, C_DEFERRED, C_ROM_START, C_ROM_END, C_TRACKING, C_ENABLED = range(7)
-C_HIDDEN, C_TRUE, C_LOGN, C_DIRTY = 7, 8, 9, 10
-CTL = 16
+C_HIDDEN, C_TRUE, C_LOGN, C_DIRTY, C_LAZY, C_PV, C_PREFILL, C_ZAP, C_FLUSH, C_DEFER_UPD = range(7, 17)
+CTL = 32
+#: the deferred queue (DEFER / lazy mode): guest entry addresses whose shadows wait for the flush
+DEFQ_CAP = 1024
 
 #: records in the log ring (C falls back to Python when it is full)
 LOG_CAP = 256
 LOG_REC = 4
+#: log record ops (core.h): a leaf set or zapped (bit 0: it dropped a writable leaf), a slot unlinked
+LOG_LEAF_DROPPED, LOG_UNLINK = 1, 2
 
 # protection reasons (bits of `protect`)
 PROT_TABLE = 1  # a shadowed guest page table under write-protection tracking (fullvirt)
@@ -68,8 +74,11 @@ class SharedState:
         self.head = array("i", [0]) * ram_frames
         self.ctl = array("q", [0]) * CTL
         self.log = array("i", [0]) * (LOG_CAP * LOG_REC)
+        self.defq = array("I", [0]) * DEFQ_CAP  # ctl[C_DEFERRED] entries in use
         #: per linear page: 1 when ShadowMMU.watched holds it (its faults are Python's)
         self.watched = mmap.mmap(-1, 1 << 20)
+        #: per page-table index (vpn & 0x3FF): how many watched linear pages have it (SetPxE's prefill)
+        self.watched_low = array("i", [0]) * 1024
 
     def snap(self, mfn: int) -> memoryview:
         """The snapshot slot of pool frame `mfn`."""
@@ -106,26 +115,33 @@ class WatchedPages(dict):
     """`ShadowMMU.watched` (linear page -> guest frame), mirrored into the per-linear-page byte map
     the compiled core reads.  Only the mutators the MMU's users call are mirrored."""
 
-    def __init__(self, flags: mmap.mmap) -> None:
+    def __init__(self, shared: SharedState) -> None:
         super().__init__()
-        self._flags = flags
+        self._flags = shared.watched
+        self._low = shared.watched_low
 
     def __setitem__(self, vpn: int, gfn: int) -> None:
+        if vpn not in self:
+            self._flags[vpn & 0xFFFFF] = 1
+            self._low[vpn & 0x3FF] += 1
         super().__setitem__(vpn, gfn)
-        self._flags[vpn & 0xFFFFF] = 1
+
+    def _gone(self, vpn: int) -> None:
+        self._flags[vpn & 0xFFFFF] = 0
+        self._low[vpn & 0x3FF] -= 1
 
     def __delitem__(self, vpn: int) -> None:
         super().__delitem__(vpn)
-        self._flags[vpn & 0xFFFFF] = 0
+        self._gone(vpn)
 
     def pop(self, vpn: int, *default):  # noqa: ANN002, ANN201 - dict.pop's signature
         if vpn in self:
-            self._flags[vpn & 0xFFFFF] = 0
+            self._gone(vpn)
         return super().pop(vpn, *default)
 
     def clear(self) -> None:
         for vpn in self:
-            self._flags[vpn & 0xFFFFF] = 0
+            self._gone(vpn)
         super().clear()
 
     def setdefault(self, vpn: int, gfn: int):  # noqa: ANN201
