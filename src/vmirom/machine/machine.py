@@ -248,6 +248,8 @@ class Machine:
         if code:
             self.memory.code_span = (min(s for s, _ in code), max(e for _, e in code))
             self.memory.code_written = self._vmm_wrote_code
+            if self.mmu is not None:  # the compiled core's SetPxE leaves stores there to Python
+                self.mmu.code_span = self.memory.code_span
         gdt = b"".join(
             [
                 bytes(8),

@@ -192,7 +192,8 @@ typedef struct {
 enum { MM_KIND, MM_KEY, MM_ACC, MM_GFN, MM_NEXT, MM_META };
 enum { MK_FREE, MK_PD, MK_PHYSROOT, MK_PT, MK_BIG, MK_PHYS };
 enum { MC_TICK, MC_ROOT, MC_DEFERRED, MC_ROM_START, MC_ROM_END, MC_TRACKING, MC_ENABLED, MC_HIDDEN, MC_TRUE,
-       MC_LOGN, MC_DIRTY, MC_LAZY, MC_PV, MC_PREFILL, MC_ZAP, MC_FLUSH, MC_DEFER_UPD, MC_CTL = 32 };
+       MC_LOGN, MC_DIRTY, MC_LAZY, MC_PV, MC_PREFILL, MC_ZAP, MC_FLUSH, MC_DEFER_UPD, MC_CODE_START, MC_CODE_END,
+       MC_CTL = 32 };
 /* log records: (mfn << 10 | index, op, a, b); op LOG_LEAF (bit 0: a writable leaf to guest frame a
  * was dropped; b: the new writable leaf's guest frame or -1) or LOG_UNLINK (directory slot emptied) */
 enum { LOG_LEAF = 0, LOG_LEAF_DROPPED = 1, LOG_UNLINK = 2 };

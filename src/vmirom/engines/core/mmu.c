@@ -252,6 +252,8 @@ int core_mmu_pxe(core_t *c, int update, const struct vcall_in *in, vcounts_t *cn
         if (c->mem.writes_to_python) return CORE_FALLBACK;
         for (int r = 0; r < c->mem.n_ro; r++)
             if (pa < c->mem.ro_end[r] && pa + 4 > c->mem.ro_start[r]) return CORE_FALLBACK;
+        /* GuestMemory.vmm_wrote: a store into the kernel image may be over code (re-translated) */
+        if ((int64_t)pa < s->ctl[MC_CODE_END] && (int64_t)pa + 4 > s->ctl[MC_CODE_START]) return CORE_FALLBACK;
     }
     uint32_t gpa = (uint32_t)pa & ~3u, i = (gpa & 0xFFF) >> 2;
     if (defer) { /* ShadowMMU.set_pxe / defer_entry: the guest entry now, the queue for the rest */

@@ -81,6 +81,8 @@ from vmirom.machine.mmu.bits import (
 )
 from vmirom.machine.mmu.physmap import PhysMap
 from vmirom.machine.mmu.shared import (
+    C_CODE_END,
+    C_CODE_START,
     C_DEFER_UPD,
     C_DEFERRED,
     C_DIRTY,
@@ -257,6 +259,16 @@ class ShadowMMU:
     def rom(self, value: tuple[int, int]) -> None:
         self._rom_range = (value[0], value[1])
         self._ctl[C_ROM_START], self._ctl[C_ROM_END] = value
+
+    @property
+    def code_span(self) -> tuple[int, int]:
+        """Guest-physical [start, end) of the kernel image: a VMM store there must reach
+        `GuestMemory.vmm_wrote` (stale translations), so the compiled core's SetPxE leaves it to Python."""
+        return self._ctl[C_CODE_START], self._ctl[C_CODE_END]
+
+    @code_span.setter
+    def code_span(self, span: tuple[int, int]) -> None:
+        self._ctl[C_CODE_START], self._ctl[C_CODE_END] = span
 
     def pull(self) -> None:
         """Take in what the compiled core did since Python last looked: its counters and the
