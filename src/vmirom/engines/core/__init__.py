@@ -188,6 +188,8 @@ STATE_CALLS = {"GetCR0": (("get_cr0",), 0), "GetCR2": (("get_cr2",), 2), "GetCR3
 #: the shadow MMU's hypercalls done in C (mmu.c's core_mmu_pxe), as state calls: call -> (Vmi method,
 #: kind).  Only Vmi's own methods exactly (vmi2's SetPxE flushes its batch log first: Python's)
 MMU_CALLS = {"SetPxE": ("set_pxe", 10), "UpdatePxE": ("update_pxe", 11)}
+#: the Vmi2 methods its SetPxE in C stands for (kind 12)
+_V2_PXE = ("set_pxe", "flush_batch", "_check_entry", "_u32", "_u32w")
 
 
 def state_calls(machine: Machine) -> list[tuple[int, int, int]]:
@@ -211,10 +213,14 @@ def state_calls(machine: Machine) -> list[tuple[int, int, int]]:
             out.append((sites[0], kind, num))
     if getattr(machine, "mmu", None) is not None:
         from vmirom.hypervisors.vmi import Vmi
+        from vmirom.hypervisors.vmi2 import Vmi2
 
         for name, (method, kind) in MMU_CALLS.items():
             num = abi.call(name).number
-            if getattr(type(p), method) is not getattr(Vmi, method):
+            own_v2 = ref is Vmi2 and all(getattr(type(p), m) is getattr(Vmi2, m) for m in _V2_PXE)
+            if name == "SetPxE" and own_v2:
+                kind = 12  # Vmi2.set_pxe: its batch log empty, then Vmi's (mmu.c's v2_ready)
+            elif getattr(type(p), method) is not getattr(Vmi, method):
                 continue
             if p.dispatch.get(num) != getattr(p, method):
                 continue

@@ -125,7 +125,8 @@ typedef struct {
 
 /* the hypercalls the core completes from registers and VMM state alone (hcall.c): what each does */
 enum { STATE_CR0 = 0, STATE_CR2 = 2, STATE_CR3 = 3, STATE_CR4 = 4, STATE_IF = 5, STATE_CLI = 6, STATE_STI = 7,
-       STATE_SETMASK = 8, STATE_KSTACK = 9, STATE_SETPXE = 10, STATE_UPDATEPXE = 11 };
+       STATE_SETMASK = 8, STATE_KSTACK = 9, STATE_SETPXE = 10, STATE_UPDATEPXE = 11,
+       STATE_SETPXE_V2 = 12 };
 #define N_STATE 16
 
 /* results */
@@ -361,7 +362,7 @@ void core_mmu_commit(core_t *c, const vmmu_fault_t *d);
  * MF_PYTHON before anything changed.  R: the engine's registers (CR3 = the shadow root). */
 int core_shadow_pf(core_t *c, vregs_t *R, ventry_t *e, vcounts_t *cnt, int64_t (*now_raw)(core_t *));
 struct vcall_in;
-/* SetPxE (update 0) / UpdatePxE (update 1): the guest entry and each of its shadows (Vmi.set_pxe,
+/* SetPxE (update 0; vmi2's: 2, its batch log empty first) / UpdatePxE (update 1): the guest entry and each of its shadows (Vmi.set_pxe,
  * ShadowMMU.set_pxe / entry_written); CORE_OK (counted) or CORE_FALLBACK before anything changed.
  * ctl[MC_FLUSH] says the engine's TLB must be flushed before the guest runs on. */
 int core_mmu_pxe(core_t *c, int update, const struct vcall_in *in, vcounts_t *cnt);

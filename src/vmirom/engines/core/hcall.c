@@ -84,7 +84,8 @@ int core_state_call(core_t *c, int i, const vcall_in_t *in, vcall_out_t *out, vc
         break;
     case STATE_SETPXE: /* the shadow MMU's (mmu.c) */
     case STATE_UPDATEPXE:
-        if (core_mmu_pxe(c, c->state_kind[i] == STATE_UPDATEPXE, in, cnt)) return CORE_FALLBACK;
+    case STATE_SETPXE_V2:
+        if (core_mmu_pxe(c, c->state_kind[i] - STATE_SETPXE, in, cnt)) return CORE_FALLBACK;
         break;
     default: return CORE_FALLBACK;
     }

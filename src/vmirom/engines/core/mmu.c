@@ -236,9 +236,30 @@ static int resync_action(const core_t *c, uint32_t mfn, uint32_t i, uint32_t ent
     return 3;
 }
 
+#define SH_COUNT 0x0C  /* vmi2's shared page: records in the batch log */
+
+/* Vmi2.set_pxe before Vmi's: flush_batch (nothing logged: nothing to do but store the count's 0
+ * again) and _check_entry (a present entry maps RAM, else #GP) - anything else is Python's. */
+static int v2_ready(const core_t *c, uint32_t value) {
+    uint64_t sp = c->vif_page;
+    if (!c->vif_on || sp + SH_COUNT + 4 > c->mem.size) return 0;
+    uint32_t count;
+    memcpy(&count, c->mem.ram + sp + SH_COUNT, 4);
+    if (count) return 0;
+    const vmmu_t *s = &c->mmu;  /* the count's store must need no notice (code, guarded, ROM) */
+    if ((int64_t)sp < s->ctl[MC_CODE_END] && (int64_t)sp + 0x1000 > s->ctl[MC_CODE_START]) return 0;
+    for (int r = 0; r < c->mem.n_ro; r++)
+        if (sp < c->mem.ro_end[r] && sp + 0x1000 > c->mem.ro_start[r]) return 0;
+    return !((value & PTE_P) && (uint64_t)(value & FRAME) >= c->mem.size);
+}
+
 int core_mmu_pxe(core_t *c, int update, const struct vcall_in *in, vcounts_t *cnt) {
     vmmu_t *s = &c->mmu;
     if (!s->on || !s->ctl[MC_ENABLED] || !c->shadow || !s->flush_ok) return CORE_FALLBACK;
+    if (update == 2) {
+        if (!v2_ready(c, in->eax)) return CORE_FALLBACK;
+        update = 0;
+    }
     uint32_t ptr = update ? in->eax : in->edx, flags = update ? in->edx : in->ecx;
     if (ptr & 3) return CORE_FALLBACK;  /* #GP */
     /* the shadow side waits for the flush: SetPxE with DEFER or in lazy mode, UpdatePxE with DEFER */
