@@ -46,6 +46,7 @@ from __future__ import annotations
 from vmirom import abi
 from vmirom.hypervisors.vmi import IF, NORETURN_STUB, Vmi, handles
 from vmirom.machine.faults import GP, GuestFault
+from vmirom.machine.mmu.shared import C_V2_BATCHED, C_V2_FLUSHES
 from vmirom.machine.vcpu import VCpu
 
 # -- the shared page (offsets from rom_data) -------------------------------------------------------
@@ -228,8 +229,8 @@ class Vmi2(Vmi):
         self.dispatch[IRQ_WINDOW] = self.irq_window
         self.live = False  # the shared page is initialised (before the first guest instruction)
         self.shared = 0  # guest-physical address of the shared page
-        self.batched = 0  # page-table updates that arrived in batches
-        self.batch_flushes = 0
+        self._batched = 0  # page-table updates that arrived in batches (flushed by the Python path)
+        self._batch_flushes = 0
         self.irq_windows = 0
         self.bad_shared: str | None = None
 
@@ -289,6 +290,21 @@ class Vmi2(Vmi):
             self._u32w(SH_VIF, vcpu.get("eflags") & IF)
             self._publish_crs(vcpu)
         return handled
+
+    def _core_flushes(self, slot: int) -> int:
+        """What the compiled core's batch flushes (mmu.c core_v2_flush) added to a counter."""
+        shared = getattr(getattr(getattr(self, "machine", None), "mmu", None), "shared", None)
+        return shared.ctl[slot] if shared is not None else 0
+
+    @property
+    def batched(self) -> int:
+        """Page-table updates that arrived in batches (both paths)."""
+        return self._batched + self._core_flushes(C_V2_BATCHED)
+
+    @property
+    def batch_flushes(self) -> int:
+        """Batch logs flushed (both paths)."""
+        return self._batch_flushes + self._core_flushes(C_V2_FLUSHES)
 
     def summary(self) -> dict:
         d = super().summary()
@@ -409,7 +425,9 @@ class Vmi2(Vmi):
             raise GuestFault(GP, 0)
 
     def flush_batch(self, vcpu: VCpu) -> None:
-        """Validate every logged update and make the live address space see them."""
+        """Validate every logged update and make the live address space see them.  The reference of
+        the compiled core's flush at SetLazyMode(NONE) / FlushDeferred (mmu.c core_v2_flush: the
+        same checks on every record first, the whole flush left to this method on any doubt)."""
         count = self._u32(SH_COUNT)
         self._u32w(SH_COUNT, 0)  # consumed even when refused: the guest must not loop on it
         if count == 0:
@@ -436,8 +454,8 @@ class Vmi2(Vmi):
             live_as |= flags & abi.PAGE_CURRENT_AS
             if mmu is not None:
                 mmu.entry_written(page | (ptr & 0xFFF))  # the shadows follow the logged update
-        self.batched += count
-        self.batch_flushes += 1
+        self._batched += count
+        self._batch_flushes += 1
         if mmu is not None:
             vcpu.sync_tlb()
         elif live_as:

@@ -29,7 +29,7 @@ INT64_MAX = (1 << 63) - 1
 
 #: the interface this glue expects of `_core` (module.c's API): a build from older sources (a
 #: checkout updated without scripts/setup.sh) is refused with a note, not half used
-API = 5
+API = 6
 
 try:  # the extension is optional: a checkout without a build still runs (the Python path)
     from vmirom.engines.core import _core
@@ -190,6 +190,9 @@ STATE_CALLS = {"GetCR0": (("get_cr0",), 0), "GetCR2": (("get_cr2",), 2), "GetCR3
 MMU_CALLS = {"SetPxE": ("set_pxe", 10), "UpdatePxE": ("update_pxe", 11)}
 #: the Vmi2 methods its SetPxE in C stands for (kind 12)
 _V2_PXE = ("set_pxe", "flush_batch", "_check_entry", "_u32", "_u32w")
+#: vmi2's batch flush in C (mmu.c's core_v2_flush): call -> (the Vmi2 methods it stands for, kind)
+V2_FLUSH_CALLS = {"SetLazyMode": (("set_lazy_mode", "flush_batch", "_check_entry", "_u32", "_u32w"), 13),
+                  "FlushDeferred": (("flush_deferred", "flush_batch", "_check_entry", "_u32", "_u32w"), 14)}
 
 
 def state_calls(machine: Machine) -> list[tuple[int, int, int]]:
@@ -223,6 +226,15 @@ def state_calls(machine: Machine) -> list[tuple[int, int, int]]:
             elif getattr(type(p), method) is not getattr(Vmi, method):
                 continue
             if p.dispatch.get(num) != getattr(p, method):
+                continue
+            sites = [off for off, n in p.call_at.items() if n == num]
+            if len(sites) == 1:
+                out.append((sites[0], kind, num))
+        for name, (methods, kind) in V2_FLUSH_CALLS.items():  # Vmi2's (and Vmi's set_lazy_mode) only
+            num = abi.call(name).number
+            if ref is not Vmi2 or any(getattr(type(p), m) is not getattr(Vmi2, m) for m in methods):
+                continue
+            if p.dispatch.get(num) != getattr(p, methods[0]):
                 continue
             sites = [off for off, n in p.call_at.items() if n == num]
             if len(sites) == 1:

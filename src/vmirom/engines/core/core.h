@@ -126,7 +126,7 @@ typedef struct {
 /* the hypercalls the core completes from registers and VMM state alone (hcall.c): what each does */
 enum { STATE_CR0 = 0, STATE_CR2 = 2, STATE_CR3 = 3, STATE_CR4 = 4, STATE_IF = 5, STATE_CLI = 6, STATE_STI = 7,
        STATE_SETMASK = 8, STATE_KSTACK = 9, STATE_SETPXE = 10, STATE_UPDATEPXE = 11,
-       STATE_SETPXE_V2 = 12 };
+       STATE_SETPXE_V2 = 12, STATE_LAZY_V2 = 13, STATE_FLUSH_V2 = 14 };
 #define N_STATE 16
 
 /* results */
@@ -194,7 +194,7 @@ enum { MM_KIND, MM_KEY, MM_ACC, MM_GFN, MM_NEXT, MM_META };
 enum { MK_FREE, MK_PD, MK_PHYSROOT, MK_PT, MK_BIG, MK_PHYS };
 enum { MC_TICK, MC_ROOT, MC_DEFERRED, MC_ROM_START, MC_ROM_END, MC_TRACKING, MC_ENABLED, MC_HIDDEN, MC_TRUE,
        MC_LOGN, MC_DIRTY, MC_LAZY, MC_PV, MC_PREFILL, MC_ZAP, MC_FLUSH, MC_DEFER_UPD, MC_CODE_START, MC_CODE_END,
-       MC_CTL = 32 };
+       MC_V2_BATCHED, MC_V2_FLUSHES, MC_CTL = 32 };
 /* log records: (mfn << 10 | index, op, a, b); op LOG_LEAF (bit 0: a writable leaf to guest frame a
  * was dropped; b: the new writable leaf's guest frame or -1) or LOG_UNLINK (directory slot emptied) */
 enum { LOG_LEAF = 0, LOG_LEAF_DROPPED = 1, LOG_UNLINK = 2 };
@@ -362,10 +362,14 @@ void core_mmu_commit(core_t *c, const vmmu_fault_t *d);
  * MF_PYTHON before anything changed.  R: the engine's registers (CR3 = the shadow root). */
 int core_shadow_pf(core_t *c, vregs_t *R, ventry_t *e, vcounts_t *cnt, int64_t (*now_raw)(core_t *));
 struct vcall_in;
-/* SetPxE (update 0; vmi2's: 2, its batch log empty first) / UpdatePxE (update 1): the guest entry and each of its shadows (Vmi.set_pxe,
+/* SetPxE (update 0; vmi2's: 2, its batch log flushed first) / UpdatePxE (update 1): the guest entry and each of its shadows (Vmi.set_pxe,
  * ShadowMMU.set_pxe / entry_written); CORE_OK (counted) or CORE_FALLBACK before anything changed.
  * ctl[MC_FLUSH] says the engine's TLB must be flushed before the guest runs on. */
 int core_mmu_pxe(core_t *c, int update, const struct vcall_in *in, vcounts_t *cnt);
+/* vmi2's batch flush (Vmi2.flush_batch after Vmi.set_lazy_mode's mode NONE when `lazy`, else after
+ * FlushDeferred): every logged entry validated, then its shadows brought up to date; CORE_FALLBACK
+ * (nothing changed) for an empty or bad log or anything unusual: Python then takes the exit. */
+int core_v2_flush(core_t *c, int lazy, const struct vcall_in *in, vcounts_t *cnt);
 
 /* decode.c */
 int core_pf_write(const uint8_t *code, uint32_t n);   /* 1 write, 0 read, -1 unknown */

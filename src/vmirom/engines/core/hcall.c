@@ -87,6 +87,10 @@ int core_state_call(core_t *c, int i, const vcall_in_t *in, vcall_out_t *out, vc
     case STATE_SETPXE_V2:
         if (core_mmu_pxe(c, c->state_kind[i] - STATE_SETPXE, in, cnt)) return CORE_FALLBACK;
         break;
+    case STATE_LAZY_V2: /* vmi2's batch flush (mmu.c) */
+    case STATE_FLUSH_V2:
+        if (core_v2_flush(c, c->state_kind[i] == STATE_LAZY_V2, in, cnt)) return CORE_FALLBACK;
+        break;
     default: return CORE_FALLBACK;
     }
     vcount(cnt, C_HYPERCALL + c->state_num[i]);

@@ -236,28 +236,54 @@ static int resync_action(const core_t *c, uint32_t mfn, uint32_t i, uint32_t ent
     return 3;
 }
 
-#define SH_COUNT 0x0C  /* vmi2's shared page: records in the batch log */
+/* May C bring every shadow of the guest entry at gpa up to date with `entry` (resync_action never -1,
+ * whatever the snapshots say by then)?  -1 no, else the most log records it can add. */
+static int resync_count(const core_t *c, uint32_t gpa, uint32_t entry) {
+    const vmmu_t *s = &c->mmu;
+    uint32_t i = (gpa & 0xFFF) >> 2;
+    int n = 0;
+    for (int32_t p = s->head[gpa >> 12]; p > 0 && (uint32_t)p <= s->pool_frames; p = meta(c, p - 1)[MM_NEXT]) {
+        if (resync_action(c, (uint32_t)p - 1, i, entry) < 0) return -1;
+        int32_t kind = meta(c, (uint32_t)p - 1)[MM_KIND];  /* a later update of the slot: same rules */
+        if (kind != MK_PD && kind != MK_PT) return -1;
+        if (kind == MK_PT && (entry & PTE_P) && (entry & PTE_A) && s->watched_low[i]) return -1;
+        if (++n > 64) return -1;
+    }
+    return n;
+}
 
-/* Vmi2.set_pxe before Vmi's: flush_batch (nothing logged: nothing to do but store the count's 0
- * again) and _check_entry (a present entry maps RAM, else #GP) - anything else is Python's. */
-static int v2_ready(const core_t *c, uint32_t value) {
+static void resync(core_t *c, uint32_t gpa, uint32_t entry, vcounts_t *cnt);
+
+#define SH_COUNT 0x0C
+#define SH_BATCH 0x40  /* ... and the log: {u32 entry pointer, u32 SetPxE flags} records */
+#define BATCH_MAX ((4096 - SH_BATCH) / 8)
+
+/* May the core store into vmi2's shared page as Vmi2._u32w does (no notice needed: kernel code,
+ * guarded frames, the ROM)? */
+static int v2_shared_ok(const core_t *c) {
     uint64_t sp = c->vif_page;
-    if (!c->vif_on || sp + SH_COUNT + 4 > c->mem.size) return 0;
-    uint32_t count;
-    memcpy(&count, c->mem.ram + sp + SH_COUNT, 4);
-    if (count) return 0;
-    const vmmu_t *s = &c->mmu;  /* the count's store must need no notice (code, guarded, ROM) */
+    if (!c->vif_on || sp + 0x1000 > c->mem.size || c->mem.writes_to_python) return 0;
+    const vmmu_t *s = &c->mmu;
     if ((int64_t)sp < s->ctl[MC_CODE_END] && (int64_t)sp + 0x1000 > s->ctl[MC_CODE_START]) return 0;
     for (int r = 0; r < c->mem.n_ro; r++)
         if (sp < c->mem.ro_end[r] && sp + 0x1000 > c->mem.ro_start[r]) return 0;
-    return !((value & PTE_P) && (uint64_t)(value & FRAME) >= c->mem.size);
-}
+    return 1;
+}  /* vmi2's shared page: records in the batch log */
+
+static int v2_flush_check(const core_t *c, const struct vcall_in *in, uint32_t count, uint32_t *logn);
+static void v2_flush_apply(core_t *c, const struct vcall_in *in, uint32_t count, vcounts_t *cnt);
 
 int core_mmu_pxe(core_t *c, int update, const struct vcall_in *in, vcounts_t *cnt) {
     vmmu_t *s = &c->mmu;
     if (!s->on || !s->ctl[MC_ENABLED] || !c->shadow || !s->flush_ok) return CORE_FALLBACK;
+    /* vmi2's (Vmi2.set_pxe): flush_batch first (a full log: checked here, applied with the first
+     * change below), then _check_entry (a present entry maps RAM, else #GP), then Vmi's */
+    uint32_t batch = 0, logn = (uint32_t)s->ctl[MC_LOGN];
     if (update == 2) {
-        if (!v2_ready(c, in->eax)) return CORE_FALLBACK;
+        if (!v2_shared_ok(c)) return CORE_FALLBACK;
+        memcpy(&batch, c->mem.ram + c->vif_page + SH_COUNT, 4);
+        if (batch && v2_flush_check(c, in, batch, &logn)) return CORE_FALLBACK;
+        if ((in->eax & PTE_P) && (uint64_t)(in->eax & FRAME) >= c->mem.size) return CORE_FALLBACK;
         update = 0;
     }
     uint32_t ptr = update ? in->eax : in->edx, flags = update ? in->edx : in->ecx;
@@ -276,8 +302,9 @@ int core_mmu_pxe(core_t *c, int update, const struct vcall_in *in, vcounts_t *cn
         /* GuestMemory.vmm_wrote: a store into the kernel image may be over code (re-translated) */
         if ((int64_t)pa < s->ctl[MC_CODE_END] && (int64_t)pa + 4 > s->ctl[MC_CODE_START]) return CORE_FALLBACK;
     }
-    uint32_t gpa = (uint32_t)pa & ~3u, i = (gpa & 0xFFF) >> 2;
+    uint32_t gpa = (uint32_t)pa & ~3u;
     if (defer) { /* ShadowMMU.set_pxe / defer_entry: the guest entry now, the queue for the rest */
+        if (batch) v2_flush_apply(c, in, batch, cnt);
         if (!update) {
             m32_set(c, (uint64_t)gpa_ma(c, gpa), in->eax);
             s->ctl[MC_PV]++;
@@ -291,18 +318,23 @@ int core_mmu_pxe(core_t *c, int update, const struct vcall_in *in, vcounts_t *cn
     }
     uint32_t entry = update ? m32(c, (uint64_t)gpa_ma(c, gpa)) : in->eax;
     /* every shadow of the frame decided first: a fallback leaves nothing changed */
-    int n = 0;
-    for (int32_t p = s->head[gpa >> 12]; p > 0 && (uint32_t)p <= s->pool_frames; p = meta(c, p - 1)[MM_NEXT]) {
-        if (resync_action(c, (uint32_t)p - 1, i, entry) < 0) return CORE_FALLBACK;
-        if (++n > 64) return CORE_FALLBACK;
-    }
-    if ((uint32_t)s->ctl[MC_LOGN] + (uint32_t)n > s->log_cap) return CORE_FALLBACK;
+    int n = resync_count(c, gpa, entry);  /* the same whatever the batch changes first */
+    if (n < 0 || logn + (uint32_t)n > s->log_cap) return CORE_FALLBACK;
+    if (batch) v2_flush_apply(c, in, batch, cnt);
     s->ctl[MC_DIRTY] = 1;
     if (!update) {
         m32_set(c, (uint64_t)gpa_ma(c, gpa), entry);
         s->ctl[MC_PV]++;
         vcount(cnt, C_MMU_PV_UPDATE);
     }
+    resync(c, gpa, entry, cnt);
+    return CORE_OK;
+}
+
+/* ShadowMMU._entry_changed after resync_count said yes: each shadow of the guest entry at gpa */
+static void resync(core_t *c, uint32_t gpa, uint32_t entry, vcounts_t *cnt) {
+    vmmu_t *s = &c->mmu;
+    uint32_t i = (gpa & 0xFFF) >> 2;
     for (int32_t p = s->head[gpa >> 12]; p > 0 && (uint32_t)p <= s->pool_frames; p = meta(c, p - 1)[MM_NEXT]) {
         uint32_t mfn = (uint32_t)p - 1;
         int act = resync_action(c, mfn, i, entry);
@@ -334,5 +366,79 @@ int core_mmu_pxe(core_t *c, int update, const struct vcall_in *in, vcounts_t *cn
         s->ctl[MC_ZAP]++;
         vcount(cnt, C_MMU_ZAP);
     }
+}
+
+/* ---- vmi2's batch flush (Vmi2.flush_batch; docs/mmu.md) ----------------------------------------
+ * The ROM wrote each entry in the guest and logged {pointer, flags}; SetLazyMode(NONE) and
+ * FlushDeferred exit only when the log is not empty.  Pass 1 validates every record as flush_batch
+ * does (aligned, a kernel-writable mapping of guest RAM, a present entry maps RAM: _check_entry) and
+ * that C may resync every shadow of each; anything else - a record Python would answer with #GP, a
+ * store the shared page's count needs a notice for, a log too long, a deferred queue or lazy mode to
+ * leave first - is Python's before anything changed.  Pass 2 is ShadowMMU.entry_written per record,
+ * in log order, then the count's 0 and flush_batch's counters (ctl: Vmi2.batched, batch_flushes). */
+/* Pass 1 over `count` records (1..BATCH_MAX): may C apply every one?  *logn grows by the most log
+ * records they can add (it must stay within the log).  The translations depend on the guest's
+ * tables only, which no flush changes: pass 2 walks again. */
+static int v2_flush_check(const core_t *c, const struct vcall_in *in, uint32_t count, uint32_t *logn) {
+    const vmmu_t *s = &c->mmu;
+    if (count > BATCH_MAX) return CORE_FALLBACK;  /* #GP: Python's */
+    const uint8_t *sp = c->mem.ram + c->vif_page;
+    uint32_t rec[2], page = 1, pa = 0;  /* one walk per page-table page, as flush_batch's `pages` */
+    for (uint32_t k = 0; k < count; k++) {
+        memcpy(rec, sp + SH_BATCH + 8 * k, 8);
+        if (rec[0] & 3) return CORE_FALLBACK;
+        if ((rec[0] & FRAME) != page) {
+            uint64_t phys;
+            vfault_t f;
+            if (core_translate(c, rec[0] & FRAME, 1, 0, in->cr0, in->cr3, in->cr4, &phys, &f)) return CORE_FALLBACK;
+            if (phys + 0x1000 > c->mem.size || (phys >> 12) >= s->ram_frames) return CORE_FALLBACK;
+            page = rec[0] & FRAME;
+            pa = (uint32_t)phys;
+        }
+        uint32_t gpa = pa | (rec[0] & 0xFFF);
+        int64_t ma = gpa_ma(c, gpa);
+        if (ma < 0) return CORE_FALLBACK;
+        uint32_t entry = m32(c, (uint64_t)ma);
+        if ((entry & PTE_P) && (uint64_t)(entry & FRAME) >= c->mem.size) return CORE_FALLBACK;
+        int n = resync_count(c, gpa, entry);
+        if (n < 0 || (*logn += (uint32_t)n) > s->log_cap) return CORE_FALLBACK;
+    }
+    return CORE_OK;
+}
+
+/* Pass 2: ShadowMMU.entry_written per record, in log order; the count's 0; flush_batch's counters
+ * (ctl: Vmi2.batched and batch_flushes add them) */
+static void v2_flush_apply(core_t *c, const struct vcall_in *in, uint32_t count, vcounts_t *cnt) {
+    vmmu_t *s = &c->mmu;
+    const uint8_t *sp = c->mem.ram + c->vif_page;
+    uint32_t rec[2], page = 1, pa = 0;
+    s->ctl[MC_DIRTY] = 1;
+    for (uint32_t k = 0; k < count; k++) {
+        memcpy(rec, sp + SH_BATCH + 8 * k, 8);
+        if ((rec[0] & FRAME) != page) {
+            uint64_t phys = 0;
+            vfault_t f;
+            core_translate(c, rec[0] & FRAME, 1, 0, in->cr0, in->cr3, in->cr4, &phys, &f);
+            page = rec[0] & FRAME;
+            pa = (uint32_t)phys;
+        }
+        uint32_t gpa = pa | (rec[0] & 0xFFF);
+        resync(c, gpa, m32(c, (uint64_t)gpa_ma(c, gpa)), cnt);
+    }
+    uint32_t zero = 0;
+    memcpy(c->mem.ram + c->vif_page + SH_COUNT, &zero, 4);
+    s->ctl[MC_V2_BATCHED] += count;
+    s->ctl[MC_V2_FLUSHES]++;
+}
+
+int core_v2_flush(core_t *c, int lazy, const struct vcall_in *in, vcounts_t *cnt) {
+    vmmu_t *s = &c->mmu;
+    if (!s->on || !s->ctl[MC_ENABLED] || !c->shadow || !s->flush_ok || !v2_shared_ok(c)) return CORE_FALLBACK;
+    /* Vmi.set_lazy_mode(NONE) first: nothing to do when not in lazy MMU mode with an empty queue */
+    if (lazy && (in->eax != 0 || s->ctl[MC_LAZY] || s->ctl[MC_DEFERRED])) return CORE_FALLBACK;
+    uint32_t count, logn = (uint32_t)s->ctl[MC_LOGN];
+    memcpy(&count, c->mem.ram + c->vif_page + SH_COUNT, 4);
+    if (count == 0 || v2_flush_check(c, in, count, &logn)) return CORE_FALLBACK;  /* nothing to do / Python's */
+    v2_flush_apply(c, in, count, cnt);
     return CORE_OK;
 }

@@ -1143,7 +1143,7 @@ PyMODINIT_FUNC PyInit__core(void) {
     /* the interface version vmirom/engines/core/__init__.py checks (2: the console's port I/O, 3: state-only
      * hypercalls, 4: vmi2's virtual IF, the IF and kernel-stack hypercalls, Core.hypercall, 5: the shadow
      * MMU's #PF: set_mmu, mmu_fault, shadow_pf, vcr2_view, C_SHADOW_HIDDEN) */
-    PyModule_AddIntConstant(m, "API", 5);
+    PyModule_AddIntConstant(m, "API", 6);
     PyModule_AddIntConstant(m, "STATE_CLI", STATE_CLI);
     PyModule_AddIntConstant(m, "STATE_STI", STATE_STI);
     PyModule_AddIntConstant(m, "STATE_SETMASK", STATE_SETMASK);
