@@ -32,12 +32,15 @@ from test_vmm_dispatch import (
     FakeEngine,
     Ring1,
     Vm,
+    handler,
+    site,
 )
 from vmirom.engines import core as engine_core
 from vmirom.guest.build import BUILD_DIR, build_kernel
 from vmirom.guest.console import last_event, parse_events
 from vmirom.hypervisors.fullvirt import FullVirt
 from vmirom.hypervisors.vmi import Vmi
+from vmirom.hypervisors.vmi2 import SH_BATCH, SH_COUNT, Vmi2
 from vmirom.machine import Machine, MachineConfig
 from vmirom.machine.faults import PF
 from vmirom.machine.mmu.bits import CR0_PG, CR0_WP, RW, US, A, P
@@ -331,3 +334,68 @@ def test_a_cached_shadow_table_linked_under_the_gdt_brings_no_unchecked_leaf(eng
     page_fault(vm, GDT + 0x40, ebx=GDT + 0x40)  # the CPU's own read of the GDT fills it: checked
     assert vm.m.mmu.protection(OTHER >> 12) == "descriptors"
     assert not struct.unpack_from("<I", ram, OTHER + 0x44)[0] & 0x8000
+
+
+# -- vmi2's batch flush (Vmi2.flush_batch, the compiled core's core_v2_flush) -------------------------
+def _vmi2_batch(engine_cls, case: str) -> tuple[Vm, dict]:
+    """A vmi2 machine on shadow paging whose page table at PT has shadows (hidden faults through it),
+    then entries the "guest" rewrote in place and logged in the shared page (as the ROM's lazy
+    SetPxE does), then the flush exit `case` names.  Returns the VM and what both paths must agree on."""
+    vm = Vm(Vmi2(), engine_cls, memory_model="shadow")
+    p = vm.m.personality
+    p.before_slice()
+    vm.m.engine.set_reg("ds", 0x21)  # the GDT in the shadow (a segment load by the VMM)
+    for va in (0x200010, 0x201010, 0x202010, 0x203010, 0x204010):
+        page_fault(vm, va, MOV_STORE if va & 0x1000 else MOV_LOAD, ebx=va, eax=1)
+    ram = vm.m.memory.ram
+    new = {0x200: 0x205000 | P | RW | US | A, 0x201: 0, 0x202: 0x202000 | P | US, 0x203: 0x203000 | P | RW,
+           0x206: 0x207000 | P | RW | US | A | 0x40}  # moved+accessed (prefill), gone, read-only, ...
+    recs = [(PT + 4 * i, 0) for i in new] + [(PT + 4 * 0x200, 0)]  # one entry logged twice
+    for i, v in new.items():
+        struct.pack_into("<I", ram, PT + 4 * i, v)
+    if case == "misaligned":
+        recs[2] = (PT + 4 * 0x202 + 2, 0)
+    elif case == "unmapped":
+        recs[3] = (0xF0000000, 0)  # no directory slot there
+    elif case == "outside_ram":
+        struct.pack_into("<I", ram, PT + 4 * 0x206, (RAM + 0x1000) | P)
+    for k, (ptr, flags) in enumerate(recs):
+        struct.pack_into("<II", ram, p.shared + SH_BATCH + 8 * k, ptr, flags)
+    struct.pack_into("<I", ram, p.shared + SH_COUNT, 0x7FFFFFFF if case == "count" else len(recs))
+    call, regs = {"pxe": ("SetPxE", {"eax": 0x208000 | P | RW, "edx": PT + 4 * 0x208, "ecx": 0}),
+                  "flush": ("FlushDeferred", {})}.get(case, ("SetLazyMode", {"eax": 0}))
+    vm.in_kernel(eip=site(vm, call), eflags=0x2, **regs)
+    vm.exit("on_interrupt", 0x82)
+    mmu = vm.m.mmu
+    mmu.pull()
+    seen = {
+        "machine": bytes(vm.m.memory.machine),  # guest RAM with its A/D bits and every shadow table
+        "snaps": {pg.mfn: bytes(pg.snap) for pg in mmu.pages.values() if pg.snap is not None},
+        "wmap": {g: set(v) for g, v in mmu.wmap.items() if v},
+        "stats": mmu.stats.as_dict(),
+        "detail": dict(vm.detail),
+        "in_guest": (p.batched, p.batch_flushes, struct.unpack_from("<I", ram, p.shared + SH_COUNT)[0]),
+        "gp": vm.r("eip") == handler(13),
+    }
+    return vm, seen
+
+
+@pytest.mark.parametrize("case", ["lazy", "flush", "pxe", "misaligned", "unmapped", "outside_ram", "count"])
+def test_vmi2_batch_flush_in_c_agrees_with_the_python_path(case, engine_cls):
+    """vmi2's flush at SetLazyMode(NONE), FlushDeferred and a SetPxE that finds the log full: a
+    well-formed log is flushed in C on the C flavours (every record validated first, then each
+    entry's shadows resynced in log order); a garbage one is handed whole to the Python path, which
+    answers #GP at the flush.  Every flavour ends in the state of the Python path's flavour: machine
+    memory (shadow tables and guest A/D bits), snapshots, reverse map, MMU counters, exit and event
+    counts, the in-guest counters the bench reports and the consumed count."""
+    vm, seen = _vmi2_batch(engine_cls, case)
+    ref_cls = engine_cls.__bases__[0] if engine_cls.core == "c" else engine_cls
+    _, ref = _vmi2_batch(ref_cls, case)
+    good = case in ("lazy", "flush", "pxe")
+    vm.assert_path(c=good)
+    assert seen["gp"] == (not good)
+    assert seen["in_guest"] == ((6, 1, 0) if good else (0, 0, 0))
+    if case != "count":  # a bad record: the Python path applied the ones before it, then refused
+        assert seen["stats"]["zaps"] > 0 and seen["stats"]["prefills"] > 0
+    for key in seen:
+        assert seen[key] == ref[key], key
