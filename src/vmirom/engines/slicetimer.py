@@ -12,15 +12,25 @@ slice (arm, disarm).  Guest time itself is the vCPU thread's CPU time (`vmirom.m
 CPU time never runs faster than the monotonic clock, so a slice armed for the time left before
 the next guest timer deadline never overshoots it (under host load slices just get shorter).
 A late expiry can at worst end the NEXT slice early, which only costs one more slice.
+
+The timer REPEATS (every `budget`, at least `MIN_REPEAT_NS`) until `disarm`: an expiry that lands
+after `arm` but before `uc_emu_start` has set itself up is lost - the stop request is cleared by
+`uc_emu_start` (and before it sets `emulation_done = false`, `uc_emu_stop` does not even break the
+translation loop) - and a one-shot timer would then let that slice run until the guest exits by
+itself, for ever in a loop without exits (measured: a direct Unicorn loop of 100 us slices hung
+after a few hundred slices on the loaded host).  The next expiry ends it; expiries after the slice
+ended and before `disarm` only set a request the next `uc_emu_start` clears.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import time
 
 CLOCK_MONOTONIC = 1
 SIGEV_THREAD = 2
+MIN_REPEAT_NS = 100_000  # the repeat interval's floor: no stream of expiries for tiny budgets
 
 
 class _Sigevent(ctypes.Structure):
@@ -54,8 +64,8 @@ def _libc() -> ctypes.CDLL:
 
 
 class SliceTimer:
-    """One-shot timer that calls the C function `stop_fn(arg)` (`uc_emu_stop(uc)`) after `arm`'s
-    budget, unless `disarm` came first."""
+    """Timer that calls the C function `stop_fn(arg)` (`uc_emu_stop(uc)`) after `arm`'s budget, and
+    again every budget, until `disarm`."""
 
     def __init__(self, stop_fn: int, arg: int) -> None:
         self._lib = _libc()
@@ -76,19 +86,25 @@ class SliceTimer:
             raise OSError(ctypes.get_errno(), "timer_create failed")
         self._arm = _Itimerspec()
         self._off = _Itimerspec()
-        self._old = _Itimerspec()
+        self._deadline = 0
 
     def arm(self, budget_ns: int) -> None:
-        """Start a slice of at most `budget_ns` nanoseconds."""
+        """Start a slice of at most `budget_ns` nanoseconds (then again every budget until `disarm`,
+        see the module docstring)."""
         budget_ns = max(1000, int(budget_ns))
         self._arm.it_value.tv_sec, self._arm.it_value.tv_nsec = divmod(budget_ns, 1_000_000_000)
+        repeat = max(budget_ns, MIN_REPEAT_NS)
+        self._arm.it_interval.tv_sec, self._arm.it_interval.tv_nsec = divmod(repeat, 1_000_000_000)
         self._lib.timer_settime(self._timer, 0, ctypes.byref(self._arm), None)
+        # read after arming: the elapsed time disarm measures is never more than the timer's
+        self._deadline = time.monotonic_ns() + budget_ns
 
     def disarm(self) -> bool:
-        """End the slice; True when the timer had already expired (the slice was cut by it)."""
-        self._lib.timer_settime(self._timer, 0, ctypes.byref(self._off), ctypes.byref(self._old))
-        left = self._old.it_value
-        return left.tv_sec == 0 and left.tv_nsec == 0
+        """End the slice; True when the timer had already expired (the slice was cut by it).  A
+        repeating timer's remaining time says nothing about that, so the clock does."""
+        expired = time.monotonic_ns() >= self._deadline  # before disarming: then it did expire
+        self._lib.timer_settime(self._timer, 0, ctypes.byref(self._off), None)
+        return expired
 
     def close(self) -> None:
         if self._timer is not None:

@@ -31,6 +31,13 @@ W6  `ud2` / invalid opcodes arrive at UC_HOOK_INSN_INVALID, not INTR 6; `sysente
 W7  `emu_start(count=N)` installs an internal per-instruction hook (very slow), and `timeout=`
     starts a thread per slice that polls the wall clock with usleep(2): slices are ended instead by
     a POSIX timer whose expiry calls `uc_emu_stop` in C (see vmirom.engines.slicetimer).
+W19 An instruction resumed after its store: Unicorn 2.1.4 checks for an exit request after every
+    guest memory access and ends the instruction there with EIP back at its START, so a W7 timer
+    stop landing right after a store ran that instruction again in the next slice (`incl` on a
+    counter: +1; `decl` loop counters, `xchg`).  Fixed in the engine (part 5 of our patch: an
+    asynchronous stop waits for the next block's start); the stock wheel keeps it, nothing here can
+    repair it (docs/engine.md).  The W7 timer also repeats until disarmed: an expiry landing before
+    emu_start has set itself up is lost (see vmirom.engines.slicetimer).
 W9  A native `hlt` at ring 0 just ends emu_start (no hook): detected after the slice (see run_slice).
 W8  A Python exception inside a hook must not unwind through C: every hook catches everything, stores
     it, and stops the engine; `run_slice` re-raises it afterwards.
