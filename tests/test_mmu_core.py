@@ -18,6 +18,7 @@ import pytest
 
 from vmirom.engines import core as engine_core
 from vmirom.machine.mmu import HIDDEN, TRUE_FAULT, PhysMap, ShadowMMU
+from vmirom.machine.mmu import shadow as shadow_mod
 from vmirom.machine.mmu.bits import CR0_PE, CR0_PG, CR0_WP, CR4_PSE, PS, RW, US, A, D, P
 from vmirom.machine.mmu.shadow import FaultResult
 
@@ -214,3 +215,152 @@ def test_set_mmu_refuses_arrays_that_do_not_fit():
         core.set_mmu(pm.p2m_table, pm.m2p_table, sh.meta, sh.used, bytearray(4096), sh.protect, sh.flood,
                      sh.head, sh.ctl, sh.log, sh.watched, sh.watched_low, sh.defq)
     assert core.mmu_fault(0, -1, False, mmu.root.mfn) is None  # refused: the path stays off
+
+
+# -- fullvirt's write-protect trap of a page-table store (mmu.c core_wp_store) --------------------------
+KCODE = 0x5000
+#: the stores FullVirt.on_wp_trap emulates (the entry's address in ebx, the value in eax/ecx; None: built
+#: per store) and two it does not (a 16-bit store, a segment override): those stay Python's (unshadow)
+STORES = {
+    "mov [ebx], eax": bytes.fromhex("8903"),
+    "mov [ebx+0], ecx (disp8)": bytes.fromhex("894b00"),
+    "mov [ebx+esi*1], eax (SIB)": bytes.fromhex("890433"),
+    "xchg [ebx], eax": bytes.fromhex("8703"),
+    "mov dword [ebx], imm32": None,  # C7 03 imm32, the value filled in per store
+    "mov [moffs32], eax": None,  # A3 addr32
+    "mov word [ebx], ax": bytes.fromhex("668903"),
+    "mov fs:[ebx], eax": bytes.fromhex("648903"),
+}
+
+
+class WpSide:
+    """One machine for the store scenario: guest RAM at an offset in machine memory (the engine's
+    layout: the core reads instruction bytes from guest RAM), the MMU, and (c=True) the core."""
+
+    def __init__(self, c: bool) -> None:
+        self.pm = PhysMap(RAM, POOL, layout="offset")
+        self.mmu = ShadowMMU(self.pm, tracking="wp", rom=ROM)
+        self.core = None
+        self.in_c = self.wp_in_c = 0
+        self.regs = {"eax": 0, "ecx": 0, "edx": 0, "ebx": 0, "esp": 0x9000, "ebp": 0, "esi": 0, "edi": 0}
+        self.eip = KCODE
+        if c:
+            ram = memoryview(self.pm.mem)[POOL << 12:]
+            self.core = engine_core._core.Core(ram, RAM)
+            self.core.set_shadow(self.pm.mem, len(self.pm.mem))
+            engine_core.bind_mmu(self.core, self.mmu)
+            self.core.set_uc_ctl(0)
+            from vmirom.machine.mmu.shared import C_WP_EMULATE
+
+            self.mmu.shared.ctl[C_WP_EMULATE] = 1
+
+    def store_fault(self, va: int, value: int) -> tuple:
+        """One #PF of the kernel's store at KCODE to linear `va`: the core first (as its hook), else
+        ShadowMMU.fault and, for a write-protect trap, what FullVirt.on_wp_trap does."""
+        mmu = self.mmu
+        if self.core is not None:
+            self.core.set_virtual_crs(mmu.cr0, mmu.cr3, mmu.cr4)
+            regs = (self.eip, 0x2, 0x08, 0x10, self.regs["esp"], mmu.cr0, mmu.root.mfn << 12, mmu.cr4,
+                    0, 0, 0, 0, 0, 0, 0, 0, va, self.regs["edi"])
+            gprs = tuple(self.regs[n] for n in engine_core._GPR_NAMES)
+            r = self.core.shadow_pf(regs, 0, gprs)
+            if r is not None:
+                self.in_c += 1
+                mmu.pull()
+                if r == "hidden":
+                    return ("hidden",)
+                _wp, eip, reg, val = r
+                if reg >= 0:
+                    self.regs[engine_core._GPR_NAMES[reg]] = val
+                self.eip = eip
+                self.wp_in_c += 1
+                return ("wp", eip)
+        r = mmu.fault(va, write=None, user=False)
+        if r.kind != "wp_trap":
+            return (r.kind,)
+        return self.emulate(r.gpa, value)
+
+    def emulate(self, gpa: int, value: int) -> tuple:
+        """FullVirt.on_wp_trap's outcome for the instruction at KCODE (the test knows its form)."""
+        mmu, form = self.mmu, self.form
+        if form in ("mov word [ebx], ax", "mov fs:[ebx], eax"):
+            mmu.unshadow(gpa >> 12)
+            return ("unshadow",)
+        old = mmu.pm.guest_u32(gpa & ~3)
+        mmu.emulated_write(gpa & ~3, value.to_bytes(4, "little"))
+        if form.startswith("xchg"):
+            self.regs["eax"] = old
+        self.eip = KCODE + len(self.code)
+        return ("wp", self.eip)
+
+    def place(self, form: str, va: int, value: int) -> None:
+        """The instruction at KCODE and the registers it stores from."""
+        code = STORES[form]
+        if form == "mov dword [ebx], imm32":
+            code = bytes.fromhex("c703") + value.to_bytes(4, "little")
+        elif form == "mov [moffs32], eax":
+            code = b"\xa3" + va.to_bytes(4, "little")
+        self.form, self.code, self.eip = form, code, KCODE
+        self.pm.write(KCODE, code + b"\x90" * 16)
+        self.regs.update(eax=value, ecx=value, ebx=va, esi=0)
+
+    def state(self) -> dict:
+        return Side.state(self)  # type: ignore[arg-type]
+
+
+def wp_guest(side: WpSide) -> None:
+    """Slot 0 maps the low 4 MiB (code, the page tables themselves) kernel-only; slots 1-7 use PTS[1:]
+    (page tables once walked: write-protected under "wp" tracking)."""
+    pm = side.pm
+    pm.set_guest_u32(PDS[0], PTS[0] | P | RW)
+    for i in range(1024):
+        pm.set_guest_u32(PTS[0] + 4 * i, (i << 12) | P | RW)
+    for slot in range(1, 8):
+        pm.set_guest_u32(PDS[0] + 4 * slot, PTS[slot] | P | RW | US)
+        for i in range(64):
+            pm.set_guest_u32(PTS[slot] + 4 * i, (0x200000 + 0x1000 * i) | P | RW | US)
+    side.mmu.set_cr3(PDS[0])
+    side.mmu.set_cr0(CR0_PE | CR0_PG | CR0_WP)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fullvirt_page_table_stores_agree_on_both_paths(seed):
+    """Random kernel stores into shadowed page tables, in every form FullVirt emulates (and two it does
+    not), between faults that walk the tables (resetting the flood counts): the core's emulation
+    (guest entry, every shadow of it - zap or prefill -, flood count, A/D bits, EIP and xchg's
+    register, counters) equals ShadowMMU.fault + FullVirt.on_wp_trap's, and does most of them."""
+    sides = [WpSide(c) for c in (False, True)]
+    for side in sides:
+        wp_guest(side)
+    ops = random.Random(seed)
+    forms = list(STORES)
+    for n in range(600):
+        slot, idx = ops.randrange(1, 8), ops.randrange(64)
+        va = (slot << 22) | (idx << 12) | ops.randrange(0, 4096, 4)
+        pt, e = PTS[ops.randrange(1, 8)], ops.randrange(64)
+        flags = ops.choice((P | RW | US | A, P | RW | US | A | D, 0, P | US))
+        value = (0x200000 + 0x1000 * ops.randrange(64)) | flags
+        form = ops.choice(forms) if ops.random() < 0.3 else forms[ops.randrange(2)]
+        walk = ops.random() < 0.5
+        answers = []
+        for side in sides:
+            if walk:  # a load through a table: fills, resets the flood count
+                side.place("mov [ebx], eax", va, 0)
+                answers.append(side.store_fault(va, 0))
+                side.place(form, pt + 4 * e, value)
+                answers.append(side.store_fault(pt + 4 * e, value))  # the entry's page: filled read-only
+            else:
+                side.place(form, pt + 4 * e, value)
+            answers.append(side.store_fault(pt + 4 * e, value))
+            answers.append((dict(side.regs), side.eip))
+        half = len(answers) // 2
+        assert answers[:half] == answers[half:], f"step {n}: {answers}"
+        if n % 25 == 0 or n == 599:
+            assert sides[0].state() == sides[1].state(), f"step {n}"
+    assert sides[1].in_c > 200 and sides[1].wp_in_c > 100
+    st = sides[1].mmu.stats
+    assert st.emulated_pte_writes > 100 and st.unshadows > 0
+
+
+def test_the_flood_limit_is_the_same_in_c():
+    assert engine_core._core.FLOOD_LIMIT == shadow_mod.FLOOD_LIMIT

@@ -151,6 +151,7 @@ def test_fullvirt_traps_and_emulates_a_store_to_a_page_table(engine_cls):
     page_fault(vm, entry, MOV_STORE, **regs)  # not mapped yet: filled read-only (protected)
     assert vm.detail == {"shadow:hidden_fault": 1}
     page_fault(vm, entry, MOV_STORE, **regs)  # the store itself
+    vm.assert_path(c=True)  # emulated in the compiled core on the C flavours (mmu.c core_wp_store)
     assert vm.detail == {
         "shadow:wp_trap": 1,
         "mmu:emulated_pte_write": 1,

@@ -29,7 +29,7 @@ INT64_MAX = (1 << 63) - 1
 
 #: the interface this glue expects of `_core` (module.c's API): a build from older sources (a
 #: checkout updated without scripts/setup.sh) is refused with a note, not half used
-API = 6
+API = 7
 
 try:  # the extension is optional: a checkout without a build still runs (the Python path)
     from vmirom.engines.core import _core
@@ -79,6 +79,8 @@ def counter_keys() -> list[tuple[str, str] | None]:
     keys[_core.C_MMU_PREFILL] = ("mmu", "mmu:prefill")
     keys[_core.C_MMU_ZAP] = ("mmu", "mmu:zap")
     keys[_core.C_MMU_DEFERRED] = ("mmu", "mmu:deferred_update")
+    keys[_core.C_SHADOW_WP] = ("shadow", "shadow:wp_trap")
+    keys[_core.C_MMU_EMULATED] = ("mmu", "mmu:emulated_pte_write")
     return keys
 
 
@@ -242,6 +244,17 @@ def state_calls(machine: Machine) -> list[tuple[int, int, int]]:
     return out
 
 
+def wp_store_in_c(machine: Machine) -> bool:
+    """May the core emulate a trapped page-table store (mmu.c core_wp_store)?  Only what
+    FullVirt.on_wp_trap itself would do: the personality must not have its own on_wp_trap, and the
+    MMU must track page tables by write protection.  Anything the core declines stays Python's."""
+    from vmirom.hypervisors.fullvirt import FullVirt
+
+    p, mmu = machine.personality, getattr(machine, "mmu", None)
+    return (mmu is not None and mmu.tracking == "wp" and isinstance(p, FullVirt)
+            and type(p).on_wp_trap is FullVirt.on_wp_trap)
+
+
 def policy(machine: Machine) -> tuple[bool, int, bytes, str]:
     """(may the core complete INTR exits, hypercall vector or -1, 256-byte map of the exceptions
     the personality's on_exception may take, why not when it may not)."""
@@ -270,6 +283,8 @@ def policy(machine: Machine) -> tuple[bool, int, bytes, str]:
 
 #: the registers of core.h's vregs_t before the table registers (R_EIP .. R_CR4)
 _SHADOW_PF_NAMES = ("eip", "eflags", "cs", "ss", "esp", "cr0", "cr3", "cr4")
+#: the general registers in x86 encoding order (core.h's vwp_t.gpr, a ModRM register field's index)
+_GPR_NAMES = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 
 
 class MachineCore:
@@ -308,6 +323,9 @@ class MachineCore:
             # the #PF exit's MMU decision in C (mmu.c), whatever the personality's policy: a hidden
             # fault runs no personality code; a true fault is delivered in C only under `accel`
             bind_mmu(self.core, self.mmu)
+            from vmirom.machine.mmu.shared import C_WP_EMULATE
+
+            self.mmu.shared.ctl[C_WP_EMULATE] = int(wp_store_in_c(machine))
             machine.engine.share_cr2(self.core)
         for ring, (ss, esp) in machine.kernel_stacks.items():
             self.core.set_kernel_stack(ring, ss, esp)
@@ -467,8 +485,17 @@ class MachineCore:
             eng = m.engine.real
             regs = (*(eng.reg(n) for n in _SHADOW_PF_NAMES[:8]), *eng.reg("idtr")[:2], *eng.reg("gdtr")[:2],
                     *eng.reg("tr")[:4], eng.reg("cr2"), eng.reg("edi"))
-            res = self.core.shadow_pf(regs, now)
+            gprs = tuple(eng.reg(n) for n in _GPR_NAMES)
+            res = self.core.shadow_pf(regs, now, gprs)
             if res == "hidden":
+                return True
+            if res is not None and res[0] == "wp":  # a page-table store emulated: step over it
+                _wp, eip, reg, value = res
+                if reg >= 0:
+                    eng.set_reg(_GPR_NAMES[reg], value)
+                eng.set_reg("eip", eip)
+                m.mmu.pull()  # a shadow entry lost rights: the caller's flush (no uc_ctl here)
+                m.engine.sync_tlb()
                 return True
         elif not self.accel:
             return False

@@ -149,6 +149,8 @@ enum {
     C_MMU_PREFILL,                          /* "mmu:prefill" */
     C_MMU_ZAP,                              /* "mmu:zap" */
     C_MMU_DEFERRED,                         /* "mmu:deferred_update" */
+    C_SHADOW_WP,                            /* "shadow:wp_trap" (fullvirt's PTE store emulated in C) */
+    C_MMU_EMULATED,                         /* "mmu:emulated_pte_write" */
     C_NCOUNTERS
 };
 /* A delivery counts tentatively (pending) and commits only when the exit is done in C: a fallback
@@ -194,7 +196,10 @@ enum { MM_KIND, MM_KEY, MM_ACC, MM_GFN, MM_NEXT, MM_META };
 enum { MK_FREE, MK_PD, MK_PHYSROOT, MK_PT, MK_BIG, MK_PHYS };
 enum { MC_TICK, MC_ROOT, MC_DEFERRED, MC_ROM_START, MC_ROM_END, MC_TRACKING, MC_ENABLED, MC_HIDDEN, MC_TRUE,
        MC_LOGN, MC_DIRTY, MC_LAZY, MC_PV, MC_PREFILL, MC_ZAP, MC_FLUSH, MC_DEFER_UPD, MC_CODE_START, MC_CODE_END,
-       MC_V2_BATCHED, MC_V2_FLUSHES, MC_CTL = 32 };
+       MC_V2_BATCHED, MC_V2_FLUSHES,
+       MC_WP_TRAPS, MC_EMULATED,  /* fullvirt's write-protect traps emulated in C (MmuStats adds them) */
+       MC_WP_EMULATE,             /* set by Python: the personality's on_wp_trap is FullVirt's (opt-in) */
+       MC_CTL = 32 };
 /* log records: (mfn << 10 | index, op, a, b); op LOG_LEAF (bit 0: a writable leaf to guest frame a
  * was dropped; b: the new writable leaf's guest frame or -1) or LOG_UNLINK (directory slot emptied) */
 enum { LOG_LEAF = 0, LOG_LEAF_DROPPED = 1, LOG_UNLINK = 2 };
@@ -219,8 +224,17 @@ typedef struct {
     int flush_ok;            /* who flushes the engine's TLB after SetPxE: the hook (uc_ctl) or Python */
 } vmmu_t;
 
-/* What a shadow #PF is (core_mmu_decide): only MF_HIDDEN and MF_TRUE are done in C. */
-enum { MF_PYTHON = 0, MF_HIDDEN = 1, MF_TRUE = 2 };
+/* What a shadow #PF is (core_mmu_decide): MF_HIDDEN and MF_TRUE are done in C, MF_WP (a store to a
+ * frame protected only as a page table, MC_WP_EMULATE set) when core_wp_store can emulate it. */
+enum { MF_PYTHON = 0, MF_HIDDEN = 1, MF_TRUE = 2, MF_WP = 3 };
+#define FLOOD_LIMIT 3  /* shadow.FLOOD_LIMIT (_core.FLOOD_LIMIT, tests check they agree): its unshadow is Python's */
+/* An emulated page-table store's register side: the 8 GPRs (eax..edi) in, the xchg register's new
+ * value (reg >= 0) and the next EIP out */
+typedef struct {
+    uint32_t gpr[8];
+    int reg;
+    uint32_t eip;
+} vwp_t;
 typedef struct {
     int kind;
     uint32_t va, err;        /* MF_TRUE: the error code ShadowMMU.fault gives (W inferred) */
@@ -283,7 +297,8 @@ typedef struct core {
     uint64_t t_phase[5][3];        /* completed exits by kind: reading registers, deciding, entering */
     uint64_t t_io_calls, t_io_ns;
     uint64_t t_state_calls[N_STATE], t_state_ns[N_STATE];  /* state-only hypercalls, by index */
-    uint64_t t_mmu_calls[2], t_mmu_ns[2];  /* shadow #PF done here: 0 hidden (filled), 1 true (delivered) */
+    uint64_t t_mmu_calls[3], t_mmu_ns[3];  /* shadow #PF done here: 0 hidden (filled), 1 true (delivered),
+                                             * 2 write-protect trap (emulated) */
     uint64_t fallbacks, completed, state_calls, irets;
     /* the Unicorn glue */
     uc_api api;
@@ -360,7 +375,12 @@ void core_mmu_commit(core_t *c, const vmmu_fault_t *d);
 /* The #PF exit under shadow paging (Machine._shadow_fault + on_interrupt's delivery of a true fault):
  * MF_HIDDEN (filled, counted in cnt), MF_TRUE (delivered: *e to enter, the guest's CR2 set) or
  * MF_PYTHON before anything changed.  R: the engine's registers (CR3 = the shadow root). */
-int core_shadow_pf(core_t *c, vregs_t *R, ventry_t *e, vcounts_t *cnt, int64_t (*now_raw)(core_t *));
+int core_shadow_pf(core_t *c, vregs_t *R, ventry_t *e, vcounts_t *cnt, int64_t (*now_raw)(core_t *),
+                   int (*gprs)(core_t *, uint32_t *), vwp_t *w);
+/* FullVirt.on_wp_trap for decision d (MF_WP): an aligned 4-byte mov/xchg to exactly the trapped entry,
+ * emulated into the guest entry and each shadow of it (ShadowMMU.emulated_write below FLOOD_LIMIT);
+ * CORE_OK (w->eip, w->reg set; counted) or CORE_FALLBACK before anything changed. */
+int core_wp_store(core_t *c, const vmmu_fault_t *d, vwp_t *w, vcounts_t *cnt);
 struct vcall_in;
 /* SetPxE (update 0; vmi2's: 2, its batch log flushed first) / UpdatePxE (update 1): the guest entry and each of its shadows (Vmi.set_pxe,
  * ShadowMMU.set_pxe / entry_written); CORE_OK (counted) or CORE_FALLBACK before anything changed.

@@ -8,7 +8,8 @@
  * core_mmu_decide is pure: it reads and decides, and answers MF_PYTHON for everything unusual
  * before anything was changed (paging off, a deferred queue, no shadow table linked for that slot
  * or one with another key, a frame outside RAM, a store to the ROM or to a write-protected frame
- * (any reason), a linear page ShadowMMU.watched holds, a full log), so the Python path then takes the exit from scratch.  core_mmu_commit applies a
+ * (any reason but PROT_TABLE under MC_WP_EMULATE: MF_WP, core_wp_store at the end), a linear page
+ * ShadowMMU.watched holds, a full log), so the Python path then takes the exit from scratch.  core_mmu_commit applies a
  * decision: for MF_HIDDEN the fill, for MF_TRUE only the tick and the counter (the caller delivers).
  *
  * The guest is untrusted: every guest-physical address is checked against RAM and every shadow
@@ -19,6 +20,7 @@
 #include "core.h"
 
 #define PTE_A 0x20u
+#define PROT_TABLE 1   /* shared.PROT_TABLE: the only protection reason this file emulates stores for */
 #define PTE_D 0x40u
 #define FRAME 0xFFFFF000u
 
@@ -102,7 +104,15 @@ int core_mmu_decide(const core_t *c, uint32_t va, int write, int user, uint32_t 
     uint32_t gfn = frame >> 12;
     if (gfn >= s->ram_frames) return MF_PYTHON;              /* BAD_PHYS */
     if (write && rom_frame(s, frame)) return MF_PYTHON;      /* ROM_WRITE */
-    if (write && s->protect[gfn]) return MF_PYTHON;          /* WP_TRAP */
+    if (write && s->protect[gfn]) { /* WP_TRAP: fullvirt's page-table store may be emulated here */
+        if (s->protect[gfn] != PROT_TABLE || !s->ctl[MC_WP_EMULATE]) return MF_PYTHON;
+        d->big = big;
+        d->entry = entry;
+        d->entry_gpa = entry_gpa;
+        d->new_entry = new_entry;
+        d->gfn = gfn;
+        return d->kind = MF_WP;
+    }
     /* ShadowMMU._child, only when the slot already links the shadow table of this key */
     uint32_t spde = m32(c, ((uint64_t)root << 12) | ((va >> 22) << 2));
     if (!(spde & PTE_P)) return MF_PYTHON;
@@ -188,11 +198,21 @@ void core_mmu_commit(core_t *c, const vmmu_fault_t *d) {
     s->ctl[MC_HIDDEN]++;
 }
 
-int core_shadow_pf(core_t *c, vregs_t *R, ventry_t *e, vcounts_t *cnt, int64_t (*now_raw)(core_t *)) {
+int core_shadow_pf(core_t *c, vregs_t *R, ventry_t *e, vcounts_t *cnt, int64_t (*now_raw)(core_t *),
+                   int (*gprs)(core_t *, uint32_t *), vwp_t *w) {
     if ((int)(R->r[R_CS] & 3) < c->kernel_ring) return MF_PYTHON;  /* Machine.privilege_held */
     uint32_t va = R->r[R_CR2];
     vmmu_fault_t d;
     int kind = core_mmu_decide(c, va, -1, (R->r[R_CS] & 3) == 3, R->r[R_CR3] >> 12, &d);
+    if (kind == MF_WP) { /* only the kernel's own stores (at its ring), the registers read only now */
+        if ((int)(R->r[R_CS] & 3) != c->kernel_ring || !gprs || gprs(c, w->gpr)) return MF_PYTHON;
+        w->eip = R->r[R_EIP];
+        if (core_wp_store(c, &d, w, cnt) != CORE_OK) {
+            cnt->n = 0;
+            return MF_PYTHON;
+        }
+        return MF_WP;
+    }
     if (kind == MF_HIDDEN) {
         core_mmu_commit(c, &d);
         vcount(cnt, C_SHADOW_HIDDEN);
@@ -440,5 +460,98 @@ int core_v2_flush(core_t *c, int lazy, const struct vcall_in *in, vcounts_t *cnt
     memcpy(&count, c->mem.ram + c->vif_page + SH_COUNT, 4);
     if (count == 0 || v2_flush_check(c, in, count, &logn)) return CORE_FALLBACK;  /* nothing to do / Python's */
     v2_flush_apply(c, in, count, cnt);
+    return CORE_OK;
+}
+
+/* ---- fullvirt's write-protect trap (FullVirt.on_wp_trap, Emulator.table_store) -------------------
+ * The store kernels write entries with: mov r/m32,r32 (89 /r), mov r/m32,imm32 (C7 /0), xchg r/m32,r32
+ * (87 /r), mov moffs32,eax (A3); no prefixes (a 16-bit or locked or segment-overridden store is
+ * Python's).  Its effective address must be CR2 itself: the store is the instruction's one memory
+ * access, so that holds exactly when the segment base is 0 - a non-flat segment falls to Python,
+ * which adds the base.  Returns the instruction length, 0 for anything else. */
+static uint32_t wp_decode(const uint8_t *b, const uint32_t *gpr, uint32_t *ea, uint32_t *value, int *reg) {
+    uint32_t disp;
+    *reg = -1;
+    if (b[0] == 0xA3) { /* mov [moffs32], eax */
+        memcpy(ea, b + 1, 4);
+        *value = gpr[0];
+        return 5;
+    }
+    if (b[0] != 0x89 && b[0] != 0xC7 && b[0] != 0x87) return 0;
+    uint32_t mod = b[1] >> 6, rf = (b[1] >> 3) & 7, rm = b[1] & 7, p = 2, a = 0;
+    if (mod == 3 || (b[0] == 0xC7 && rf)) return 0;
+    if (rm == 4) { /* SIB */
+        uint32_t sib = b[p++], idx = (sib >> 3) & 7, base = sib & 7;
+        if (idx != 4) a = gpr[idx] << (sib >> 6);
+        if (base == 5 && mod == 0) {
+            memcpy(&disp, b + p, 4);
+            a += disp;
+            p += 4;
+        } else {
+            a += gpr[base];
+        }
+    } else if (rm == 5 && mod == 0) {
+        memcpy(&disp, b + p, 4);
+        a = disp;
+        p += 4;
+    } else {
+        a = gpr[rm];
+    }
+    if (mod == 1) {
+        a += (uint32_t)(int32_t)(int8_t)b[p++];
+    } else if (mod == 2) {
+        memcpy(&disp, b + p, 4);
+        a += disp;
+        p += 4;
+    }
+    *ea = a;
+    if (b[0] == 0xC7) {
+        memcpy(value, b + p, 4);
+        return p + 4;
+    }
+    *value = gpr[rf];
+    if (b[0] == 0x87) *reg = (int)rf;
+    return p;
+}
+
+int core_wp_store(core_t *c, const vmmu_fault_t *d, vwp_t *w, vcounts_t *cnt) {
+    vmmu_t *s = &c->mmu;
+    uint32_t gfn = d->gfn, gpa = (gfn << 12) | (d->va & 0xFFF);
+    if (d->kind != MF_WP || (d->va & 3) || !s->flush_ok) return CORE_FALLBACK;
+    /* fault() sets A/D in two entries first: if one is the stored entry itself (a table mapping
+     * itself through that very slot), the order of the two matters - Python's (another index of the
+     * same frame is independent: its snapshots and the resync below touch index i only) */
+    if (d->pde_gpa == (gpa & ~3u) || d->entry_gpa == (gpa & ~3u)) return CORE_FALLBACK;
+    if ((int64_t)gpa < s->ctl[MC_CODE_END] && (int64_t)gpa + 4 > s->ctl[MC_CODE_START]) return CORE_FALLBACK;
+    uint8_t b[11];  /* the longest form: C7, ModRM, SIB, disp32, imm32 */
+    vfault_t f;
+    if (core_read(c, w->eip, b, sizeof b, 0, c->vcr0, c->vcr3, c->vcr4, &f)) return CORE_FALLBACK;
+    uint32_t ea = 0, value = 0;
+    int reg;
+    uint32_t len = wp_decode(b, w->gpr, &ea, &value, &reg);
+    if (!len || ea != d->va || reg == 4) return CORE_FALLBACK;  /* (xchg with ESP: Python's) */
+    if (s->flood[gfn] + 1 >= FLOOD_LIMIT) return CORE_FALLBACK;  /* the unshadow: Python's */
+    int64_t ma = gpa_ma(c, gpa);
+    if (ma < 0) return CORE_FALLBACK;
+    int n = resync_count(c, gpa, value);  /* + the trap and the write: vcounts_t holds 8 */
+    if (n < 0 || n > 6 || (uint32_t)s->ctl[MC_LOGN] + (uint32_t)n > s->log_cap) return CORE_FALLBACK;
+    uint32_t old = m32(c, (uint64_t)ma);
+    /* ShadowMMU.fault up to its WP_TRAP: the tick, the guest's Accessed/Dirty bits, the trap counted */
+    s->ctl[MC_TICK]++;
+    s->ctl[MC_DIRTY] = 1;
+    if (!d->big && !(d->pde & PTE_A)) guest_set(c, d->pde_gpa, d->pde | PTE_A);
+    if (d->new_entry != d->entry) guest_set(c, d->entry_gpa, d->new_entry);
+    s->ctl[MC_WP_TRAPS]++;
+    vcount(cnt, C_SHADOW_WP);
+    /* ShadowMMU.emulated_write: the guest entry (a plain store, no snapshot), its shadows, the flood */
+    s->ctl[MC_EMULATED]++;
+    vcount(cnt, C_MMU_EMULATED);
+    m32_set(c, (uint64_t)ma, value);
+    resync(c, gpa, value, cnt);
+    s->flood[gfn]++;
+    /* Emulator.finish_table_store */
+    if (reg >= 0) w->gpr[reg] = old;
+    w->reg = reg;
+    w->eip += len;
     return CORE_OK;
 }

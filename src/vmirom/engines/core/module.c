@@ -207,14 +207,33 @@ static int state_call(core_t *c, int i, const uint32_t crs[3]) {
 
 /* A #PF under shadow paging from the hook: the decision in mmu.c (core_shadow_pf); a hidden fault
  * only needs W1's reset (nothing is entered), a true fault enters the guest's handler. */
+static const int gpr_ids[8] = {UC_X86_REG_EAX, UC_X86_REG_ECX, UC_X86_REG_EDX, UC_X86_REG_EBX,
+                               UC_X86_REG_ESP, UC_X86_REG_EBP, UC_X86_REG_ESI, UC_X86_REG_EDI};
+
+/* the 8 GPRs (eax..edi), read only when a write-protect trap may be emulated */
+static int uc_read_gprs(core_t *c, uint32_t *gpr) {
+    void *vals[8];
+    for (int i = 0; i < 8; i++) vals[i] = &gpr[i];
+    return c->api.read_batch(c->uc, (int *)gpr_ids, vals, 8) ? -1 : 0;
+}
+
 static int shadow_pf(core_t *c, uint64_t t0) {
     vregs_t R;
     if (uc_read_regs(c, &R)) return CORE_FALLBACK;
     ventry_t e;
     vcounts_t cnt = {0};
-    int kind = core_shadow_pf(c, &R, &e, &cnt, now_raw);
+    vwp_t w;
+    int kind = core_shadow_pf(c, &R, &e, &cnt, now_raw, uc_read_gprs, &w);
     if (kind == MF_PYTHON) return CORE_FALLBACK;
-    if (kind == MF_HIDDEN) {
+    if (kind == MF_WP) { /* the store emulated: the xchg register, step over it, a lost right flushed */
+        if (w.reg >= 0 && c->api.reg_write(c->uc, gpr_ids[w.reg], &w.gpr[w.reg]))
+            glue_error(c, "cannot write a register");
+        if (poke_context(c, 1, w.eip, 1, -1)) glue_error(c, "uc_context_save/restore failed");
+        if (c->mmu.ctl[MC_FLUSH] && c->api.ctl) {
+            c->mmu.ctl[MC_FLUSH] = 0;
+            if (c->api.ctl(c->uc, UC_CTL_TLB_FLUSH_WRITE)) glue_error(c, "uc_ctl(TLB flush) failed");
+        }
+    } else if (kind == MF_HIDDEN) {
         if (poke_context(c, 0, 0, 1, -1)) glue_error(c, "uc_context_save/restore failed");  /* W1 */
     } else {
         apply_entry(c, &e, V_PF);
@@ -546,24 +565,37 @@ static PyObject *Core_mmu_fault(CoreObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "IipI", &va, &write, &user, &root)) return NULL;
     vmmu_fault_t d;
     int kind = core_mmu_decide(&self->c, va, write, user, root, &d);
-    if (kind == MF_PYTHON) Py_RETURN_NONE;
+    if (kind == MF_PYTHON || kind == MF_WP) Py_RETURN_NONE;  /* a store to emulate: shadow_pf's */
     core_mmu_commit(&self->c, &d);
     if (kind == MF_HIDDEN) return PyUnicode_FromString("hidden");
     return PyLong_FromUnsignedLong(d.err);
 }
 
-/* shadow_pf(regs, now_raw) -> None (the Python path) | "hidden" | entry tuple: the hook's shadow #PF
- * over given registers (synthetic exits; regs as for intr, CR3 = the engine's, i.e. the shadow root) */
+static uint32_t given_gpr[8];
+static int gprs_given(core_t *c, uint32_t *gpr) {
+    (void)c;
+    memcpy(gpr, given_gpr, sizeof given_gpr);
+    return 0;
+}
+
+/* shadow_pf(regs, now_raw[, gprs]) -> None (the Python path) | "hidden" | entry tuple | ("wp", eip,
+ * xchg register index or -1, its value): the hook's shadow #PF over given registers (synthetic exits;
+ * regs as for intr, CR3 = the engine's, i.e. the shadow root; gprs: eax..edi, without them a
+ * write-protect trap is Python's) */
 static PyObject *Core_shadow_pf(CoreObject *self, PyObject *args) {
-    PyObject *regs;
+    PyObject *regs, *gprs = NULL;
     long long now;
-    if (!PyArg_ParseTuple(args, "OL", &regs, &now)) return NULL;
+    if (!PyArg_ParseTuple(args, "OL|O", &regs, &now, &gprs)) return NULL;
     vregs_t R;
     if (regs_from_tuple(regs, &R)) return NULL;
+    if (gprs && !PyArg_ParseTuple(gprs, "IIIIIIII", &given_gpr[0], &given_gpr[1], &given_gpr[2],
+                                  &given_gpr[3], &given_gpr[4], &given_gpr[5], &given_gpr[6], &given_gpr[7]))
+        return NULL;
     ventry_t e;
     vcounts_t cnt = {0};
+    vwp_t w;
     given_now = now;
-    int kind = core_shadow_pf(&self->c, &R, &e, &cnt, now_given);
+    int kind = core_shadow_pf(&self->c, &R, &e, &cnt, now_given, gprs ? gprs_given : NULL, &w);
     if (kind == MF_PYTHON) {
         self->c.fallbacks++;
         Py_RETURN_NONE;
@@ -571,6 +603,7 @@ static PyObject *Core_shadow_pf(CoreObject *self, PyObject *args) {
     core_commit(&self->c, &cnt);
     self->c.completed++;
     if (kind == MF_HIDDEN) return PyUnicode_FromString("hidden");
+    if (kind == MF_WP) return Py_BuildValue("(sIiI)", "wp", w.eip, w.reg, w.reg >= 0 ? w.gpr[w.reg] : 0);
     return entry_tuple(&e);
 }
 
@@ -1008,8 +1041,8 @@ static PyObject *Core_timings(CoreObject *self, PyObject *unused) {
         }
         Py_DECREF(v);
     }
-    static const char *mmu_key[2] = {"shadow:hidden_fault", "shadow:true_fault"};
-    for (int k = 0; d && k < 2; k++) {
+    static const char *mmu_key[3] = {"shadow:hidden_fault", "shadow:true_fault", "shadow:wp_trap"};
+    for (int k = 0; d && k < 3; k++) {
         PyObject *v = Py_BuildValue("(KK)", c->t_mmu_calls[k], c->t_mmu_ns[k]);
         if (!v || PyDict_SetItemString(d, mmu_key[k], v) < 0) {
             Py_XDECREF(v);
@@ -1142,8 +1175,12 @@ PyMODINIT_FUNC PyInit__core(void) {
     PyModule_AddIntConstant(m, "C_NHYPERCALLS", C_NHYPERCALLS);
     /* the interface version vmirom/engines/core/__init__.py checks (2: the console's port I/O, 3: state-only
      * hypercalls, 4: vmi2's virtual IF, the IF and kernel-stack hypercalls, Core.hypercall, 5: the shadow
-     * MMU's #PF: set_mmu, mmu_fault, shadow_pf, vcr2_view, C_SHADOW_HIDDEN) */
-    PyModule_AddIntConstant(m, "API", 6);
+     * MMU's #PF: set_mmu, mmu_fault, shadow_pf, vcr2_view, C_SHADOW_HIDDEN; 6: vmi2's batch flush; 7: fullvirt's
+     * write-protect trap: shadow_pf's gprs and "wp", C_SHADOW_WP, C_MMU_EMULATED, FLOOD_LIMIT) */
+    PyModule_AddIntConstant(m, "API", 7);
+    PyModule_AddIntConstant(m, "FLOOD_LIMIT", FLOOD_LIMIT);
+    PyModule_AddIntConstant(m, "C_SHADOW_WP", C_SHADOW_WP);
+    PyModule_AddIntConstant(m, "C_MMU_EMULATED", C_MMU_EMULATED);
     PyModule_AddIntConstant(m, "STATE_CLI", STATE_CLI);
     PyModule_AddIntConstant(m, "STATE_STI", STATE_STI);
     PyModule_AddIntConstant(m, "STATE_SETMASK", STATE_SETMASK);

@@ -86,6 +86,7 @@ from vmirom.machine.mmu.shared import (
     C_DEFER_UPD,
     C_DEFERRED,
     C_DIRTY,
+    C_EMULATED,
     C_FLUSH,
     C_HIDDEN,
     C_LAZY,
@@ -98,6 +99,7 @@ from vmirom.machine.mmu.shared import (
     C_TICK,
     C_TRACKING,
     C_TRUE,
+    C_WP_TRAPS,
     C_ZAP,
     KINDS,
     LOG_LEAF_DROPPED,
@@ -285,7 +287,10 @@ class ShadowMMU:
         st.prefills += ctl[C_PREFILL]
         st.zaps += ctl[C_ZAP]
         st.deferred_updates += ctl[C_DEFER_UPD]
+        st.wp_traps += ctl[C_WP_TRAPS]
+        st.emulated_pte_writes += ctl[C_EMULATED]
         ctl[C_HIDDEN] = ctl[C_TRUE] = ctl[C_PV] = ctl[C_PREFILL] = ctl[C_ZAP] = ctl[C_DEFER_UPD] = 0
+        ctl[C_WP_TRAPS] = ctl[C_EMULATED] = 0
         if ctl[C_FLUSH]:  # SetPxE in C without its hook's flush (synthetic exits): the caller's
             ctl[C_FLUSH] = 0
             self.need_flush = True

@@ -46,6 +46,8 @@ C_TICK, C_ROOT, C_DEFERRED, C_ROM_START, C_ROM_END, C_TRACKING, C_ENABLED = rang
 C_HIDDEN, C_TRUE, C_LOGN, C_DIRTY, C_LAZY, C_PV, C_PREFILL, C_ZAP, C_FLUSH, C_DEFER_UPD = range(7, 17)
 C_CODE_START, C_CODE_END = 17, 18  # the kernel image's span (GuestMemory.code_span): VMM stores there
 C_V2_BATCHED, C_V2_FLUSHES = 19, 20  # vmi2's batch flushes done in C (Vmi2.batched, batch_flushes add them)
+C_WP_TRAPS, C_EMULATED = 21, 22  # fullvirt's page-table stores emulated in C (MmuStats adds them)
+C_WP_EMULATE = 23  # set by the glue: the personality's on_wp_trap is FullVirt's, C may emulate its stores
 CTL = 32
 #: the deferred queue (DEFER / lazy mode): guest entry addresses whose shadows wait for the flush
 DEFQ_CAP = 1024
