@@ -14,3 +14,22 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+def peak_rss_kib() -> int:
+    """Peak resident memory of this process's own address space in KiB (`VmHWM`).
+
+    Why not `getrusage().ru_maxrss`: Linux carries that figure over `exec` from the address space
+    the process was spawned from, so a VM or a helper started by a large parent (a long pytest run,
+    `vmirom bench`) reports the parent's peak - and a memory cap based on it trips with no guest
+    doing anything.  Falls back to ru_maxrss where /proc is missing."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

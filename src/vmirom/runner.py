@@ -49,6 +49,7 @@ from vmirom.debug.session import DebugOptions, DebugSession, DebugSetupError
 from vmirom.engines.options import EngineOptions
 from vmirom.guest.initrd import reference_initrd
 from vmirom.machine.faults import VmError
+from vmirom.procutil import peak_rss_kib
 
 EXIT_CODES = {
     "exit_ok": 0,
@@ -293,7 +294,7 @@ def run_in_process(req: RunRequest) -> dict:
         "console": result.console,
         "personality": personality_facts(personality),
         "boot_s": round(time.monotonic() - t0 - result.run_time_s, 4),
-        "host_max_rss_kib": _max_rss_kib(),
+        "host_max_rss_kib": peak_rss_kib(),
     }
     if result.traceback:
         out["traceback"] = result.traceback
@@ -350,14 +351,6 @@ def _parent_survives_sigint():
         signal.signal(signal.SIGINT, old)
 
 
-def _max_rss_kib() -> int:
-    """Peak resident memory of this (VM) process in KiB: reported with every run, so tests and users
-    can see that a guest did not grow the host's memory (docs/security.md)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
 #: True in the child process of `run_isolated` (limits may then be put on the whole process)
 _ISOLATED = False
 #: host memory (resident) a VM process may add beyond what it holds when the guest starts (RAM,
@@ -387,7 +380,7 @@ def _bound_child(machine, timeout_s: float, *, waits: bool = False) -> None:
     for time spent inside one exit handler (fate timeout, raised in the handler)."""
     import resource
 
-    machine.config.max_rss_kib = _max_rss_kib() + (HOST_MEMORY_HEADROOM >> 10)
+    machine.config.max_rss_kib = peak_rss_kib() + (HOST_MEMORY_HEADROOM >> 10)
     try:
         with open("/proc/self/statm") as f:
             vm_bytes = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")

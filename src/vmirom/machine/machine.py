@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
 import select
 import sys
 import time
@@ -42,6 +41,7 @@ from vmirom.machine.mmu.cpuview import ShadowedEngine
 from vmirom.machine.mmu.shadow import PROTECT_DESCRIPTORS
 from vmirom.machine.paging import Paging
 from vmirom.machine.vcpu import VCpu
+from vmirom.procutil import peak_rss_kib
 
 if TYPE_CHECKING:
     from vmirom.hypervisors.base import Personality
@@ -658,7 +658,7 @@ class Machine:
         cap = self.config.max_rss_kib
         if cap is None:
             return True
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        rss = peak_rss_kib()
         if rss <= cap:
             return True
         self.stop("resource_limit", f"the VM process grew to {rss >> 10} MiB resident, past its limit of "
