@@ -197,6 +197,13 @@ V2_FLUSH_CALLS = {"SetLazyMode": (("set_lazy_mode", "flush_batch", "_check_entry
                   "FlushDeferred": (("flush_deferred", "flush_batch", "_check_entry", "_u32", "_u32w"), 14)}
 
 
+def _single_site(p, kind: int, num: int) -> list[tuple[int, int, int]]:  # noqa: ANN001 - a Vmi
+    """[(ROM offset, kind, call)] when call `num` has exactly one trap site in the personality's ROM
+    (the core recognizes a state call by where it trapped), else []."""
+    sites = [off for off, n in p.call_at.items() if n == num]
+    return [(sites[0], kind, num)] if len(sites) == 1 else []
+
+
 def state_calls(machine: Machine) -> list[tuple[int, int, int]]:
     """[(ROM offset of the stub's `int`, kind, call number)] of the state-only hypercalls the core may
     complete: only alongside the C IRET (`iret_site`'s checks of the personality), and only those
@@ -213,9 +220,7 @@ def state_calls(machine: Machine) -> list[tuple[int, int, int]]:
             continue
         if p.dispatch.get(num) != getattr(p, methods[0]):
             continue
-        sites = [off for off, n in p.call_at.items() if n == num]
-        if len(sites) == 1:
-            out.append((sites[0], kind, num))
+        out += _single_site(p, kind, num)
     if getattr(machine, "mmu", None) is not None:
         from vmirom.hypervisors.vmi import Vmi
         from vmirom.hypervisors.vmi2 import Vmi2
@@ -229,18 +234,14 @@ def state_calls(machine: Machine) -> list[tuple[int, int, int]]:
                 continue
             if p.dispatch.get(num) != getattr(p, method):
                 continue
-            sites = [off for off, n in p.call_at.items() if n == num]
-            if len(sites) == 1:
-                out.append((sites[0], kind, num))
+            out += _single_site(p, kind, num)
         for name, (methods, kind) in V2_FLUSH_CALLS.items():  # Vmi2's (and Vmi's set_lazy_mode) only
             num = abi.call(name).number
             if ref is not Vmi2 or any(getattr(type(p), m) is not getattr(Vmi2, m) for m in methods):
                 continue
             if p.dispatch.get(num) != getattr(p, methods[0]):
                 continue
-            sites = [off for off, n in p.call_at.items() if n == num]
-            if len(sites) == 1:
-                out.append((sites[0], kind, num))
+            out += _single_site(p, kind, num)
     return out
 
 
